@@ -1,0 +1,236 @@
+//! The only module that touches lapin: connecting, consuming with prefetch, publishing with
+//! confirms, settling deliveries, and reading warren's headers. Every network await here has
+//! a deadline, because lapin has none of its own.
+
+mod headers;
+mod publish;
+mod url;
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+pub use lapin::{
+    BasicProperties, Channel, Connection, Consumer, message::Delivery, types::AMQPValue,
+    types::FieldTable as Headers,
+};
+
+pub use headers::{
+    ErrorKind, FailureHeaders, XDeath, header_str, header_u32, header_u64, hdr, set_header,
+    x_death,
+};
+pub use publish::{Confirm, ConfirmWindow, Message, Publisher};
+pub use url::{AmqpUrl, AmqpUrlError, DEFAULT_AMQP_URL, redact};
+
+/// Deadline for one broker round trip (declare, qos, consume, ack, close).
+pub const OP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A broker operation failed. Messages name the operation and the queue or exchange, never a
+/// password.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    /// The TCP/TLS/AMQP handshake failed or timed out.
+    #[error("cannot connect to RabbitMQ at {url}: {reason}")]
+    Connect {
+        /// The URL, password redacted.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The broker did not answer in time (a blocked connection, a black-holed socket).
+    #[error("{op}: no answer from the broker within {}s", after.as_secs())]
+    Timeout {
+        /// What was being done.
+        op: String,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// The broker or the client library refused the operation.
+    #[error("{op}: {source}")]
+    Broker {
+        /// What was being done.
+        op: String,
+        /// lapin's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker nacked a publish: it could not take responsibility for the message.
+    #[error("publish to {target}: the broker nacked it")]
+    Nacked {
+        /// `exchange/routing-key`.
+        target: String,
+    },
+    /// A mandatory publish matched no queue.
+    #[error("publish to {target}: unroutable ({reply})")]
+    Returned {
+        /// `exchange/routing-key`.
+        target: String,
+        /// The broker's reply text.
+        reply: String,
+    },
+    /// The publish went out on a channel without confirms: warren never does this on purpose.
+    #[error("publish to {target}: no publisher confirm was requested")]
+    NotConfirmed {
+        /// `exchange/routing-key`.
+        target: String,
+    },
+}
+
+impl AmqpError {
+    /// The AMQP reply text of a channel/connection error, e.g. `PRECONDITION_FAILED - …`.
+    pub fn reply_text(&self) -> Option<String> {
+        match self {
+            AmqpError::Broker { source, .. } => match source.kind() {
+                lapin::ErrorKind::ProtocolError(e) => Some(e.to_string()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// True when the broker closed the channel with 404 NOT_FOUND.
+    pub fn is_not_found(&self) -> bool {
+        self.reply_text()
+            .is_some_and(|t| t.contains("NOT_FOUND"))
+    }
+}
+
+/// Runs one broker operation with [`OP_TIMEOUT`]. `op` is only rendered on failure.
+pub async fn timed<T, F, D>(op: impl FnOnce() -> D, fut: F) -> Result<T, AmqpError>
+where
+    F: Future<Output = lapin::Result<T>>,
+    D: Display,
+{
+    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(AmqpError::Broker {
+            op: op().to_string(),
+            source,
+        }),
+        Err(_) => Err(AmqpError::Timeout {
+            op: op().to_string(),
+            after: OP_TIMEOUT,
+        }),
+    }
+}
+
+/// `host:pid`, identifying this process in connection names and failure headers.
+pub fn identity() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| format!("{}:{}", hostname(), std::process::id()))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Opens a connection named `warren <component> <host:pid> <role>`, so that
+/// `rabbitmqctl list_connections name` shows the fleet. Heartbeats are on.
+pub async fn connect(url: &AmqpUrl, component: &str, role: &str) -> Result<Connection, AmqpError> {
+    let name = format!("warren {component} {} {role}", identity());
+    let props = lapin::ConnectionProperties::default()
+        .with_connection_name(name.into())
+        .with_client_property("product".into(), "warren".into())
+        .with_client_property("version".into(), env!("CARGO_PKG_VERSION").into());
+    let deadline = url.connect_timeout() + Duration::from_secs(1);
+    let fail = |reason: String| AmqpError::Connect {
+        url: url.redacted().to_string(),
+        reason,
+    };
+    match tokio::time::timeout(deadline, Connection::connect_uri(url.uri(), props)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(fail(e.to_string())),
+        Err(_) => Err(fail(format!("no answer within {}s", deadline.as_secs()))),
+    }
+}
+
+/// Closes a connection politely, without waiting long for a broker that is gone.
+pub async fn close(conn: &Connection) {
+    if conn.status().connected() {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            conn.close(200, "warren shutting down".into()),
+        )
+        .await;
+    }
+}
+
+/// Opens a channel, sets per-consumer QoS to `prefetch` and starts consuming `queue` with
+/// manual acks. QoS is set before `basic.consume` so the first burst is already bounded.
+pub async fn consume(
+    conn: &Connection,
+    queue: &str,
+    prefetch: u16,
+    tag: &str,
+) -> Result<(Channel, Consumer), AmqpError> {
+    let channel = timed(|| "open a channel", conn.create_channel()).await?;
+    timed(
+        || format!("set prefetch {prefetch} for queue '{queue}'"),
+        channel.basic_qos(prefetch, BasicQosOptions { global: false }),
+    )
+    .await?;
+    let consumer = timed(
+        || format!("consume queue '{queue}'"),
+        channel.basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    Ok((channel, consumer))
+}
+
+/// Acks a delivery. `Ok(false)` means lapin did not send it (channel gone, already settled):
+/// the broker will redeliver, and the caller logs it.
+pub async fn ack(delivery: &Delivery) -> Result<bool, AmqpError> {
+    timed(
+        || "ack",
+        delivery.acker.ack(lapin::options::BasicAckOptions::default()),
+    )
+    .await
+}
+
+/// Nacks a delivery with `requeue = true`.
+pub async fn requeue(delivery: &Delivery) -> Result<bool, AmqpError> {
+    timed(
+        || "nack (requeue)",
+        delivery.acker.nack(BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        }),
+    )
+    .await
+}
+
+/// Declares nothing and returns the queue's (ready messages, consumers), or NOT_FOUND.
+/// Uses its own channel: a failed passive declare closes the channel it ran on.
+pub async fn queue_depth(conn: &Connection, queue: &str) -> Result<(u32, u32), AmqpError> {
+    let channel = timed(|| "open a channel", conn.create_channel()).await?;
+    let result = timed(
+        || format!("inspect queue '{queue}'"),
+        channel.queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    if channel.status().connected() {
+        let _ = timed(|| "close channel", channel.close(200, "ok".into())).await;
+    }
+    let q = result?;
+    Ok((q.message_count(), q.consumer_count()))
+}

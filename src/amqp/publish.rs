@@ -1,0 +1,195 @@
+//! Publishing with publisher confirms. A publish is only done when its confirm says so: a nack,
+//! a returned (unroutable) message or a missing confirm is an error. [`ConfirmWindow`] keeps a
+//! bounded number of confirms outstanding, in publish order, instead of awaiting each one.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+
+use super::{AmqpError, timed};
+
+/// How long a confirm may take before the publish counts as failed. A blocked connection (memory
+/// alarm) makes confirms stall; the caller then keeps the message and tries again.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A channel in confirm mode. Cheap to clone; clones share the channel.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+    confirm_timeout: Duration,
+}
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct Message<'a> {
+    /// The exchange (`""` for the default exchange, routing straight to a queue).
+    pub exchange: &'a str,
+    /// The routing key.
+    pub routing_key: &'a str,
+    /// The body, verbatim.
+    pub body: &'a [u8],
+    /// Properties and headers.
+    pub properties: BasicProperties,
+    /// Return the message if no queue matches, instead of dropping it.
+    pub mandatory: bool,
+}
+
+impl Publisher {
+    /// Opens a channel on `conn` and puts it in confirm mode.
+    pub async fn open(conn: &Connection) -> Result<Self, AmqpError> {
+        let channel = timed(|| "open a publishing channel", conn.create_channel()).await?;
+        timed(
+            || "enable publisher confirms",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        Ok(Self {
+            channel,
+            confirm_timeout: CONFIRM_TIMEOUT,
+        })
+    }
+
+    /// Shortens or lengthens the confirm deadline.
+    pub fn with_confirm_timeout(mut self, timeout: Duration) -> Self {
+        self.confirm_timeout = timeout;
+        self
+    }
+
+    /// The underlying channel, for declares that must share it.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Sends a message and returns its pending confirm without waiting for it.
+    pub async fn send(&self, msg: Message<'_>) -> Result<Confirm, AmqpError> {
+        let target = || format!("'{}' with routing key '{}'", exchange_name(msg.exchange), msg.routing_key);
+        let confirm = timed(
+            || format!("publish to {}", target()),
+            self.channel.basic_publish(
+                msg.exchange.into(),
+                msg.routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: msg.mandatory,
+                    immediate: false,
+                },
+                msg.body,
+                msg.properties,
+            ),
+        )
+        .await?;
+        Ok(Confirm {
+            inner: confirm,
+            exchange: msg.exchange.to_string(),
+            routing_key: msg.routing_key.to_string(),
+            timeout: self.confirm_timeout,
+        })
+    }
+
+    /// Sends a message and waits for its confirm.
+    pub async fn publish(&self, msg: Message<'_>) -> Result<(), AmqpError> {
+        self.send(msg).await?.wait().await
+    }
+
+    /// True while the channel can publish.
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+}
+
+fn exchange_name(e: &str) -> &str {
+    if e.is_empty() { "(default exchange)" } else { e }
+}
+
+/// A sent message whose confirm has not been checked yet.
+pub struct Confirm {
+    inner: PublisherConfirm,
+    exchange: String,
+    routing_key: String,
+    timeout: Duration,
+}
+
+impl Confirm {
+    /// Waits for the broker's confirm. Only a plain ack of a routed message is `Ok`.
+    pub async fn wait(self) -> Result<(), AmqpError> {
+        let target = format!(
+            "'{}' with routing key '{}'",
+            exchange_name(&self.exchange),
+            self.routing_key
+        );
+        let confirmation = match tokio::time::timeout(self.timeout, self.inner).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(source)) => {
+                return Err(AmqpError::Broker {
+                    op: format!("confirm of publish to {target}"),
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(AmqpError::Timeout {
+                    op: format!("confirm of publish to {target}"),
+                    after: self.timeout,
+                });
+            }
+        };
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) => Err(AmqpError::Returned {
+                target,
+                reply: format!("{} {}", returned.reply_code, returned.reply_text),
+            }),
+            Confirmation::Nack(_) => Err(AmqpError::Nacked { target }),
+            Confirmation::NotRequested => Err(AmqpError::NotConfirmed { target }),
+        }
+    }
+}
+
+type Pending<T> = Pin<Box<dyn Future<Output = (T, Result<(), AmqpError>)> + Send>>;
+
+/// At most `capacity` confirms outstanding, yielded in publish order. A caller that publishes
+/// while [`ConfirmWindow::is_full`] is false and drains with [`ConfirmWindow::next`] otherwise
+/// never waits for one confirm per message, and never holds more than `capacity` unconfirmed.
+pub struct ConfirmWindow<T> {
+    pending: FuturesOrdered<Pending<T>>,
+    capacity: usize,
+}
+
+impl<T: Send + 'static> ConfirmWindow<T> {
+    /// A window of `capacity` (at least 1) outstanding confirms.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            pending: FuturesOrdered::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// True when no more publishes may go out before a confirm is taken.
+    pub fn is_full(&self) -> bool {
+        self.pending.len() >= self.capacity
+    }
+
+    /// Confirms outstanding.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// True when nothing is outstanding.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Tracks a confirm, tagged with whatever the caller needs back (an event id, a delivery).
+    pub fn push(&mut self, tag: T, confirm: Confirm) {
+        self.pending
+            .push_back(Box::pin(async move { (tag, confirm.wait().await) }));
+    }
+
+    /// The oldest outstanding confirm, once it and every earlier one has resolved.
+    pub async fn next(&mut self) -> Option<(T, Result<(), AmqpError>)> {
+        self.pending.next().await
+    }
+}

@@ -1,0 +1,293 @@
+//! The command line: `warren <noun> <verb>`, clap derive, dispatch only.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::{self, AmqpUrl};
+use crate::error::{Error, Result};
+use crate::handlers::{Builtin, ChaosHandler, LogHandler};
+use crate::output::{self, OutputFormat};
+use crate::telemetry::LogFormat;
+use crate::topology::{self, DEFAULT_TOPOLOGY_FILE, Topology};
+use crate::worker::{self, WorkerSettings};
+
+/// warren: a RabbitMQ task-queue worker fleet for event-driven trading agents.
+#[derive(Debug, Parser)]
+#[command(name = "warren", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// RabbitMQ URL, amqp:// or amqps://. Add ?heartbeat=N to change the 10 s heartbeat. The
+    /// password is never printed. [default: amqp://guest:***@127.0.0.1:5672/%2f]
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        global = true,
+        hide_env_values = true,
+        hide_default_value = true,
+        default_value = amqp::DEFAULT_AMQP_URL
+    )]
+    pub amqp_url: String,
+
+    /// Log format on stderr; RUST_LOG sets the level (default info).
+    #[arg(long, value_enum, env = "WARREN_LOG_FORMAT", global = true, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl GlobalArgs {
+    /// The parsed broker URL.
+    pub fn url(&self) -> Result<AmqpUrl> {
+        self.amqp_url
+            .parse()
+            .map_err(|e: amqp::AmqpUrlError| Error::Usage(format!("--amqp-url / AMQP_URL: {e}")))
+    }
+}
+
+/// Where the topology comes from.
+#[derive(Debug, Clone, Args)]
+pub struct TopologyArgs {
+    /// The topology file.
+    #[arg(short = 'f', long = "topology", env = "WARREN_TOPOLOGY", default_value = DEFAULT_TOPOLOGY_FILE)]
+    pub file: PathBuf,
+    /// A prefix added to every exchange and queue name, to run an isolated copy (tests, demos).
+    #[arg(long, env = "WARREN_PREFIX", default_value = "")]
+    pub prefix: String,
+}
+
+impl TopologyArgs {
+    /// Loads and validates the topology.
+    pub fn load(&self) -> Result<Topology> {
+        Ok(Topology::load(&self.file, &self.prefix)?)
+    }
+}
+
+/// The nouns.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Declare, print or export the exchanges, queues and bindings in the topology file.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
+    /// Consume work queues and run a handler on each event.
+    Worker(WorkerArgs),
+}
+
+/// `warren topology …`
+#[derive(Debug, Subcommand)]
+pub enum TopologyCommand {
+    /// Declare everything idempotently; says what was created and what already existed.
+    Apply {
+        #[command(flatten)]
+        topology: TopologyArgs,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Print the resolved plan: every queue with its arguments, and every binding.
+    Show {
+        #[command(flatten)]
+        topology: TopologyArgs,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Write RabbitMQ definitions.json, for brokers that load definitions at boot.
+    Export {
+        #[command(flatten)]
+        topology: TopologyArgs,
+        /// The virtual host the definitions are for.
+        #[arg(long, default_value = "/")]
+        vhost: String,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Delete every queue and exchange of the topology, with their messages.
+    Delete {
+        #[command(flatten)]
+        topology: TopologyArgs,
+        /// Confirm: messages in these queues are lost.
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
+}
+
+/// A built-in handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HandlerName {
+    /// Log each event to stderr and ack it.
+    Log,
+    /// Test/demo handler driven by the event's `payload.chaos` (sleep, fail, panic, abort).
+    Chaos,
+}
+
+/// `warren worker …`
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+    /// A queue to consume, as named in the topology file. Repeat for several.
+    #[arg(short = 'q', long = "queue", required = true)]
+    pub queues: Vec<String>,
+    /// Unacked deliveries per consumer [default: the queue's prefetch in the topology].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: Option<u16>,
+    /// Handlers running at once, across all queues.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// The handler to run.
+    #[arg(long, value_enum, default_value_t = HandlerName::Log)]
+    pub handler: HandlerName,
+    /// How long in-flight handlers may finish after SIGTERM before they are requeued.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// chaos handler: append `<eventId> <attempt> <outcome>` for every call to this file.
+    #[arg(long)]
+    pub record: Option<PathBuf>,
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Topology(cmd) => topology_command(&cli.global, cmd).await,
+        Command::Worker(args) => worker_command(&cli.global, args).await,
+    }
+}
+
+async fn topology_command(global: &GlobalArgs, cmd: TopologyCommand) -> Result<u8> {
+    match cmd {
+        TopologyCommand::Apply { topology, output } => {
+            let t = topology.load()?;
+            let url = global.url()?;
+            let conn = amqp::connect(&url, "topology", "admin").await?;
+            let result = topology::apply(&conn, &t.plan()).await;
+            amqp::close(&conn).await;
+            let report = result?;
+            match output {
+                OutputFormat::Table => {
+                    output::print_text(&output::table(report.items.iter().map(|i| ApplyRow {
+                        kind: i.kind,
+                        name: i.name.clone(),
+                        status: format!("{:?}", i.status).to_lowercase(),
+                    })))
+                    .map_err(stdout_error)?;
+                    tracing::info!(created = report.created(), total = report.items.len(), "Topology applied.");
+                }
+                OutputFormat::Json => output::print_json(&report).map_err(stdout_error)?,
+                OutputFormat::Ndjson => output::print_ndjson(&report.items).map_err(stdout_error)?,
+            }
+            Ok(0)
+        }
+        TopologyCommand::Show { topology, output } => {
+            let plan = topology.load()?.plan();
+            match output {
+                OutputFormat::Table => {
+                    let mut rows: Vec<ShowRow> = plan
+                        .exchanges
+                        .iter()
+                        .map(|e| ShowRow {
+                            object: "exchange".into(),
+                            name: e.name.clone(),
+                            details: e.kind.to_string(),
+                        })
+                        .collect();
+                    rows.extend(plan.queues.iter().map(|q| ShowRow {
+                        object: format!("queue ({})", serde_json::to_value(q.role).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
+                        name: q.name.clone(),
+                        details: q
+                            .arguments
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                    }));
+                    rows.extend(plan.bindings.iter().map(|b| ShowRow {
+                        object: "binding".into(),
+                        name: format!("{} -> {}", b.exchange, b.queue),
+                        details: b.routing_key.clone(),
+                    }));
+                    output::print_text(&output::table(rows)).map_err(stdout_error)?;
+                }
+                OutputFormat::Json => output::print_json(&plan).map_err(stdout_error)?,
+                OutputFormat::Ndjson => output::print_ndjson(&plan.queues).map_err(stdout_error)?,
+            }
+            Ok(0)
+        }
+        TopologyCommand::Export {
+            topology,
+            vhost,
+            out,
+        } => {
+            let defs = topology.load()?.plan().definitions(&vhost);
+            let text = serde_json::to_string_pretty(&defs).map_err(|e| Error::Other(e.to_string()))?;
+            match out {
+                Some(path) => std::fs::write(&path, text + "\n").map_err(|source| Error::Io { path, source })?,
+                None => output::print_text(&text).map_err(stdout_error)?,
+            }
+            Ok(0)
+        }
+        TopologyCommand::Delete { topology, yes } => {
+            if !yes {
+                return Err(Error::Usage(
+                    "topology delete removes every queue with its messages; pass -y to confirm".into(),
+                ));
+            }
+            let t = topology.load()?;
+            let conn = amqp::connect(&global.url()?, "topology", "admin").await?;
+            let result = topology::delete(&conn, &t.plan()).await;
+            amqp::close(&conn).await;
+            let deleted = result?;
+            tracing::info!(deleted, "Topology deleted.");
+            Ok(0)
+        }
+    }
+}
+
+async fn worker_command(global: &GlobalArgs, args: WorkerArgs) -> Result<u8> {
+    let handler = match args.handler {
+        HandlerName::Log => Builtin::Log(LogHandler),
+        HandlerName::Chaos => Builtin::Chaos(ChaosHandler::new(args.record.clone())),
+    };
+    let settings = WorkerSettings {
+        url: global.url()?,
+        topology: args.topology.load()?,
+        queues: args.queues,
+        prefetch: args.prefetch,
+        concurrency: args.concurrency as usize,
+        drain_timeout: args.drain_timeout,
+    };
+    let shutdown: CancellationToken = crate::shutdown::on_signals();
+    worker::run(settings, handler, Arc::new(worker::Stats::default()), shutdown).await?;
+    Ok(0)
+}
+
+fn stdout_error(e: std::io::Error) -> Error {
+    Error::Io {
+        path: PathBuf::from("<stdout>"),
+        source: e,
+    }
+}
+
+#[derive(tabled::Tabled)]
+struct ApplyRow {
+    kind: &'static str,
+    name: String,
+    status: String,
+}
+
+#[derive(tabled::Tabled)]
+struct ShowRow {
+    object: String,
+    name: String,
+    details: String,
+}

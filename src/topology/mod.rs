@@ -1,0 +1,471 @@
+//! Topology as code: the TOML model (unknown fields rejected), validation with errors that name
+//! the file, the queue and the field, and the derived names every component agrees on.
+
+mod declare;
+mod plan;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use declare::{ApplyReport, ItemStatus, apply, delete};
+pub use plan::{Arg, BindingPlan, ExchangePlan, Plan, QueuePlan, QueueRole};
+
+/// The default topology file, relative to the working directory.
+pub const DEFAULT_TOPOLOGY_FILE: &str = "topology/warren.toml";
+
+/// A topology problem, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid: the message names the file, the queue and the field.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong, naming the queue and field.
+        message: String,
+    },
+    /// The broker holds an object whose arguments differ from the file.
+    #[error("{0}")]
+    Mismatch(String),
+    /// A queue name given on the command line is not in the topology.
+    #[error("queue '{name}' is not in {path} (known queues: {known})")]
+    UnknownQueue {
+        /// The name given.
+        name: String,
+        /// The topology file.
+        path: String,
+        /// The queues it declares.
+        known: String,
+    },
+}
+
+/// `quorum` (replicated, delivery limit, at-least-once dead-lettering) or `classic`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Replicated Raft queue; the default for work queues.
+    Quorum,
+    /// Single-node queue; no delivery limit, so no crash-loop backstop.
+    Classic,
+}
+
+impl QueueType {
+    /// The `x-queue-type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileModel {
+    exchanges: ExchangesModel,
+    #[serde(default)]
+    events: EventsModel,
+    #[serde(default)]
+    defaults: QueueOptions,
+    #[serde(default)]
+    queues: Vec<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExchangesModel {
+    events: String,
+    dead_letter: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsModel {
+    #[serde(default)]
+    live_only: Vec<String>,
+    live_ttl: Option<String>,
+}
+
+/// Fields allowed both in `[defaults]` and in each `[[queues]]` entry.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueueOptions {
+    queue_type: Option<QueueType>,
+    prefetch: Option<u16>,
+    max_attempts: Option<u32>,
+    retry_delays: Option<Vec<String>>,
+    delivery_limit: Option<u32>,
+    message_ttl: Option<String>,
+    max_length: Option<u64>,
+    single_active_consumer: Option<bool>,
+    expires: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueueModel {
+    name: String,
+    #[serde(default)]
+    bind: Vec<String>,
+    #[serde(flatten)]
+    options: QueueOptions,
+}
+
+/// The resolved topology: defaults applied, names prefixed, everything validated.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// The file it came from.
+    pub source: PathBuf,
+    /// The prefix applied to every AMQP name.
+    pub prefix: String,
+    /// The topic exchange events are published to (routing key = event type).
+    pub events_exchange: String,
+    /// The direct exchange dead letters go to (routing key = origin queue).
+    pub dead_letter_exchange: String,
+    /// Event types published transient with an expiration.
+    pub live_only: BTreeSet<String>,
+    /// The expiration of live-only events.
+    pub live_ttl: Option<Duration>,
+    /// Work queues.
+    pub queues: Vec<QueueSpec>,
+}
+
+/// One work queue with its retry tiers and DLQ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// The full (prefixed) name.
+    pub name: String,
+    /// Topic patterns bound on the events exchange.
+    pub bind: Vec<String>,
+    /// Quorum or classic.
+    pub queue_type: QueueType,
+    /// Default per-consumer prefetch for workers.
+    pub prefetch: u16,
+    /// Handler attempts before a message is dead-lettered as `exhausted`.
+    pub max_attempts: u32,
+    /// Retry tier delays, ascending.
+    pub retry_delays: Vec<Duration>,
+    /// Broker delivery limit (quorum only): the crash-loop backstop.
+    pub delivery_limit: u32,
+    /// Message TTL for live-only queues.
+    pub message_ttl: Option<Duration>,
+    /// Length limit; publishers get a nack past it (`reject-publish`).
+    pub max_length: Option<u64>,
+    /// One consumer at a time, in order, with standbys.
+    pub single_active_consumer: bool,
+    /// Delete the queue (and its tiers and DLQ) after this long unused.
+    pub expires: Option<Duration>,
+}
+
+impl QueueSpec {
+    /// `<queue>.retry.<delay>`.
+    pub fn retry_queue(&self, delay: Duration) -> String {
+        format!("{}.retry.{}", self.name, delay_label(delay))
+    }
+
+    /// `<queue>.dlq`.
+    pub fn dlq(&self) -> String {
+        dlq_name(&self.name)
+    }
+
+    /// The smallest tier whose delay is at least `wanted`, or the longest tier.
+    pub fn tier_for(&self, wanted: Duration) -> Option<Duration> {
+        self.retry_delays
+            .iter()
+            .copied()
+            .find(|d| *d >= wanted)
+            .or_else(|| self.retry_delays.last().copied())
+    }
+}
+
+/// `<origin>.dlq`, the dead-letter queue for messages that failed in `origin`.
+pub fn dlq_name(origin: &str) -> String {
+    format!("{origin}.dlq")
+}
+
+/// `1m30s`-style label for a delay, used in retry-tier names.
+pub fn delay_label(d: Duration) -> String {
+    humantime::format_duration(d).to_string().replace(' ', "")
+}
+
+impl Topology {
+    /// Loads and validates a topology file, prefixing every AMQP name with `prefix`.
+    pub fn load(path: &Path, prefix: &str) -> Result<Self, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, path, prefix)
+    }
+
+    /// Parses and validates topology text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path, prefix: &str) -> Result<Self, TopologyError> {
+        let invalid = |message: String| TopologyError::Invalid {
+            path: path.display().to_string(),
+            message,
+        };
+        let model: FileModel = toml::from_str(text).map_err(|e| invalid(toml_message(&e)))?;
+        validate_options(&model.defaults, "[defaults]").map_err(invalid)?;
+
+        let mut queues = Vec::with_capacity(model.queues.len());
+        for (i, raw) in model.queues.into_iter().enumerate() {
+            let label = raw
+                .get("name")
+                .and_then(|n| n.as_str())
+                .map(|n| format!("queue '{n}'"))
+                .unwrap_or_else(|| format!("queue #{}", i + 1));
+            let q: QueueModel = raw
+                .try_into()
+                .map_err(|e: toml::de::Error| invalid(format!("{label}: {}", toml_message(&e))))?;
+            validate_options(&q.options, &label).map_err(invalid)?;
+            queues.push(resolve_queue(q, &model.defaults, prefix).map_err(|m| invalid(format!("{label}: {m}")))?);
+        }
+        if queues.is_empty() {
+            return Err(invalid("no [[queues]] declared".into()));
+        }
+
+        let live_ttl = model
+            .events
+            .live_ttl
+            .as_deref()
+            .map(|s| parse_duration(s, "events.live_ttl"))
+            .transpose()
+            .map_err(invalid)?;
+        for t in &model.events.live_only {
+            if !crate::envelope::is_event_type(t) {
+                return Err(invalid(format!(
+                    "events.live_only: '{t}' is not an event type (domain.name)"
+                )));
+            }
+            if !queues.iter().any(|q| q.bind.iter().any(|p| topic_matches(p, t))) {
+                return Err(invalid(format!(
+                    "events.live_only: '{t}' is not bound to any queue"
+                )));
+            }
+        }
+        if !model.events.live_only.is_empty() && live_ttl.is_none() {
+            return Err(invalid(
+                "events.live_ttl: required when events.live_only lists types".into(),
+            ));
+        }
+
+        let topology = Topology {
+            source: path.to_path_buf(),
+            prefix: prefix.to_string(),
+            events_exchange: prefixed(prefix, &model.exchanges.events, "exchanges.events").map_err(invalid)?,
+            dead_letter_exchange: prefixed(prefix, &model.exchanges.dead_letter, "exchanges.dead_letter")
+                .map_err(invalid)?,
+            live_only: model.events.live_only.into_iter().collect(),
+            live_ttl,
+            queues,
+        };
+        topology.check_unique_names().map_err(invalid)?;
+        Ok(topology)
+    }
+
+    /// The work queue called `name`: its name in the file, or its full prefixed name.
+    pub fn queue(&self, name: &str) -> Result<&QueueSpec, TopologyError> {
+        let full = format!("{}{name}", self.prefix);
+        self.queues
+            .iter()
+            .find(|q| q.name == full || q.name == name)
+            .ok_or_else(|| TopologyError::UnknownQueue {
+                name: name.to_string(),
+                path: self.source.display().to_string(),
+                known: self
+                    .queues
+                    .iter()
+                    .map(|q| q.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// The DLQ for frames the bridge could not parse: `<events exchange>.dlq`.
+    pub fn ingress_dlq(&self) -> String {
+        dlq_name(&self.events_exchange)
+    }
+
+    /// True if `event_type` is published transient with an expiration.
+    pub fn is_live_only(&self, event_type: &str) -> bool {
+        self.live_only.contains(event_type)
+    }
+
+    /// Every DLQ in the topology, with the origin it collects from.
+    pub fn dlqs(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> =
+            self.queues.iter().map(|q| (q.name.clone(), q.dlq())).collect();
+        v.push((self.events_exchange.clone(), self.ingress_dlq()));
+        v
+    }
+
+    fn check_unique_names(&self) -> Result<(), String> {
+        let mut seen = BTreeSet::new();
+        let plan = self.plan();
+        for name in plan
+            .queues
+            .iter()
+            .map(|q| &q.name)
+            .chain(plan.exchanges.iter().map(|e| &e.name))
+        {
+            if !seen.insert(name.clone()) {
+                return Err(format!("the name '{name}' is used twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn resolve_queue(q: QueueModel, d: &QueueOptions, prefix: &str) -> Result<QueueSpec, String> {
+    let o = &q.options;
+    let name = prefixed(prefix, &q.name, "name")?;
+    if q.bind.is_empty() {
+        return Err("field 'bind': at least one routing pattern is required".into());
+    }
+    for p in &q.bind {
+        if !is_topic_pattern(p) {
+            return Err(format!(
+                "field 'bind': '{p}' is not a topic pattern (dot-separated words, '*' or '#')"
+            ));
+        }
+    }
+    let delays: Vec<Duration> = o
+        .retry_delays
+        .clone()
+        .or_else(|| d.retry_delays.clone())
+        .unwrap_or_else(|| vec!["1s".into(), "10s".into(), "1m".into()])
+        .iter()
+        .map(|s| parse_duration(s, "retry_delays"))
+        .collect::<Result<_, _>>()?;
+    if delays.windows(2).any(|w| w[0] >= w[1]) {
+        return Err("field 'retry_delays': delays must be strictly increasing".into());
+    }
+    let max_attempts = o.max_attempts.or(d.max_attempts).unwrap_or(5);
+    if max_attempts > 1 && delays.is_empty() {
+        return Err("field 'retry_delays': needed when max_attempts > 1".into());
+    }
+    let duration = |v: &Option<String>, dv: &Option<String>, field: &str| {
+        v.as_ref()
+            .or(dv.as_ref())
+            .map(|s| parse_duration(s, field))
+            .transpose()
+    };
+    Ok(QueueSpec {
+        name,
+        bind: q.bind,
+        queue_type: o.queue_type.or(d.queue_type).unwrap_or(QueueType::Quorum),
+        prefetch: o.prefetch.or(d.prefetch).unwrap_or(100),
+        max_attempts,
+        retry_delays: delays,
+        delivery_limit: o.delivery_limit.or(d.delivery_limit).unwrap_or(10),
+        message_ttl: duration(&o.message_ttl, &d.message_ttl, "message_ttl")?,
+        max_length: o.max_length.or(d.max_length),
+        single_active_consumer: o
+            .single_active_consumer
+            .or(d.single_active_consumer)
+            .unwrap_or(false),
+        expires: duration(&o.expires, &d.expires, "expires")?,
+    })
+}
+
+fn validate_options(o: &QueueOptions, label: &str) -> Result<(), String> {
+    let bad = |field: &str, why: &str| Err(format!("{label}: field '{field}': {why}"));
+    if o.prefetch == Some(0) {
+        return bad("prefetch", "must be at least 1");
+    }
+    if o.max_attempts == Some(0) {
+        return bad("max_attempts", "must be at least 1");
+    }
+    if o.delivery_limit == Some(0) {
+        return bad("delivery_limit", "must be at least 1");
+    }
+    if o.max_length == Some(0) {
+        return bad("max_length", "must be at least 1");
+    }
+    for (field, v) in [("message_ttl", &o.message_ttl), ("expires", &o.expires)] {
+        if let Some(s) = v {
+            parse_duration(s, field).map_err(|m| format!("{label}: {m}"))?;
+        }
+    }
+    if let Some(delays) = &o.retry_delays {
+        for s in delays {
+            parse_duration(s, "retry_delays").map_err(|m| format!("{label}: {m}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_duration(s: &str, field: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("field '{field}': '{s}' is not a duration like 500ms, 10s or 1m ({e})"))?;
+    if d < Duration::from_millis(1) {
+        return Err(format!("field '{field}': must be at least 1ms"));
+    }
+    if d.as_millis() > u32::MAX as u128 {
+        return Err(format!("field '{field}': '{s}' is too long"));
+    }
+    Ok(d)
+}
+
+fn prefixed(prefix: &str, name: &str, field: &str) -> Result<String, String> {
+    if name.is_empty() {
+        return Err(format!("field '{field}': must not be empty"));
+    }
+    let full = format!("{prefix}{name}");
+    // Leave room for the longest derived suffix (".retry.<delay>", ".dlq").
+    if full.len() > 200 {
+        return Err(format!("field '{field}': '{full}' is longer than 200 bytes"));
+    }
+    if name.starts_with("amq.") {
+        return Err(format!("field '{field}': names starting with 'amq.' are reserved by RabbitMQ"));
+    }
+    Ok(full)
+}
+
+/// A topic-exchange binding pattern: dot-separated words, each a literal, `*` or `#`.
+pub fn is_topic_pattern(p: &str) -> bool {
+    !p.is_empty()
+        && p.split('.').all(|w| {
+            w == "*" || w == "#" || (!w.is_empty() && !w.contains(['*', '#']) && !w.contains(char::is_whitespace))
+        })
+}
+
+/// Topic-exchange matching of a routing key against a binding pattern.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match (p.first(), k.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => go(&p[1..], k) || (!k.is_empty() && go(p, &k[1..])),
+            (Some(&"*"), Some(_)) => go(&p[1..], &k[1..]),
+            (Some(w), Some(kw)) if w == kw => go(&p[1..], &k[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = key.split('.').collect();
+    go(&p, &k)
+}
+
+/// toml's messages quote fields with backticks and add a source excerpt; keep the first line
+/// and use the quoting of the rest of warren's messages.
+fn toml_message(e: &toml::de::Error) -> String {
+    let msg = e.message().replace('`', "'");
+    match e.span() {
+        Some(_) => msg.trim().to_string(),
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests;

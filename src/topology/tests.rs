@@ -1,0 +1,161 @@
+//! Parsing and validation of topology files.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[exchanges]
+events = "ev"
+dead_letter = "ev.dlx"
+
+[[queues]]
+name = "work"
+bind = ["a.*"]
+"#;
+
+fn parse(text: &str) -> Result<Topology, TopologyError> {
+    Topology::parse(text, Path::new("topology/test.toml"), "")
+}
+
+fn err(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn the_shipped_topology_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_TOPOLOGY_FILE);
+    let t = Topology::load(&path, "").unwrap();
+    let names: Vec<_> = t.queues.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(names, ["pf.trading", "pf.payments", "pf.jobs"]);
+    assert!(t.is_live_only("market.tick"));
+    let trading = t.queue("pf.trading").unwrap();
+    assert!(trading.single_active_consumer);
+    assert_eq!(trading.message_ttl, Some(Duration::from_secs(30)));
+    assert_eq!(trading.retry_queue(Duration::from_secs(60)), "pf.trading.retry.1m");
+}
+
+#[test]
+fn defaults_apply_and_queues_override_them() {
+    let t = parse(&format!(
+        "{MINIMAL}\n[[queues]]\nname = \"other\"\nbind = [\"b.#\"]\nmax_attempts = 2\nretry_delays = [\"500ms\"]\n"
+    ))
+    .unwrap();
+    let work = &t.queues[0];
+    assert_eq!(work.max_attempts, 5);
+    assert_eq!(work.queue_type, QueueType::Quorum);
+    assert_eq!(work.delivery_limit, 10);
+    assert_eq!(work.retry_delays.len(), 3);
+    let other = &t.queues[1];
+    assert_eq!(other.max_attempts, 2);
+    assert_eq!(other.retry_delays, [Duration::from_millis(500)]);
+    assert_eq!(other.retry_queue(Duration::from_millis(500)), "other.retry.500ms");
+}
+
+#[test]
+fn an_unknown_queue_field_names_file_queue_and_field() {
+    let e = err(&format!("{MINIMAL}ttl = \"5s\"\n"));
+    assert!(e.starts_with("topology/test.toml: queue 'work': "), "{e}");
+    assert!(e.contains("unknown field 'ttl'"), "{e}");
+}
+
+#[test]
+fn an_unknown_top_level_or_default_field_is_named() {
+    let e = err(&format!("{MINIMAL}\n[defaults]\nprefech = 5\n"));
+    assert!(e.contains("prefech"), "{e}");
+    let e = err(&format!("colour = 1\n{MINIMAL}"));
+    assert!(e.contains("colour"), "{e}");
+}
+
+#[test]
+fn bad_values_name_the_field() {
+    for (extra, field) in [
+        ("message_ttl = \"soon\"\n", "message_ttl"),
+        ("prefetch = 0\n", "prefetch"),
+        ("retry_delays = [\"10s\", \"1s\"]\n", "retry_delays"),
+        ("bind = [\"a..b\"]\n", "bind"),
+        ("max_attempts = 0\n", "max_attempts"),
+        ("queue_type = \"stream\"\n", "stream"),
+        ("expires = \"0s\"\n", "expires"),
+    ] {
+        let text = MINIMAL.replace("bind = [\"a.*\"]\n", "") + "bind = [\"a.*\"]\n";
+        let text = if extra.starts_with("bind") {
+            MINIMAL.replace("bind = [\"a.*\"]\n", extra)
+        } else {
+            text + extra
+        };
+        let e = err(&text);
+        assert!(e.contains("queue 'work'"), "{extra} -> {e}");
+        assert!(e.contains(field), "{extra} -> {e}");
+    }
+}
+
+#[test]
+fn duplicate_and_dangling_names_are_errors() {
+    let e = err(&format!("{MINIMAL}\n[[queues]]\nname = \"work\"\nbind = [\"b\"]\n"));
+    assert!(e.contains("'work' is used twice"), "{e}");
+    let e = err(&format!("[events]\nlive_only = [\"x.y\"]\nlive_ttl = \"1s\"\n{MINIMAL}"));
+    assert!(e.contains("'x.y' is not bound to any queue"), "{e}");
+    let t = parse(MINIMAL).unwrap();
+    let e = t.queue("nope").unwrap_err().to_string();
+    assert!(e.contains("queue 'nope' is not in topology/test.toml (known queues: work)"), "{e}");
+}
+
+#[test]
+fn the_prefix_applies_to_every_name_but_not_to_binding_keys() {
+    let t = Topology::parse(MINIMAL, Path::new("t.toml"), "t1.").unwrap();
+    assert_eq!(t.events_exchange, "t1.ev");
+    assert_eq!(t.queue("work").unwrap().name, "t1.work");
+    assert_eq!(t.queue("t1.work").unwrap().dlq(), "t1.work.dlq");
+    let plan = t.plan();
+    assert!(plan.queues.iter().all(|q| q.name.starts_with("t1.")));
+    assert!(plan.bindings.iter().any(|b| b.routing_key == "a.*"));
+    assert!(plan.bindings.iter().any(|b| b.routing_key == "t1.work" && b.queue == "t1.work.dlq"));
+}
+
+#[test]
+fn work_queues_always_carry_a_dead_letter_exchange_and_a_delivery_limit() {
+    let plan = parse(MINIMAL).unwrap().plan();
+    let work = plan.queues.iter().find(|q| q.name == "work").unwrap();
+    assert_eq!(work.arguments["x-dead-letter-exchange"], Arg::Str("ev.dlx".into()));
+    assert_eq!(work.arguments["x-delivery-limit"], Arg::Int(10));
+    assert_eq!(work.arguments["x-dead-letter-strategy"], Arg::Str("at-least-once".into()));
+    assert_eq!(work.arguments["x-overflow"], Arg::Str("reject-publish".into()));
+    let tier = plan.queues.iter().find(|q| q.name == "work.retry.10s").unwrap();
+    assert_eq!(tier.arguments["x-message-ttl"], Arg::Int(10_000));
+    assert_eq!(tier.arguments["x-dead-letter-exchange"], Arg::Str(String::new()));
+    assert_eq!(tier.arguments["x-dead-letter-routing-key"], Arg::Str("work".into()));
+    let dlq = plan.queues.iter().find(|q| q.name == "work.dlq").unwrap();
+    assert_eq!(dlq.arguments["x-queue-type"], Arg::Str("classic".into()));
+    assert!(plan.queues.iter().any(|q| q.name == "ev.dlq"));
+}
+
+#[test]
+fn tiers_are_chosen_by_requested_delay() {
+    let t = parse(MINIMAL).unwrap();
+    let q = &t.queues[0];
+    assert_eq!(q.tier_for(Duration::ZERO), Some(Duration::from_secs(1)));
+    assert_eq!(q.tier_for(Duration::from_secs(2)), Some(Duration::from_secs(10)));
+    assert_eq!(q.tier_for(Duration::from_secs(600)), Some(Duration::from_secs(60)));
+}
+
+#[test]
+fn topic_matching_follows_rabbitmq() {
+    assert!(topic_matches("market.*", "market.tick"));
+    assert!(!topic_matches("market.*", "market.tick.x"));
+    assert!(topic_matches("escrow.#", "escrow.released"));
+    assert!(topic_matches("#", "a.b"));
+    assert!(topic_matches("wallet.balance_changed", "wallet.balance_changed"));
+    assert!(!topic_matches("job.#", "jobs.x"));
+}
+
+#[test]
+fn definitions_export_lists_every_object() {
+    let plan = parse(MINIMAL).unwrap().plan();
+    let d = plan.definitions("/");
+    assert_eq!(d["exchanges"].as_array().unwrap().len(), 2);
+    assert_eq!(d["queues"].as_array().unwrap().len(), plan.queues.len());
+    assert_eq!(d["queues"][0]["arguments"]["x-delivery-limit"], 10);
+    assert_eq!(d["bindings"].as_array().unwrap().len(), plan.bindings.len());
+}

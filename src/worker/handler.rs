@@ -1,0 +1,83 @@
+//! The one abstraction users implement: an async function from an event and its context to an
+//! outcome. Retry semantics live in the error type, never in strings parsed later.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::envelope::Envelope;
+
+/// What a handler returns: `Ok(())` means the effect is done and the message can be acked.
+pub type HandlerResult = Result<(), HandlerError>;
+
+/// Why a handler did not finish. The variant decides what happens to the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying later (5xx, timeouts, a 409 for an operation still in flight). With
+    /// `retry_after`, the next attempt must not come earlier than that (a 429's `Retry-After`).
+    #[error("{reason}")]
+    Transient {
+        /// What went wrong, for the dead-letter headers and logs.
+        reason: String,
+        /// The earliest the next attempt may run, relative to now.
+        retry_after: Option<Duration>,
+    },
+    /// Retrying cannot help (400, 422, a payload the handler cannot use): dead-letter now.
+    #[error("{0}")]
+    Permanent(String),
+    /// The downstream cannot take work right now (circuit open): put the message back on the
+    /// queue untouched, without counting an attempt.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl HandlerError {
+    /// A transient failure with the default backoff.
+    pub fn transient(reason: impl Into<String>) -> Self {
+        Self::Transient {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A transient failure that must not be retried before `delay` has passed.
+    pub fn retry_after(delay: Duration, reason: impl Into<String>) -> Self {
+        Self::Transient {
+            reason: reason.into(),
+            retry_after: Some(delay),
+        }
+    }
+
+    /// A failure that no retry can fix.
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self::Permanent(reason.into())
+    }
+}
+
+/// Facts about the delivery that a handler may need besides the event itself.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The queue the message was consumed from (its full, prefixed name).
+    pub queue: String,
+    /// Failed attempts so far (`x-warren-attempt`, absent = 0).
+    pub attempt: u32,
+    /// The broker's redelivered flag: a previous delivery may have run the handler already.
+    pub redelivered: bool,
+    /// The queue's message TTL, if it is a live-only queue: events older than this are stale.
+    pub message_ttl: Option<Duration>,
+}
+
+/// An event handler. Implement it for your own type and pass it to [`crate::worker::run`].
+///
+/// A handler must be safe to run more than once for the same event: derive idempotency keys
+/// with [`Envelope::idempotency_key`] so a redelivery repeats the same downstream request.
+pub trait Handler: Send + Sync + 'static {
+    /// The handler's name, used in idempotency keys and logs.
+    fn name(&self) -> &str;
+
+    /// Handles one event.
+    fn handle(
+        &self,
+        event: &Envelope,
+        ctx: &Context,
+    ) -> impl Future<Output = HandlerResult> + Send;
+}
