@@ -151,6 +151,9 @@ pub struct WorkerArgs {
     /// How long in-flight handlers may finish after SIGTERM before they are requeued.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:9090).
+    #[arg(long, env = "WARREN_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// chaos handler: append `<eventId> <attempt> <start|outcome> <epoch_ms>` lines to this file.
     #[arg(long)]
     pub record: Option<PathBuf>,
@@ -278,19 +281,21 @@ async fn worker_command(global: &GlobalArgs, args: WorkerArgs) -> Result<u8> {
     let settings = WorkerSettings {
         url: global.url()?,
         topology: args.topology.load()?,
-        queues: args.queues,
+        queues: args.queues.clone(),
         prefetch: args.prefetch,
         concurrency: args.concurrency as usize,
         drain_timeout: args.drain_timeout,
     };
     let shutdown: CancellationToken = crate::shutdown::on_signals();
-    worker::run(
-        settings,
-        handler,
-        Arc::new(worker::Stats::default()),
-        shutdown,
-    )
-    .await?;
+    let metrics = Arc::new(worker::WorkerMetrics::default());
+    if let Some(addr) = &args.metrics_listen {
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        crate::metrics::spawn(addr, registry, metrics.ready.clone(), shutdown.clone())
+            .await
+            .map_err(|e| Error::Usage(format!("--metrics-listen {addr}: {e}")))?;
+    }
+    worker::run(settings, handler, metrics, shutdown).await?;
     Ok(0)
 }
 

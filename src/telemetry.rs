@@ -1,5 +1,7 @@
 //! Logging to stderr, human-readable or JSON, filtered by `RUST_LOG`. lapin is kept at warn.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// `--log-format`.
@@ -35,6 +37,7 @@ pub fn init(format: LogFormat) {
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

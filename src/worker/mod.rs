@@ -14,12 +14,12 @@
 
 mod decide;
 pub mod handler;
+mod metrics;
 mod settle;
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::{self, BoxStream, SelectAll};
@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 
 pub use decide::{Disposition, decide, defer};
 pub use handler::{Context, Handler, HandlerError, HandlerResult};
+pub use metrics::{QueueMetrics, WorkerMetrics};
 pub use settle::{Settled, settle};
 
 use crate::amqp::{self, AmqpUrl, Channel, Connection, Delivery, ErrorKind, Publisher, hdr};
@@ -56,45 +57,11 @@ pub struct WorkerSettings {
     pub drain_timeout: Duration,
 }
 
-/// Counters a worker keeps; cheap to read from another task.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Deliveries received.
-    pub received: AtomicU64,
-    /// Handler calls made.
-    pub handled: AtomicU64,
-    /// Messages acked after a successful handler.
-    pub acked: AtomicU64,
-    /// Messages sent to a retry tier.
-    pub retried: AtomicU64,
-    /// Messages sent to the dead-letter exchange.
-    pub dead_lettered: AtomicU64,
-    /// Messages nacked with requeue.
-    pub requeued: AtomicU64,
-    /// Broker (re)connections made.
-    pub connections: AtomicU64,
-    /// Handlers running now.
-    pub in_flight: AtomicU64,
-}
-
-impl Stats {
-    fn count(&self, settled: Settled) {
-        let counter = match settled {
-            Settled::Acked => &self.acked,
-            Settled::Retried | Settled::Deferred => &self.retried,
-            Settled::DeadLettered => &self.dead_lettered,
-            Settled::Requeued => &self.requeued,
-            Settled::Lost => return,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// Runs a worker until `shutdown` is cancelled, then drains and returns.
 pub async fn run<H: Handler>(
     settings: WorkerSettings,
     handler: H,
-    stats: Arc<Stats>,
+    metrics: Arc<WorkerMetrics>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     if settings.queues.is_empty() {
@@ -107,10 +74,12 @@ pub async fn run<H: Handler>(
         .iter()
         .map(|q| settings.topology.queue(q).map(|s| Arc::new(s.clone())))
         .collect::<Result<Vec<_>, _>>()?;
+    let queue_metrics = specs.iter().map(|q| metrics.for_queue(&q.name)).collect();
     let worker = Worker {
         handler: Arc::new(handler),
         specs,
-        stats,
+        queue_metrics,
+        metrics,
         dead_letter_exchange: Arc::from(settings.topology.dead_letter_exchange.as_str()),
         settings,
         shutdown,
@@ -138,7 +107,8 @@ pub async fn run<H: Handler>(
 struct Worker<H> {
     handler: Arc<H>,
     specs: Vec<Arc<QueueSpec>>,
-    stats: Arc<Stats>,
+    queue_metrics: Vec<QueueMetrics>,
+    metrics: Arc<WorkerMetrics>,
     dead_letter_exchange: Arc<str>,
     settings: WorkerSettings,
     shutdown: CancellationToken,
@@ -188,7 +158,10 @@ impl<H: Handler> Worker<H> {
         for i in 0..self.specs.len() {
             self.subscribe(&mut s, i).await?;
         }
-        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        if self.metrics.sessions.inc() > 0 {
+            self.metrics.reconnects.inc();
+        }
+        self.metrics.ready.set(true);
         backoff.connected();
         tracing::info!(
             queues = ?self.specs.iter().map(|q| q.name.as_str()).collect::<Vec<_>>(),
@@ -197,6 +170,7 @@ impl<H: Handler> Worker<H> {
         );
 
         let result = self.consume(&mut s).await;
+        self.metrics.ready.set(false);
         self.finish(&mut s, result.is_ok()).await;
         result
     }
@@ -263,7 +237,6 @@ impl<H: Handler> Worker<H> {
             };
             match item {
                 Some(Item::Delivery(i, Ok(delivery))) => {
-                    self.stats.received.fetch_add(1, Ordering::Relaxed);
                     if s.careful && delivery.redelivered {
                         self.run_alone(s, i, delivery).await;
                     } else if s.careful {
@@ -325,7 +298,7 @@ impl<H: Handler> Worker<H> {
             _ = self.shutdown.cancelled() => None,
         };
         let Some(permit) = permit else {
-            self.settle_requeue(&delivery).await;
+            self.settle_requeue(i, &delivery).await;
             return;
         };
         let job = self.job(s, i);
@@ -338,7 +311,7 @@ impl<H: Handler> Worker<H> {
             spec: self.specs[i].clone(),
             publisher: s.publisher.clone(),
             dead_letter_exchange: self.dead_letter_exchange.clone(),
-            stats: self.stats.clone(),
+            metrics: self.queue_metrics[i].clone(),
             hard_stop: s.hard_stop.clone(),
         }
     }
@@ -347,7 +320,7 @@ impl<H: Handler> Worker<H> {
     async fn run_alone(&self, s: &mut Session, i: usize, delivery: Delivery) {
         self.wait_in_flight(s).await;
         if self.shutdown.is_cancelled() {
-            self.settle_requeue(&delivery).await;
+            self.settle_requeue(i, &delivery).await;
             return;
         }
         let job = self.job(s, i);
@@ -400,7 +373,6 @@ impl<H: Handler> Worker<H> {
         while let Some(item) = s.streams.next().await {
             match item {
                 Item::Delivery(i, Ok(d)) => {
-                    self.stats.received.fetch_add(1, Ordering::Relaxed);
                     if d.redelivered {
                         suspects.push_back((i, d));
                     } else {
@@ -428,8 +400,8 @@ impl<H: Handler> Worker<H> {
         s.tracker.reopen();
     }
 
-    async fn settle_requeue(&self, delivery: &Delivery) {
-        self.stats.count(settle::requeue(delivery).await);
+    async fn settle_requeue(&self, i: usize, delivery: &Delivery) {
+        self.queue_metrics[i].settled(settle::requeue(delivery).await);
     }
 
     /// Stops consuming, drains in-flight handlers up to the deadline, requeues the rest and
@@ -447,8 +419,8 @@ impl<H: Handler> Worker<H> {
             let leftovers = tokio::time::timeout(Duration::from_secs(5), async {
                 let mut n = 0u64;
                 while let Some(item) = s.streams.next().await {
-                    if let Item::Delivery(_, Ok(d)) = item {
-                        self.settle_requeue(&d).await;
+                    if let Item::Delivery(i, Ok(d)) = item {
+                        self.settle_requeue(i, &d).await;
                         n += 1;
                     }
                 }
@@ -489,7 +461,7 @@ struct Job<H> {
     spec: Arc<QueueSpec>,
     publisher: Publisher,
     dead_letter_exchange: Arc<str>,
-    stats: Arc<Stats>,
+    metrics: QueueMetrics,
     hard_stop: CancellationToken,
 }
 
@@ -522,7 +494,7 @@ impl<H: Handler> Job<H> {
             &self.dead_letter_exchange,
         )
         .await;
-        self.stats.count(settled);
+        self.metrics.settled(settled);
         drop(permit);
     }
 
@@ -540,8 +512,10 @@ impl<H: Handler> Job<H> {
             redelivered: delivery.redelivered,
             message_ttl: self.spec.message_ttl,
         };
-        self.stats.handled.fetch_add(1, Ordering::Relaxed);
-        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let lag_ms = now_ms().saturating_sub(event.ts);
+        self.metrics.event_lag.observe(lag_ms as f64 / 1000.0);
+        self.metrics.in_flight.inc();
+        let started = std::time::Instant::now();
         let handled = AssertUnwindSafe(self.handler.handle(event, &ctx)).catch_unwind();
         let result = tokio::select! {
             r = handled => Some(r.unwrap_or_else(|panic| {
@@ -555,7 +529,10 @@ impl<H: Handler> Job<H> {
             })),
             _ = self.hard_stop.cancelled() => None,
         };
-        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics
+            .handler_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.in_flight.dec();
         result
     }
 }

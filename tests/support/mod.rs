@@ -403,3 +403,5 @@ impl Drop for Warren {
         }
     }
 }
+
+pub mod proxy;
