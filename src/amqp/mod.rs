@@ -2,6 +2,7 @@
 //! confirms, settling deliveries, and reading warren's headers. Every network await here has
 //! a deadline, because lapin has none of its own.
 
+mod declare;
 mod headers;
 mod publish;
 mod url;
@@ -18,6 +19,10 @@ pub use lapin::{
     types::FieldTable as Headers,
 };
 
+pub use declare::{
+    Arg, bind, cancel, channel, close_channel, declare_exchange, declare_queue, delete_exchange,
+    delete_queue, exchange_exists, field_table, inspect_queue,
+};
 pub use headers::{
     ErrorKind, FailureHeaders, XDeath, hdr, header_str, header_u32, header_u64, set_header, x_death,
 };
@@ -69,6 +74,10 @@ pub enum AmqpError {
         target: String,
         /// The broker's reply text.
         reply: String,
+        /// The `message_id` of the message the broker returned. With several mandatory publishes
+        /// in flight on one channel, lapin may attach a return to another publish's confirm, so
+        /// pipelined publishers must check this id rather than trust the attribution.
+        message_id: Option<String>,
     },
     /// The publish went out on a channel without confirms: warren never does this on purpose.
     #[error("publish to {target}: no publisher confirm was requested")]
@@ -161,11 +170,6 @@ pub async fn close(conn: &Connection) {
     }
 }
 
-/// Opens a channel for consuming.
-pub async fn channel(conn: &Connection) -> Result<Channel, AmqpError> {
-    timed(|| "open a channel", conn.create_channel()).await
-}
-
 /// Starts consuming `queue` on `channel` with manual acks. Per-consumer QoS is set to
 /// `prefetch` first, so the first burst is already bounded; deliveries still unacked on the
 /// channel from an earlier consumer stay ackable.
@@ -214,27 +218,4 @@ pub async fn requeue(delivery: &Delivery) -> Result<bool, AmqpError> {
         }),
     )
     .await
-}
-
-/// Declares nothing and returns the queue's (ready messages, consumers), or NOT_FOUND.
-/// Uses its own channel: a failed passive declare closes the channel it ran on.
-pub async fn queue_depth(conn: &Connection, queue: &str) -> Result<(u32, u32), AmqpError> {
-    let channel = timed(|| "open a channel", conn.create_channel()).await?;
-    let result = timed(
-        || format!("inspect queue '{queue}'"),
-        channel.queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await;
-    if channel.status().connected() {
-        let _ = timed(|| "close channel", channel.close(200, "ok".into())).await;
-    }
-    let q = result?;
-    Ok((q.message_count(), q.consumer_count()))
 }

@@ -10,6 +10,9 @@ use super::decide::Disposition;
 use crate::amqp::{self, Delivery, ErrorKind, FailureHeaders, Message, Publisher};
 use crate::topology::QueueSpec;
 
+/// The pause before requeueing a message whose republish failed.
+const REQUEUE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What settling did, for counters and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
@@ -90,13 +93,14 @@ pub async fn settle(
         Ok(done) => ack(delivery, done).await,
         Err(error) => {
             tracing::warn!(queue = %queue.name, %error, "Republish failed; requeueing the message instead.");
+            // Not at once: a broker that cannot take the republish now will not a moment later.
+            tokio::time::sleep(REQUEUE_BACKOFF).await;
             requeue(delivery).await
         }
     }
 }
 
-/// Publishes a copy of the delivery with new headers and waits for its confirm. The
-/// `expiration` property is dropped: a live-only event must not vanish from a retry tier or DLQ.
+/// Publishes a copy of the delivery with new headers and waits for its confirm.
 async fn republish(
     delivery: &Delivery,
     publisher: &Publisher,
@@ -104,31 +108,27 @@ async fn republish(
     routing_key: &str,
     headers: FieldTable,
 ) -> Result<(), amqp::AmqpError> {
-    let mut properties = delivery.properties.clone().with_headers(headers);
-    if properties.expiration().is_some() {
-        properties = strip_expiration(properties);
-    }
     publisher
         .publish(Message {
             exchange,
             routing_key,
             body: &delivery.data,
-            properties: properties.with_delivery_mode(2),
+            properties: republish_properties(&delivery.properties).with_headers(headers),
             mandatory: true,
         })
         .await
 }
 
-fn strip_expiration(p: amqp::BasicProperties) -> amqp::BasicProperties {
-    let mut out = amqp::BasicProperties::default();
+/// The original properties, persistent, minus `expiration` (a live-only event must not vanish
+/// from a retry tier or DLQ) and `user_id` (the broker rejects a publish whose user_id is not
+/// the publishing user's).
+fn republish_properties(p: &amqp::BasicProperties) -> amqp::BasicProperties {
+    let mut out = amqp::BasicProperties::default().with_delivery_mode(2);
     if let Some(v) = p.content_type() {
         out = out.with_content_type(v.clone());
     }
     if let Some(v) = p.content_encoding() {
         out = out.with_content_encoding(v.clone());
-    }
-    if let Some(v) = p.headers() {
-        out = out.with_headers(v.clone());
     }
     if let Some(v) = p.priority() {
         out = out.with_priority(*v);
@@ -150,6 +150,9 @@ fn strip_expiration(p: amqp::BasicProperties) -> amqp::BasicProperties {
     }
     if let Some(v) = p.app_id() {
         out = out.with_app_id(v.clone());
+    }
+    if let Some(v) = p.cluster_id() {
+        out = out.with_cluster_id(v.clone());
     }
     out
 }
