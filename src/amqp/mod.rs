@@ -19,8 +19,8 @@ pub use lapin::{
 };
 
 pub use headers::{
-    ErrorKind, FailureHeaders, XDeath, header_str, header_u32, header_u64, hdr, set_header,
-    x_death,
+    ErrorKind, FailureHeaders, MAX_ERROR_BYTES, XDeath, header_str, header_u32, header_u64, hdr,
+    set_header, truncate, x_death,
 };
 pub use publish::{Confirm, ConfirmWindow, Message, Publisher};
 pub use url::{AmqpUrl, AmqpUrlError, DEFAULT_AMQP_URL, redact};

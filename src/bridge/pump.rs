@@ -1,0 +1,679 @@
+//! The bridge loop. One task owns everything: the upstream socket, the broker connection, the
+//! outbox and the cursor, so ordering needs no locks. It reads a frame only when the outbox has
+//! room and the broker is connected and not blocked: that is the backpressure, and it keeps
+//! memory bounded by the confirm window.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message as WsMessage};
+use tokio_util::sync::CancellationToken;
+use ulid::Ulid;
+
+use super::cursor::CursorFile;
+use super::dedup::Dedup;
+use super::ingress::{self, WebhookJob};
+use super::outbox::{Origin, Outbox, Outgoing};
+use super::upstream::{self, UpstreamSettings, WsStream};
+use super::{BridgeSettings, Stats, route};
+use crate::amqp::{self, AmqpError, AmqpUrl, ConfirmWindow, Connection, Message, Publisher};
+use crate::backoff::Backoff;
+use crate::envelope::{Envelope, EnvelopeError, MAX_ENVELOPE_BYTES};
+use crate::error::Error;
+use crate::topology::Topology;
+
+/// A confirm that takes longer than this means the channel is stuck: reconnect and republish.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often the loop wakes to retry, reconnect and notice a blocked or dead connection.
+const TICK: Duration = Duration::from_millis(100);
+/// At most one warning per this period for a recurring condition (invalid frames, unroutable).
+const WARN_EVERY: Duration = Duration::from_secs(5);
+
+struct Ws {
+    stream: WsStream,
+    last_frame: Instant,
+}
+
+struct Broker {
+    conn: Connection,
+    publisher: Publisher,
+}
+
+/// What woke the loop.
+enum Wake {
+    Stop,
+    Confirm(u64, Result<(), AmqpError>),
+    Frame(Option<Result<WsMessage, WsError>>),
+    Job(Option<WebhookJob>),
+    Idle,
+    Ping,
+    Flush,
+    Tick,
+}
+
+/// Rate-limits a recurring warning.
+#[derive(Default)]
+struct Throttle(Option<Instant>);
+
+impl Throttle {
+    fn ready(&mut self) -> bool {
+        let now = Instant::now();
+        if self.0.is_some_and(|at| now.duration_since(at) < WARN_EVERY) {
+            return false;
+        }
+        self.0 = Some(now);
+        true
+    }
+}
+
+pub(super) struct Pump {
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    /// Cancelled on shutdown in the main loop; at the drain deadline while draining.
+    stop: CancellationToken,
+    url: AmqpUrl,
+    topology: Topology,
+    events_exchange: Arc<str>,
+    dead_letter_exchange: Arc<str>,
+    upstream: Option<UpstreamSettings>,
+    connect_timeout: Duration,
+    ping_interval: Duration,
+    idle_timeout: Duration,
+    flush_interval: Duration,
+    shutdown_timeout: Duration,
+    window_size: usize,
+
+    outbox: Outbox,
+    window: ConfirmWindow<u64>,
+    /// Some slot is unsent or waiting for a retry.
+    dirty: bool,
+    broker: Option<Broker>,
+    broker_backoff: Backoff,
+    broker_retry_at: Instant,
+    ws: Option<Ws>,
+    ws_backoff: Backoff,
+    ws_retry_at: Instant,
+    dedup: Dedup,
+
+    cursor: Option<Ulid>,
+    cursor_queued: Option<Ulid>,
+    since_flush: usize,
+    cursor_file: Option<CursorFile>,
+    cursor_tx: Option<watch::Sender<Option<Ulid>>>,
+    cursor_writer: Option<JoinHandle<()>>,
+
+    jobs: Option<mpsc::Receiver<WebhookJob>>,
+    ingress: Option<JoinHandle<()>>,
+    ingress_stop: CancellationToken,
+    warn_invalid: Throttle,
+    warn_unroutable: Throttle,
+}
+
+impl Pump {
+    /// Loads the cursor and starts the webhook listener; connects nothing yet.
+    pub(super) async fn start(s: BridgeSettings, stats: Arc<Stats>, shutdown: CancellationToken) -> Result<Self, Error> {
+        let cursor_file = s.cursor_file.map(CursorFile::new);
+        let cursor = match &cursor_file {
+            Some(f) => f.load()?,
+            None => None,
+        };
+        if let Some(id) = cursor {
+            stats.set_cursor(id);
+        }
+        let (cursor_tx, cursor_writer) = match &cursor_file {
+            Some(f) => {
+                let (tx, rx) = watch::channel(cursor);
+                (Some(tx), Some(tokio::spawn(write_cursor(f.clone(), rx, stats.clone()))))
+            }
+            None => (None, None),
+        };
+        let window_size = s.confirm_window.max(1);
+        let ingress_stop = CancellationToken::new();
+        let (jobs, ingress) = match s.webhook {
+            Some(w) => {
+                let (tx, rx) = mpsc::channel(window_size);
+                (Some(rx), Some(ingress::spawn(w, tx, stats.clone(), ingress_stop.clone())))
+            }
+            None => (None, None),
+        };
+        tracing::info!(
+            events_exchange = %s.topology.events_exchange,
+            upstream = %s.upstream.as_ref().map(|u| redact_ws_url(&u.url)).unwrap_or_else(|| "-".into()),
+            cursor = %cursor.map(|c| c.to_string()).unwrap_or_else(|| "none".into()),
+            confirm_window = window_size,
+            "Bridge starting."
+        );
+        let now = Instant::now();
+        Ok(Self {
+            stop: shutdown.child_token(),
+            shutdown,
+            url: s.amqp_url,
+            events_exchange: Arc::from(s.topology.events_exchange.as_str()),
+            dead_letter_exchange: Arc::from(s.topology.dead_letter_exchange.as_str()),
+            topology: s.topology,
+            upstream: s.upstream,
+            connect_timeout: s.connect_timeout,
+            ping_interval: s.ping_interval,
+            idle_timeout: s.idle_timeout,
+            flush_interval: s.cursor_flush_interval,
+            shutdown_timeout: s.shutdown_timeout,
+            window_size,
+            outbox: Outbox::new(window_size),
+            window: ConfirmWindow::new(window_size),
+            dirty: false,
+            broker: None,
+            broker_backoff: Backoff::reconnect(),
+            broker_retry_at: now,
+            ws: None,
+            ws_backoff: Backoff::reconnect(),
+            ws_retry_at: now,
+            // Replays overlap by at most what is unconfirmed, which the window bounds.
+            dedup: Dedup::new((window_size * 4).max(4096), cursor),
+            cursor,
+            cursor_queued: cursor,
+            since_flush: 0,
+            cursor_file,
+            cursor_tx,
+            cursor_writer,
+            jobs,
+            ingress,
+            ingress_stop,
+            warn_invalid: Throttle::default(),
+            warn_unroutable: Throttle::default(),
+            stats,
+        })
+    }
+
+    pub(super) async fn run(mut self) -> Result<(), Error> {
+        let mut ping = tokio::time::interval(self.ping_interval);
+        let mut flush = tokio::time::interval(self.flush_interval);
+        let mut tick = tokio::time::interval(TICK);
+        for t in [&mut ping, &mut flush, &mut tick] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        while !self.shutdown.is_cancelled() {
+            self.ensure_broker().await;
+            self.ensure_upstream().await;
+            if self.dirty {
+                self.publish_due().await;
+            }
+            let reading = self.can_read();
+            if !reading && let Some(ws) = &mut self.ws {
+                // The idle deadline measures the upstream's silence, not ours.
+                ws.last_frame = Instant::now();
+            }
+            let idle_at = self.ws.as_ref().map(|w| w.last_frame + self.idle_timeout);
+            let wake = {
+                let window = &mut self.window;
+                let ws = self.ws.as_mut().map(|w| &mut w.stream);
+                let jobs = self.jobs.as_mut();
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled() => Wake::Stop,
+                    Some((seq, r)) = window.next(), if !window.is_empty() => Wake::Confirm(seq, r),
+                    f = next_frame(ws), if reading => Wake::Frame(f),
+                    j = next_job(jobs), if reading => Wake::Job(j),
+                    _ = sleep_until(idle_at), if idle_at.is_some() => Wake::Idle,
+                    _ = ping.tick() => Wake::Ping,
+                    _ = flush.tick() => Wake::Flush,
+                    _ = tick.tick() => Wake::Tick,
+                }
+            };
+            match wake {
+                Wake::Stop => break,
+                Wake::Confirm(seq, r) => self.on_confirm(seq, r),
+                Wake::Frame(f) => self.on_frame(f).await,
+                Wake::Job(Some(job)) => self.on_job(job).await,
+                Wake::Job(None) => self.jobs = None,
+                Wake::Idle => {
+                    let secs = self.idle_timeout.as_secs_f32();
+                    self.upstream_failed(&format!("no frame for {secs}s (idle deadline)"));
+                }
+                Wake::Ping => self.ping().await,
+                Wake::Flush => self.flush_cursor(true),
+                Wake::Tick => self.check_broker(),
+            }
+            self.advance_cursor();
+        }
+        self.finish().await
+    }
+
+    fn can_read(&self) -> bool {
+        self.outbox.has_room()
+            && self
+                .broker
+                .as_ref()
+                .is_some_and(|b| !b.conn.status().blocked())
+    }
+
+    async fn ensure_broker(&mut self) {
+        if self.broker.is_some() || Instant::now() < self.broker_retry_at {
+            return;
+        }
+        let attempt = async {
+            let conn = amqp::connect(&self.url, "bridge", "publish").await?;
+            match Publisher::open(&conn).await {
+                Ok(p) => Ok(Broker {
+                    publisher: p.with_confirm_timeout(CONFIRM_TIMEOUT),
+                    conn,
+                }),
+                Err(e) => {
+                    amqp::close(&conn).await;
+                    Err(e)
+                }
+            }
+        };
+        let result = tokio::select! {
+            _ = self.stop.cancelled() => return,
+            r = attempt => r,
+        };
+        match result {
+            Ok(broker) => {
+                Stats::add(&self.stats.broker_connects, 1);
+                self.broker_backoff.connected();
+                let pending = self.outbox.len();
+                tracing::info!(pending, "Broker connected; publishing.");
+                self.broker = Some(broker);
+                self.window = ConfirmWindow::new(self.window_size);
+                self.outbox.resend_all();
+                self.dirty = true;
+                self.publish_due().await;
+            }
+            Err(error) => {
+                let delay = self.broker_backoff.next_delay();
+                self.broker_retry_at = Instant::now() + delay;
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Cannot reach the broker.");
+            }
+        }
+    }
+
+    async fn ensure_upstream(&mut self) {
+        let Some(settings) = &self.upstream else { return };
+        if self.ws.is_some() || self.broker.is_none() || Instant::now() < self.ws_retry_at {
+            return;
+        }
+        let resume = self.cursor;
+        let result = tokio::select! {
+            _ = self.stop.cancelled() => return,
+            r = upstream::connect(settings, resume, self.connect_timeout) => r,
+        };
+        match result {
+            Ok(stream) => {
+                Stats::add(&self.stats.upstream_connects, 1);
+                self.ws_backoff.connected();
+                tracing::info!(
+                    resume_from = %resume.map(|c| c.to_string()).unwrap_or_else(|| "latest".into()),
+                    "Upstream subscribed."
+                );
+                self.ws = Some(Ws {
+                    stream,
+                    last_frame: Instant::now(),
+                });
+            }
+            Err(error) => {
+                let delay = self.ws_backoff.next_delay();
+                self.ws_retry_at = Instant::now() + delay;
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Cannot reach the upstream.");
+            }
+        }
+    }
+
+    fn upstream_failed(&mut self, reason: &str) {
+        if self.ws.take().is_none() {
+            return;
+        }
+        let delay = self.ws_backoff.next_delay();
+        self.ws_retry_at = Instant::now() + delay;
+        tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "Upstream connection lost; reconnecting.");
+    }
+
+    fn broker_failed(&mut self, reason: &str) {
+        let Some(broker) = self.broker.take() else { return };
+        tokio::spawn(async move { amqp::close(&broker.conn).await });
+        self.window = ConfirmWindow::new(self.window_size);
+        self.outbox.resend_all();
+        self.dirty = true;
+        let delay = self.broker_backoff.next_delay();
+        self.broker_retry_at = Instant::now() + delay;
+        tracing::warn!(
+            %reason,
+            unconfirmed = self.outbox.len(),
+            retry_in_ms = delay.as_millis() as u64,
+            "Broker connection lost; will republish everything unconfirmed."
+        );
+    }
+
+    fn check_broker(&mut self) {
+        if self.broker.as_ref().is_some_and(|b| !b.conn.status().connected()) {
+            self.broker_failed("the connection is closed");
+        }
+    }
+
+    async fn ping(&mut self) {
+        let Some(ws) = &mut self.ws else { return };
+        let sent = tokio::time::timeout(Duration::from_secs(5), ws.stream.send(WsMessage::Ping(Bytes::new()))).await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.upstream_failed(&format!("ping: {e}")),
+            Err(_) => self.upstream_failed("ping: the socket accepts no data"),
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Option<Result<WsMessage, WsError>>) {
+        let msg = match frame {
+            None => return self.upstream_failed("the upstream closed the connection"),
+            Some(Err(e)) => {
+                if matches!(e, WsError::Capacity(_) | WsError::Utf8(_)) {
+                    Stats::add(&self.stats.received, 1);
+                    let error = format!("frame rejected by the WebSocket layer, bytes unavailable: {e}");
+                    self.dead_letter(Vec::new(), &error, None).await;
+                }
+                return self.upstream_failed(&e.to_string());
+            }
+            Some(Ok(msg)) => msg,
+        };
+        if let Some(ws) = &mut self.ws {
+            ws.last_frame = Instant::now();
+        }
+        match msg {
+            WsMessage::Text(text) => self.on_text(text.as_bytes()).await,
+            WsMessage::Binary(bytes) => {
+                Stats::add(&self.stats.received, 1);
+                self.dead_letter(bytes.to_vec(), "binary frame; the upstream sends JSON text frames", None)
+                    .await;
+            }
+            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Close(_) | WsMessage::Frame(_) => {}
+        }
+    }
+
+    async fn on_text(&mut self, frame: &[u8]) {
+        Stats::add(&self.stats.received, 1);
+        if frame.len() > MAX_ENVELOPE_BYTES {
+            let error = EnvelopeError::TooLarge(frame.len()).to_string();
+            let kept = frame[..route::TRUNCATED_BYTES].to_vec();
+            return self.dead_letter(kept, &error, Some(frame.len())).await;
+        }
+        let event = match Envelope::parse(frame) {
+            Ok(e) => e,
+            Err(error) => return self.dead_letter(frame.to_vec(), &error.to_string(), None).await,
+        };
+        let Ok(id) = Ulid::from_string(&event.event_id) else {
+            return self.dead_letter(frame.to_vec(), "field 'eventId': not a ULID", None).await;
+        };
+        if !self.dedup.accept(id) {
+            Stats::add(&self.stats.duplicates, 1);
+            return;
+        }
+        let traceparent = route::frame_traceparent(frame).unwrap_or_else(route::new_traceparent);
+        let out = self.event_message(&event, frame.to_vec(), &traceparent);
+        let seq = self.outbox.push(out, Origin::Stream(id));
+        self.publish(seq).await;
+    }
+
+    async fn on_job(&mut self, job: WebhookJob) {
+        let traceparent = job.traceparent.clone().unwrap_or_else(route::new_traceparent);
+        let out = self.event_message(&job.event, job.body, &traceparent);
+        let seq = self.outbox.push(out, Origin::Webhook(Some(job.reply)));
+        self.publish(seq).await;
+    }
+
+    fn event_message(&self, event: &Envelope, body: Vec<u8>, traceparent: &str) -> Outgoing {
+        let live_ttl = if self.topology.is_live_only(&event.event_type) {
+            self.topology.live_ttl
+        } else {
+            None
+        };
+        Outgoing {
+            exchange: self.events_exchange.clone(),
+            routing_key: event.event_type.clone(),
+            properties: route::event_properties(event, live_ttl, traceparent),
+            body,
+        }
+    }
+
+    async fn dead_letter(&mut self, body: Vec<u8>, error: &str, original_size: Option<usize>) {
+        let n = self.stats.invalid.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if self.warn_invalid.ready() {
+            tracing::warn!(%error, invalid_total = n, "Invalid frame; dead-lettering it.");
+        }
+        let now_secs = now_ms() / 1000;
+        let out = Outgoing {
+            exchange: self.dead_letter_exchange.clone(),
+            routing_key: self.events_exchange.to_string(),
+            properties: route::invalid_properties(error, &self.events_exchange, original_size, now_secs),
+            body,
+        };
+        let seq = self.outbox.push(out, Origin::Invalid);
+        self.publish(seq).await;
+    }
+
+    /// Publishes slot `seq` if the broker is up; otherwise it waits for the reconnect.
+    async fn publish(&mut self, seq: u64) {
+        let Some(broker) = &self.broker else {
+            self.dirty = true;
+            return;
+        };
+        let Some(out) = self.outbox.mark_sent(seq) else { return };
+        let sent = broker
+            .publisher
+            .send(Message {
+                exchange: &out.exchange,
+                routing_key: &out.routing_key,
+                body: &out.body,
+                properties: out.properties.clone(),
+                mandatory: true,
+            })
+            .await;
+        match sent {
+            Ok(confirm) => {
+                Stats::add(&self.stats.published, 1);
+                self.window.push(seq, confirm);
+            }
+            Err(error) => self.broker_failed(&error.to_string()),
+        }
+    }
+
+    async fn publish_due(&mut self) {
+        self.dirty = false;
+        for seq in self.outbox.due(Instant::now()) {
+            if self.broker.is_none() {
+                self.dirty = true;
+                return;
+            }
+            self.publish(seq).await;
+        }
+        self.dirty |= self.outbox.has_waiting();
+    }
+
+    fn on_confirm(&mut self, seq: u64, result: Result<(), AmqpError>) {
+        match result {
+            Ok(()) => {
+                if self.outbox.confirm(seq) {
+                    Stats::add(&self.stats.confirmed, 1);
+                    self.since_flush += 1;
+                }
+            }
+            Err(error @ AmqpError::Returned { .. }) => {
+                let n = self.stats.unroutable.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if self.warn_unroutable.ready() {
+                    tracing::warn!(%error, unroutable_total = n, "Event matched no queue; counted and dropped by the broker.");
+                }
+                if self.outbox.confirm(seq) {
+                    Stats::add(&self.stats.confirmed, 1);
+                    self.since_flush += 1;
+                }
+            }
+            Err(error @ AmqpError::Nacked { .. }) => {
+                Stats::add(&self.stats.nacked, 1);
+                if let Some(delay) = self.outbox.nack(seq, Instant::now()) {
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Publish nacked; retrying in order.");
+                }
+                self.dirty = true;
+            }
+            Err(error) => self.broker_failed(&error.to_string()),
+        }
+    }
+
+    fn advance_cursor(&mut self) {
+        if let Some(id) = self.outbox.pop_confirmed() {
+            self.cursor = Some(id);
+            self.dedup.raise_floor(id);
+            self.stats.set_cursor(id);
+            self.flush_cursor(false);
+        }
+    }
+
+    /// Hands the cursor to the writer: on the timer, or once a window's worth has moved, so a
+    /// crash replays at most about two windows.
+    fn flush_cursor(&mut self, timer: bool) {
+        if self.cursor == self.cursor_queued || !(timer || self.since_flush >= self.window_size) {
+            return;
+        }
+        if let Some(tx) = &self.cursor_tx {
+            tx.send_replace(self.cursor);
+        }
+        self.cursor_queued = self.cursor;
+        self.since_flush = 0;
+    }
+
+    /// Stops reading, waits for outstanding confirms up to the deadline, persists the cursor.
+    async fn finish(mut self) -> Result<(), Error> {
+        if let Some(mut ws) = self.ws.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), ws.stream.close(None)).await;
+        }
+        self.ingress_stop.cancel();
+        // Jobs not taken yet are dropped; their requests are answered 503 and retried later.
+        self.jobs = None;
+        self.stop = CancellationToken::new();
+        let stop = self.stop.clone();
+        let deadline = self.shutdown_timeout;
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(deadline).await;
+            stop.cancel();
+        });
+        let mut tick = tokio::time::interval(TICK);
+        while !self.outbox.is_empty() && !self.stop.is_cancelled() {
+            self.ensure_broker().await;
+            if self.dirty {
+                self.publish_due().await;
+            }
+            let wake = {
+                let window = &mut self.window;
+                tokio::select! {
+                    _ = self.stop.cancelled() => Wake::Stop,
+                    Some((seq, r)) = window.next(), if !window.is_empty() => Wake::Confirm(seq, r),
+                    _ = tick.tick() => Wake::Tick,
+                }
+            };
+            match wake {
+                Wake::Confirm(seq, r) => self.on_confirm(seq, r),
+                Wake::Tick => self.check_broker(),
+                _ => {}
+            }
+            self.advance_cursor();
+        }
+        timer.abort();
+        if !self.outbox.is_empty() {
+            tracing::warn!(
+                unconfirmed = self.outbox.len(),
+                "Shutdown deadline passed; unconfirmed events will be replayed from the cursor."
+            );
+        }
+        let persisted = self.persist_final().await;
+        if let Some(broker) = self.broker.take() {
+            amqp::close(&broker.conn).await;
+        }
+        if let Some(ingress) = self.ingress.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), ingress).await;
+        }
+        persisted?;
+        tracing::info!(
+            cursor = %self.cursor.map(|c| c.to_string()).unwrap_or_else(|| "none".into()),
+            "Bridge stopped cleanly."
+        );
+        Ok(())
+    }
+
+    async fn persist_final(&mut self) -> Result<(), Error> {
+        drop(self.cursor_tx.take());
+        if let Some(writer) = self.cursor_writer.take() {
+            let _ = writer.await;
+        }
+        let (Some(file), Some(id)) = (self.cursor_file.clone(), self.cursor) else {
+            return Ok(());
+        };
+        let path = file.path().to_path_buf();
+        match tokio::task::spawn_blocking(move || file.store(id)).await {
+            Ok(Ok(())) => {
+                self.stats
+                    .cursor_persisted_at_ms
+                    .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(Err(source)) => Err(Error::Io { path, source }),
+            Err(e) => Err(Error::Other(format!("{}: cursor write failed: {e}", path.display()))),
+        }
+    }
+}
+
+/// Persists each cursor it is handed, coalescing while a write is in progress.
+async fn write_cursor(file: CursorFile, mut rx: watch::Receiver<Option<Ulid>>, stats: Arc<Stats>) {
+    rx.mark_unchanged();
+    while rx.changed().await.is_ok() {
+        let Some(id) = *rx.borrow_and_update() else { continue };
+        let f = file.clone();
+        match tokio::task::spawn_blocking(move || f.store(id)).await {
+            Ok(Ok(())) => stats
+                .cursor_persisted_at_ms
+                .store(now_ms(), std::sync::atomic::Ordering::Relaxed),
+            Ok(Err(error)) => {
+                tracing::error!(path = %file.path().display(), %error, "Cannot persist the cursor.");
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+async fn next_frame(ws: Option<&mut WsStream>) -> Option<Result<WsMessage, WsError>> {
+    match ws {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_job(jobs: Option<&mut mpsc::Receiver<WebhookJob>>) -> Option<WebhookJob> {
+    match jobs {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The upstream URL for logs: no credentials, no query string.
+fn redact_ws_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.to_string()
+        }
+        Err(_) => "(unparsable URL)".into(),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
