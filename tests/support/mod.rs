@@ -330,3 +330,5 @@ impl Drop for Warren {
         }
     }
 }
+
+pub mod bridge;
