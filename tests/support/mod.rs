@@ -239,7 +239,8 @@ pub fn unacked(queue: &str) -> u64 {
 /// `host:pid`), leaving other tests' connections alone.
 pub fn close_connections_of(pid: u32) -> usize {
     let needle = format!(":{pid} ");
-    let listing = rabbitmqctl(&["list_connections", "-q", "--no-table-headers", "pid", "name"]);
+    // `name` is the peer address; the client-provided name is in client_properties.
+    let listing = rabbitmqctl(&["list_connections", "-q", "--no-table-headers", "pid", "client_properties"]);
     let mut closed = 0;
     for line in listing.lines() {
         if let Some((conn_pid, name)) = line.split_once('\t')
