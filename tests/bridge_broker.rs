@@ -18,11 +18,32 @@ async fn closed_mid_stream(test: &str, close: impl Fn(u32)) {
     let conn = connect().await;
     t.apply(&conn).await;
     let queue = t.queue("all");
-    let sim = Sim::spawn(t.dir(), "sim", &["--events", &EVENTS.to_string(), "--rate", "1000", "--seed", "9"]);
+    let sim = Sim::spawn(
+        t.dir(),
+        "sim",
+        &[
+            "--events",
+            &EVENTS.to_string(),
+            "--rate",
+            "1000",
+            "--seed",
+            "9",
+        ],
+    );
     let cursor = t.dir().join("cursor");
     let log = t.dir().join("bridge.log");
     let window = WINDOW.to_string();
-    let mut bridge = spawn_bridge(&t, &sim.url(), &["--cursor-file", cursor.to_str().unwrap(), "--confirm-window", &window], &log);
+    let mut bridge = spawn_bridge(
+        &t,
+        &sim.url(),
+        &[
+            "--cursor-file",
+            cursor.to_str().unwrap(),
+            "--confirm-window",
+            &window,
+        ],
+        &log,
+    );
 
     let mut conn = conn;
     for at in [600, 1800] {
@@ -39,31 +60,49 @@ async fn closed_mid_stream(test: &str, close: impl Fn(u32)) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    support::eventually(Duration::from_secs(60), "the cursor reaches the last event", || {
-        let c = std::fs::read_to_string(&cursor).unwrap_or_default();
-        let last = last.clone();
-        async move { c.trim() == last }
-    })
+    support::eventually(
+        Duration::from_secs(60),
+        "the cursor reaches the last event",
+        || {
+            let c = std::fs::read_to_string(&cursor).unwrap_or_default();
+            let last = last.clone();
+            async move { c.trim() == last }
+        },
+    )
     .await;
     bridge.signal(Signal::SIGTERM);
-    assert_eq!(bridge.wait_exit(Duration::from_secs(30)), Some(0), "{}", bridge.log_text());
+    assert_eq!(
+        bridge.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        bridge.log_text()
+    );
     let text = bridge.log_text();
     assert!(text.matches("Broker connected").count() >= 3, "{text}");
 
     let conn = connect().await;
     let ids = drain_ids(&conn, &queue).await;
     let c = counts(&ids);
-    assert_eq!(c.keys().cloned().collect::<std::collections::BTreeSet<_>>(), sim.ledger().set());
+    assert_eq!(
+        c.keys().cloned().collect::<std::collections::BTreeSet<_>>(),
+        sim.ledger().set()
+    );
     let duplicates = ids.len() - c.len();
     eprintln!("duplicates={duplicates}");
-    assert!(duplicates <= 2 * WINDOW, "{duplicates} duplicates for 2 closes");
+    assert!(
+        duplicates <= 2 * WINDOW,
+        "{duplicates} duplicates for 2 closes"
+    );
     t.cleanup(&conn).await;
 }
 
 #[tokio::test]
 async fn closing_the_bridges_connection_mid_stream_loses_nothing() {
     closed_mid_stream("bridge-close", |pid| {
-        assert!(close_connections_of(pid) >= 1, "the bridge has a named connection");
+        assert!(
+            close_connections_of(pid) >= 1,
+            "the bridge has a named connection"
+        );
     })
     .await;
 }
@@ -71,7 +110,10 @@ async fn closing_the_bridges_connection_mid_stream_loses_nothing() {
 #[tokio::test]
 async fn disruptive_close_all_connections_mid_stream_loses_nothing() {
     closed_mid_stream("bridge-close-all", |_| {
-        rabbitmqctl(&["close_all_connections", "test: disruptive_close_all_connections"]);
+        rabbitmqctl(&[
+            "close_all_connections",
+            "test: disruptive_close_all_connections",
+        ]);
     })
     .await;
 }

@@ -23,11 +23,29 @@ async fn kill_9_every_k_events_loses_nothing_and_duplicates_stay_bounded() {
     let sim = Sim::spawn(
         t.dir(),
         "sim",
-        &["--events", &EVENTS.to_string(), "--rate", "1000", "--seed", "5", "--drop-every", "97", "--duplicate-rate", "0.02"],
+        &[
+            "--events",
+            &EVENTS.to_string(),
+            "--rate",
+            "1000",
+            "--seed",
+            "5",
+            "--drop-every",
+            "97",
+            "--duplicate-rate",
+            "0.02",
+        ],
     );
     let cursor = t.dir().join("cursor");
     let window = WINDOW.to_string();
-    let args = ["--cursor-file", cursor.to_str().unwrap(), "--confirm-window", &window, "--cursor-flush-interval", "200ms"];
+    let args = [
+        "--cursor-file",
+        cursor.to_str().unwrap(),
+        "--confirm-window",
+        &window,
+        "--cursor-flush-interval",
+        "200ms",
+    ];
 
     let mut kills = 0usize;
     let mut depth = 0;
@@ -35,10 +53,19 @@ async fn kill_9_every_k_events_loses_nothing_and_duplicates_stay_bounded() {
         let log = t.dir().join(format!("bridge-{kills}.log"));
         let mut bridge = spawn_bridge(&t, &sim.url(), &args, &log);
         let reached = wait_depth(&conn, &queue, depth + K, Duration::from_secs(30)).await;
-        assert!(reached > depth, "round {kills} made no progress; log:\n{}", bridge.log_text());
+        assert!(
+            reached > depth,
+            "round {kills} made no progress; log:\n{}",
+            bridge.log_text()
+        );
         if sim.ledger().ids.len() as u32 == EVENTS && reached >= EVENTS {
             bridge.signal(Signal::SIGTERM);
-            assert_eq!(bridge.wait_exit(Duration::from_secs(30)), Some(0), "{}", bridge.log_text());
+            assert_eq!(
+                bridge.wait_exit(Duration::from_secs(30)),
+                Some(0),
+                "{}",
+                bridge.log_text()
+            );
             break;
         }
         bridge.kill9();
@@ -53,30 +80,58 @@ async fn kill_9_every_k_events_loses_nothing_and_duplicates_stay_bounded() {
     let last = ledger.ids.last().unwrap().clone();
     let log = t.dir().join("bridge-final.log");
     let mut bridge = spawn_bridge(&t, &sim.url(), &args, &log);
-    support::eventually(Duration::from_secs(20), "the final bridge subscribes", || {
-        let text = bridge.log_text();
-        async move { text.contains("Upstream subscribed.") }
-    })
+    support::eventually(
+        Duration::from_secs(20),
+        "the final bridge subscribes",
+        || {
+            let text = bridge.log_text();
+            async move { text.contains("Upstream subscribed.") }
+        },
+    )
     .await;
-    support::eventually(Duration::from_secs(60), "the cursor reaches the last event", || {
-        let c = std::fs::read_to_string(&cursor).unwrap_or_default();
-        let last = last.clone();
-        async move { c.trim() == last }
-    })
+    support::eventually(
+        Duration::from_secs(60),
+        "the cursor reaches the last event",
+        || {
+            let c = std::fs::read_to_string(&cursor).unwrap_or_default();
+            let last = last.clone();
+            async move { c.trim() == last }
+        },
+    )
     .await;
     bridge.signal(Signal::SIGTERM);
-    assert_eq!(bridge.wait_exit(Duration::from_secs(30)), Some(0), "{}", bridge.log_text());
+    assert_eq!(
+        bridge.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        bridge.log_text()
+    );
 
     let total = queue_len(&conn, &queue).await as usize;
     let ids = drain_ids(&conn, &queue).await;
     assert_eq!(ids.len(), total);
     let c = counts(&ids);
-    let missing: Vec<_> = ledger.set().difference(&c.keys().cloned().collect()).cloned().collect();
-    assert!(missing.is_empty(), "{} events lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    let missing: Vec<_> = ledger
+        .set()
+        .difference(&c.keys().cloned().collect())
+        .cloned()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} events lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
     assert_eq!(c.len(), ledger.ids.len(), "nothing but ledger events");
     let duplicates = ids.len() - c.len();
     let bound = kills * (2 * WINDOW + 8);
-    eprintln!("kills={kills} events={} duplicates={duplicates} bound={bound}", c.len());
-    assert!(duplicates <= bound, "{duplicates} duplicates after {kills} kills exceeds {bound}");
+    eprintln!(
+        "kills={kills} events={} duplicates={duplicates} bound={bound}",
+        c.len()
+    );
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicates after {kills} kills exceeds {bound}"
+    );
     t.cleanup(&conn).await;
 }

@@ -15,21 +15,44 @@ async fn a_stalled_upstream_is_detected_and_the_bridge_resumes() {
     let conn = connect().await;
     t.apply(&conn).await;
     let queue = t.queue("all");
-    let sim = Sim::spawn(t.dir(), "sim", &["--events", "300", "--rate", "500", "--stall-after", "100"]);
+    let sim = Sim::spawn(
+        t.dir(),
+        "sim",
+        &["--events", "300", "--rate", "500", "--stall-after", "100"],
+    );
     let log = t.dir().join("bridge.log");
-    let mut bridge = spawn_bridge(&t, &sim.url(), &["--idle-timeout", "2s", "--ping-interval", "500ms"], &log);
+    let mut bridge = spawn_bridge(
+        &t,
+        &sim.url(),
+        &["--idle-timeout", "2s", "--ping-interval", "500ms"],
+        &log,
+    );
 
-    assert_eq!(wait_depth(&conn, &queue, 300, Duration::from_secs(60)).await, 300, "{}", bridge.log_text());
+    assert_eq!(
+        wait_depth(&conn, &queue, 300, Duration::from_secs(60)).await,
+        300,
+        "{}",
+        bridge.log_text()
+    );
     bridge.signal(Signal::SIGTERM);
     assert_eq!(bridge.wait_exit(Duration::from_secs(30)), Some(0));
     let text = bridge.log_text();
     let stalls = text.matches("idle deadline").count();
     let subscribes = text.matches("Upstream subscribed.").count();
-    assert!(stalls >= 2 && subscribes >= 3, "stalls={stalls} subscribes={subscribes}\n{text}");
+    assert!(
+        stalls >= 2 && subscribes >= 3,
+        "stalls={stalls} subscribes={subscribes}\n{text}"
+    );
 
     let ids = drain_ids(&conn, &queue).await;
     let c = counts(&ids);
-    assert_eq!(c.keys().cloned().collect::<std::collections::BTreeSet<_>>(), sim.ledger().set());
-    assert!(c.values().all(|&n| n == 1), "resume plus the eventId window leaves no duplicate");
+    assert_eq!(
+        c.keys().cloned().collect::<std::collections::BTreeSet<_>>(),
+        sim.ledger().set()
+    );
+    assert!(
+        c.values().all(|&n| n == 1),
+        "resume plus the eventId window leaves no duplicate"
+    );
     t.cleanup(&conn).await;
 }

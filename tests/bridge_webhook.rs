@@ -11,7 +11,7 @@ use std::time::Duration;
 use support::bridge::{BRIDGE_TOPOLOGY, counts, drain_all};
 use support::{TestTopology, connect, envelope, queue_len};
 use tokio_util::sync::CancellationToken;
-use warren::amqp::{header_str, hdr};
+use warren::amqp::{hdr, header_str};
 use warren::bridge::webhook::{Secret, parse_secrets, sign, sign_pf};
 use warren::bridge::{BridgeSettings, Stats, WebhookSettings, run};
 
@@ -26,7 +26,11 @@ struct Client {
 
 impl Client {
     async fn post(&self, body: &[u8], headers: &[(&str, String)]) -> (u16, serde_json::Value) {
-        let mut req = self.http.post(&self.url).body(body.to_vec()).header("content-type", "application/json");
+        let mut req = self
+            .http
+            .post(&self.url)
+            .body(body.to_vec())
+            .header("content-type", "application/json");
         for (k, v) in headers {
             req = req.header(*k, v);
         }
@@ -35,15 +39,32 @@ impl Client {
         (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
-    async fn standard(&self, key: &Secret, id: &str, ts: i64, signed: &[u8], sent: &[u8]) -> (u16, serde_json::Value) {
+    async fn standard(
+        &self,
+        key: &Secret,
+        id: &str,
+        ts: i64,
+        signed: &[u8],
+        sent: &[u8],
+    ) -> (u16, serde_json::Value) {
         let sig = sign(key, id, ts, signed);
-        self.post(sent, &[("webhook-id", id.into()), ("webhook-timestamp", ts.to_string()), ("webhook-signature", sig)])
-            .await
+        self.post(
+            sent,
+            &[
+                ("webhook-id", id.into()),
+                ("webhook-timestamp", ts.to_string()),
+                ("webhook-signature", sig),
+            ],
+        )
+        .await
     }
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,9 +97,15 @@ async fn valid_webhooks_are_published_once_and_bad_ones_never() {
     let pf_key = &parse_secrets(PF_KEY).unwrap()[0];
     let stranger = &parse_secrets("whsec_bm90LW91ci1rZXktYXQtYWxs").unwrap()[0];
 
-    let (id1, body1) = envelope("escrow.released", serde_json::json!({"escrow_id": "esc_1", "amount_usdc": 5.0}));
+    let (id1, body1) = envelope(
+        "escrow.released",
+        serde_json::json!({"escrow_id": "esc_1", "amount_usdc": 5.0}),
+    );
     let (id2, body2) = envelope("job.completed", serde_json::json!({"job_id": "job_1"}));
-    let (id3, body3) = envelope("wallet.low_balance", serde_json::json!({"balance_usdc": 1.0}));
+    let (id3, body3) = envelope(
+        "wallet.low_balance",
+        serde_json::json!({"balance_usdc": 1.0}),
+    );
     let ts = now();
 
     // Valid: the current key, the rotated-out key, and the seeds' X-PF-Signature.
@@ -86,30 +113,50 @@ async fn valid_webhooks_are_published_once_and_bad_ones_never() {
     assert_eq!((s, j["status"].as_str()), (200, Some("published")), "{j}");
     let (s, _) = c.standard(old_key, "msg_2", ts, &body2, &body2).await;
     assert_eq!(s, 200);
-    let (s, _) = c.post(&body3, &[("x-pf-signature", sign_pf(pf_key, &body3)), ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into())]).await;
+    let (s, _) = c
+        .post(
+            &body3,
+            &[
+                ("x-pf-signature", sign_pf(pf_key, &body3)),
+                (
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+                ),
+            ],
+        )
+        .await;
     assert_eq!(s, 200);
 
     // Replayed: the same webhook-id (and the same X-PF event) again: 2xx, not published again.
     let (s, j) = c.standard(new_key, "msg_1", ts, &body1, &body1).await;
     assert_eq!((s, j["status"].as_str()), (200, Some("duplicate")));
-    let (s, j) = c.post(&body3, &[("x-pf-signature", sign_pf(pf_key, &body3))]).await;
+    let (s, j) = c
+        .post(&body3, &[("x-pf-signature", sign_pf(pf_key, &body3))])
+        .await;
     assert_eq!((s, j["status"].as_str()), (200, Some("duplicate")));
 
     // Forged, tampered, stale, future, malformed, unsigned, oversized.
     let (other_id, other) = envelope("job.failed", serde_json::json!({"job_id": "job_x"}));
     let (s, _) = c.standard(stranger, "msg_3", ts, &other, &other).await;
     assert_eq!(s, 401, "forged");
-    let tampered = String::from_utf8(other.clone()).unwrap().replace("job_x", "job_y").into_bytes();
+    let tampered = String::from_utf8(other.clone())
+        .unwrap()
+        .replace("job_x", "job_y")
+        .into_bytes();
     let (s, _) = c.standard(new_key, "msg_4", ts, &other, &tampered).await;
     assert_eq!(s, 401, "tampered");
     let (s, j) = c.standard(new_key, "msg_5", ts - 600, &other, &other).await;
     assert_eq!(s, 401, "stale: {j}");
     let (s, _) = c.standard(new_key, "msg_6", ts + 600, &other, &other).await;
     assert_eq!(s, 401, "from the future");
-    let (s, _) = c.post(&other, &[("x-pf-signature", sign_pf(stranger, &other))]).await;
+    let (s, _) = c
+        .post(&other, &[("x-pf-signature", sign_pf(stranger, &other))])
+        .await;
     assert_eq!(s, 401, "forged X-PF");
     let not_envelope = br#"{"hello":"world"}"#;
-    let (s, j) = c.standard(new_key, "msg_7", ts, not_envelope, not_envelope).await;
+    let (s, j) = c
+        .standard(new_key, "msg_7", ts, not_envelope, not_envelope)
+        .await;
     assert_eq!(s, 422, "signed but not an envelope: {j}");
     assert!(j["error"].as_str().unwrap().contains("eventId"));
     let (s, _) = c.post(&other, &[("webhook-id", "msg_8".into())]).await;
@@ -129,12 +176,21 @@ async fn valid_webhooks_are_published_once_and_bad_ones_never() {
 
     assert_eq!(queue_len(&conn, &queue).await, 3);
     let deliveries = drain_all(&conn, &queue).await;
-    let ids: Vec<String> = deliveries.iter().map(|d| d.properties.message_id().as_ref().unwrap().to_string()).collect();
+    let ids: Vec<String> = deliveries
+        .iter()
+        .map(|d| d.properties.message_id().as_ref().unwrap().to_string())
+        .collect();
     let got = counts(&ids);
-    let want: std::collections::BTreeMap<String, usize> = [id1, id2, id3.clone()].into_iter().map(|i| (i, 1)).collect();
+    let want: std::collections::BTreeMap<String, usize> = [id1, id2, id3.clone()]
+        .into_iter()
+        .map(|i| (i, 1))
+        .collect();
     assert_eq!(got, want);
     assert!(!ids.contains(&other_id));
-    let d3 = deliveries.iter().find(|d| d.properties.message_id().as_ref().unwrap().as_str() == id3).unwrap();
+    let d3 = deliveries
+        .iter()
+        .find(|d| d.properties.message_id().as_ref().unwrap().as_str() == id3)
+        .unwrap();
     assert_eq!(
         header_str(&d3.properties, hdr::TRACEPARENT),
         Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),

@@ -108,7 +108,8 @@ pub fn spawn(
         tracing::info!(%addr, path = PATH, "Webhook ingress listening.");
     }
     tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
+        let serve =
+            axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
         if let Err(error) = serve.await {
             tracing::error!(%error, "Webhook ingress failed.");
         }
@@ -151,7 +152,11 @@ async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
         Ok(e) => e,
         Err(error) => {
             app.stats.webhooks_rejected.fetch_add(1, Ordering::Relaxed);
-            return reply(StatusCode::UNPROCESSABLE_ENTITY, "rejected", &error.to_string());
+            return reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "rejected",
+                &error.to_string(),
+            );
         }
     };
     // X-PF-Signature requests have no webhook-id: the eventId identifies the delivery.
@@ -165,13 +170,19 @@ async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
             let outcome = tokio::time::timeout(CONFIRM_WAIT, rx.wait_for(|v| v.is_some())).await;
             return match outcome {
                 Ok(Ok(v)) if *v == Some(true) => duplicate(&app),
-                _ => reply(StatusCode::SERVICE_UNAVAILABLE, "retry", "the first delivery of this id is not confirmed"),
+                _ => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "retry",
+                    "the first delivery of this id is not confirmed",
+                ),
             };
         }
         Begin::New(done) => done,
     };
     let (tx, rx) = oneshot::channel();
-    let traceparent = get("traceparent").filter(|t| super::route::is_traceparent(t)).map(str::to_string);
+    let traceparent = get("traceparent")
+        .filter(|t| super::route::is_traceparent(t))
+        .map(str::to_string);
     let job = WebhookJob {
         event,
         body: body.to_vec(),
@@ -187,7 +198,11 @@ async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
         app.stats.webhooks_published.fetch_add(1, Ordering::Relaxed);
         reply(StatusCode::OK, "published", "")
     } else {
-        reply(StatusCode::SERVICE_UNAVAILABLE, "retry", "the publish was not confirmed")
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "retry",
+            "the publish was not confirmed",
+        )
     }
 }
 

@@ -149,13 +149,22 @@ impl Stats {
 
 /// Runs the bridge until `shutdown` is cancelled; then stops reading, waits for outstanding
 /// confirms up to the deadline, persists the cursor and returns.
-pub async fn run(settings: BridgeSettings, stats: Arc<Stats>, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn run(
+    settings: BridgeSettings,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     if settings.upstream.is_none() && settings.webhook.is_none() {
-        return Err(Error::Usage("bridge: give --url, --webhook-listen, or both".into()));
+        return Err(Error::Usage(
+            "bridge: give --url, --webhook-listen, or both".into(),
+        ));
     }
     if settings.upstream.is_some() {
         // wss:// needs a process-wide TLS provider; a second install is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
-    pump::Pump::start(settings, stats, shutdown).await?.run().await
+    pump::Pump::start(settings, stats, shutdown)
+        .await?
+        .run()
+        .await
 }

@@ -137,7 +137,8 @@ impl Outbox {
     pub fn nack(&mut self, seq: u64, now: Instant) -> Option<Duration> {
         let slot = self.slot_mut(seq)?;
         slot.nacks = slot.nacks.saturating_add(1);
-        let delay = Duration::from_millis(50u64.saturating_mul(1 << slot.nacks.min(7))).min(Duration::from_secs(5));
+        let delay = Duration::from_millis(50u64.saturating_mul(1 << slot.nacks.min(7)))
+            .min(Duration::from_secs(5));
         slot.state = State::RetryAt(now + delay);
         Some(delay)
     }
@@ -220,7 +221,11 @@ mod tests {
         o.confirm(a);
         assert_eq!(o.pop_confirmed(), Some(id(1)));
         o.confirm(b);
-        assert_eq!(o.pop_confirmed(), None, "the invalid frame still holds the line");
+        assert_eq!(
+            o.pop_confirmed(),
+            None,
+            "the invalid frame still holds the line"
+        );
         o.confirm(bad);
         assert_eq!(o.pop_confirmed(), Some(id(3)));
         assert!(o.is_empty());
@@ -250,7 +255,9 @@ mod tests {
     #[test]
     fn a_lost_channel_resends_every_unconfirmed_slot_in_order_and_capacity_holds() {
         let mut o = Outbox::new(3);
-        let s: Vec<u64> = (1..=3).map(|n| o.push(out(), Origin::Stream(id(n)))).collect();
+        let s: Vec<u64> = (1..=3)
+            .map(|n| o.push(out(), Origin::Stream(id(n))))
+            .collect();
         assert!(!o.has_room());
         for &x in &s {
             o.mark_sent(x);

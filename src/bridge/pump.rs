@@ -114,7 +114,11 @@ pub(super) struct Pump {
 
 impl Pump {
     /// Loads the cursor and starts the webhook listener; connects nothing yet.
-    pub(super) async fn start(s: BridgeSettings, stats: Arc<Stats>, shutdown: CancellationToken) -> Result<Self, Error> {
+    pub(super) async fn start(
+        s: BridgeSettings,
+        stats: Arc<Stats>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, Error> {
         let cursor_file = s.cursor_file.map(CursorFile::new);
         let cursor = match &cursor_file {
             Some(f) => f.load()?,
@@ -126,7 +130,10 @@ impl Pump {
         let (cursor_tx, cursor_writer) = match &cursor_file {
             Some(f) => {
                 let (tx, rx) = watch::channel(cursor);
-                (Some(tx), Some(tokio::spawn(write_cursor(f.clone(), rx, stats.clone()))))
+                (
+                    Some(tx),
+                    Some(tokio::spawn(write_cursor(f.clone(), rx, stats.clone()))),
+                )
             }
             None => (None, None),
         };
@@ -135,7 +142,10 @@ impl Pump {
         let (jobs, ingress) = match s.webhook {
             Some(w) => {
                 let (tx, rx) = mpsc::channel(window_size);
-                (Some(rx), Some(ingress::spawn(w, tx, stats.clone(), ingress_stop.clone())))
+                (
+                    Some(rx),
+                    Some(ingress::spawn(w, tx, stats.clone(), ingress_stop.clone())),
+                )
             }
             None => (None, None),
         };
@@ -291,7 +301,9 @@ impl Pump {
     }
 
     async fn ensure_upstream(&mut self) {
-        let Some(settings) = &self.upstream else { return };
+        let Some(settings) = &self.upstream else {
+            return;
+        };
         if self.ws.is_some() || self.broker.is_none() || Instant::now() < self.ws_retry_at {
             return;
         }
@@ -331,7 +343,9 @@ impl Pump {
     }
 
     fn broker_failed(&mut self, reason: &str) {
-        let Some(broker) = self.broker.take() else { return };
+        let Some(broker) = self.broker.take() else {
+            return;
+        };
         tokio::spawn(async move { amqp::close(&broker.conn).await });
         self.window = ConfirmWindow::new(self.window_size);
         self.outbox.resend_all();
@@ -347,14 +361,22 @@ impl Pump {
     }
 
     fn check_broker(&mut self) {
-        if self.broker.as_ref().is_some_and(|b| !b.conn.status().connected()) {
+        if self
+            .broker
+            .as_ref()
+            .is_some_and(|b| !b.conn.status().connected())
+        {
             self.broker_failed("the connection is closed");
         }
     }
 
     async fn ping(&mut self) {
         let Some(ws) = &mut self.ws else { return };
-        let sent = tokio::time::timeout(Duration::from_secs(5), ws.stream.send(WsMessage::Ping(Bytes::new()))).await;
+        let sent = tokio::time::timeout(
+            Duration::from_secs(5),
+            ws.stream.send(WsMessage::Ping(Bytes::new())),
+        )
+        .await;
         match sent {
             Ok(Ok(())) => {}
             Ok(Err(e)) => self.upstream_failed(&format!("ping: {e}")),
@@ -368,7 +390,8 @@ impl Pump {
             Some(Err(e)) => {
                 if matches!(e, WsError::Capacity(_) | WsError::Utf8(_)) {
                     Stats::add(&self.stats.received, 1);
-                    let error = format!("frame rejected by the WebSocket layer, bytes unavailable: {e}");
+                    let error =
+                        format!("frame rejected by the WebSocket layer, bytes unavailable: {e}");
                     self.dead_letter(Vec::new(), &error, None).await;
                 }
                 return self.upstream_failed(&e.to_string());
@@ -382,10 +405,15 @@ impl Pump {
             WsMessage::Text(text) => self.on_text(text.as_bytes()).await,
             WsMessage::Binary(bytes) => {
                 Stats::add(&self.stats.received, 1);
-                self.dead_letter(bytes.to_vec(), "binary frame; the upstream sends JSON text frames", None)
-                    .await;
+                self.dead_letter(
+                    bytes.to_vec(),
+                    "binary frame; the upstream sends JSON text frames",
+                    None,
+                )
+                .await;
             }
-            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Close(_) | WsMessage::Frame(_) => {}
+            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Close(_) | WsMessage::Frame(_) => {
+            }
         }
     }
 
@@ -398,10 +426,16 @@ impl Pump {
         }
         let event = match Envelope::parse(frame) {
             Ok(e) => e,
-            Err(error) => return self.dead_letter(frame.to_vec(), &error.to_string(), None).await,
+            Err(error) => {
+                return self
+                    .dead_letter(frame.to_vec(), &error.to_string(), None)
+                    .await;
+            }
         };
         let Ok(id) = Ulid::from_string(&event.event_id) else {
-            return self.dead_letter(frame.to_vec(), "field 'eventId': not a ULID", None).await;
+            return self
+                .dead_letter(frame.to_vec(), "field 'eventId': not a ULID", None)
+                .await;
         };
         if !self.dedup.accept(id) {
             Stats::add(&self.stats.duplicates, 1);
@@ -414,7 +448,10 @@ impl Pump {
     }
 
     async fn on_job(&mut self, job: WebhookJob) {
-        let traceparent = job.traceparent.clone().unwrap_or_else(route::new_traceparent);
+        let traceparent = job
+            .traceparent
+            .clone()
+            .unwrap_or_else(route::new_traceparent);
         let out = self.event_message(&job.event, job.body, &traceparent);
         let seq = self.outbox.push(out, Origin::Webhook(Some(job.reply)));
         self.publish(seq).await;
@@ -435,7 +472,11 @@ impl Pump {
     }
 
     async fn dead_letter(&mut self, body: Vec<u8>, error: &str, original_size: Option<usize>) {
-        let n = self.stats.invalid.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let n = self
+            .stats
+            .invalid
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         if self.warn_invalid.ready() {
             tracing::warn!(%error, invalid_total = n, "Invalid frame; dead-lettering it.");
         }
@@ -443,7 +484,12 @@ impl Pump {
         let out = Outgoing {
             exchange: self.dead_letter_exchange.clone(),
             routing_key: self.events_exchange.to_string(),
-            properties: route::invalid_properties(error, &self.events_exchange, original_size, now_secs),
+            properties: route::invalid_properties(
+                error,
+                &self.events_exchange,
+                original_size,
+                now_secs,
+            ),
             body,
         };
         let seq = self.outbox.push(out, Origin::Invalid);
@@ -456,7 +502,9 @@ impl Pump {
             self.dirty = true;
             return;
         };
-        let Some(out) = self.outbox.mark_sent(seq) else { return };
+        let Some(out) = self.outbox.mark_sent(seq) else {
+            return;
+        };
         let sent = broker
             .publisher
             .send(Message {
@@ -497,7 +545,11 @@ impl Pump {
                 }
             }
             Err(error @ AmqpError::Returned { .. }) => {
-                let n = self.stats.unroutable.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let n = self
+                    .stats
+                    .unroutable
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1;
                 if self.warn_unroutable.ready() {
                     tracing::warn!(%error, unroutable_total = n, "Event matched no queue; counted and dropped by the broker.");
                 }
@@ -614,7 +666,10 @@ impl Pump {
                 Ok(())
             }
             Ok(Err(source)) => Err(Error::Io { path, source }),
-            Err(e) => Err(Error::Other(format!("{}: cursor write failed: {e}", path.display()))),
+            Err(e) => Err(Error::Other(format!(
+                "{}: cursor write failed: {e}",
+                path.display()
+            ))),
         }
     }
 }
@@ -623,7 +678,9 @@ impl Pump {
 async fn write_cursor(file: CursorFile, mut rx: watch::Receiver<Option<Ulid>>, stats: Arc<Stats>) {
     rx.mark_unchanged();
     while rx.changed().await.is_ok() {
-        let Some(id) = *rx.borrow_and_update() else { continue };
+        let Some(id) = *rx.borrow_and_update() else {
+            continue;
+        };
         let f = file.clone();
         match tokio::task::spawn_blocking(move || f.store(id)).await {
             Ok(Ok(())) => stats

@@ -18,7 +18,11 @@ pub const TRUNCATED_BYTES: usize = 64 * 1024;
 
 /// Properties of an event: persistent, or transient with `live_ttl` as expiration when the
 /// topology marks its type live-only.
-pub fn event_properties(event: &Envelope, live_ttl: Option<Duration>, traceparent: &str) -> BasicProperties {
+pub fn event_properties(
+    event: &Envelope,
+    live_ttl: Option<Duration>,
+    traceparent: &str,
+) -> BasicProperties {
     let mut headers = BTreeMap::new();
     set_header(&mut headers, hdr::AGENT_ID, event.agent_id.as_str());
     set_header(&mut headers, hdr::TRACEPARENT, traceparent);
@@ -39,10 +43,19 @@ pub fn event_properties(event: &Envelope, live_ttl: Option<Duration>, traceparen
 
 /// Properties of a frame dead-lettered as `invalid`: the error, the events exchange as origin,
 /// raw bytes as the body, and the original size when the body was cut.
-pub fn invalid_properties(error: &str, events_exchange: &str, original_size: Option<usize>, now_secs: u64) -> BasicProperties {
+pub fn invalid_properties(
+    error: &str,
+    events_exchange: &str,
+    original_size: Option<usize>,
+    now_secs: u64,
+) -> BasicProperties {
     let mut headers = BTreeMap::new();
     set_header(&mut headers, hdr::ERROR_KIND, ErrorKind::Invalid.as_str());
-    set_header(&mut headers, hdr::ERROR, crate::amqp::truncate(error, crate::amqp::MAX_ERROR_BYTES));
+    set_header(
+        &mut headers,
+        hdr::ERROR,
+        crate::amqp::truncate(error, crate::amqp::MAX_ERROR_BYTES),
+    );
     set_header(&mut headers, hdr::ORIGIN_QUEUE, events_exchange);
     let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     set_header(&mut headers, hdr::FIRST_FAILED_AT, now.as_str());
@@ -73,14 +86,20 @@ pub fn frame_traceparent(frame: &[u8]) -> Option<String> {
         traceparent: Option<&'a str>,
     }
     let t: Trace<'_> = serde_json::from_slice(frame).ok()?;
-    t.traceparent.filter(|t| is_traceparent(t)).map(str::to_string)
+    t.traceparent
+        .filter(|t| is_traceparent(t))
+        .map(str::to_string)
 }
 
 /// W3C trace context version 00: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`,
 /// neither id all zeros.
 pub fn is_traceparent(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
-    let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let hex = |p: &str, n: usize| {
+        p.len() == n
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
     parts.len() == 4
         && parts[0] == "00"
         && hex(parts[1], 32)
@@ -109,10 +128,16 @@ mod tests {
         let e = Envelope::parse(FRAME.as_bytes()).unwrap();
         let tp = new_traceparent();
         let p = event_properties(&e, None, &tp);
-        assert_eq!(p.message_id().as_ref().unwrap().as_str(), "01HZ9K3M2Q7WB5VN8PXCT4YRDJ");
+        assert_eq!(
+            p.message_id().as_ref().unwrap().as_str(),
+            "01HZ9K3M2Q7WB5VN8PXCT4YRDJ"
+        );
         assert_eq!(p.kind().as_ref().unwrap().as_str(), "market.tick");
         assert_eq!(*p.timestamp(), Some(1_741_344_000));
-        assert_eq!(p.content_type().as_ref().unwrap().as_str(), "application/json");
+        assert_eq!(
+            p.content_type().as_ref().unwrap().as_str(),
+            "application/json"
+        );
         assert_eq!(p.app_id().as_ref().unwrap().as_str(), APP_ID);
         assert_eq!(*p.delivery_mode(), Some(2));
         assert!(p.expiration().is_none());
@@ -131,7 +156,10 @@ mod tests {
         assert_eq!(header_str(&p, hdr::ERROR), Some("field 'ts' is missing"));
         assert_eq!(header_str(&p, hdr::ORIGIN_QUEUE), Some("pf.events"));
         assert_eq!(crate::amqp::header_u64(&p, ORIGINAL_SIZE), Some(2_000_000));
-        assert_eq!(p.content_type().as_ref().unwrap().as_str(), "application/octet-stream");
+        assert_eq!(
+            p.content_type().as_ref().unwrap().as_str(),
+            "application/octet-stream"
+        );
         assert_eq!(*p.delivery_mode(), Some(2));
     }
 
@@ -145,6 +173,8 @@ mod tests {
         for _ in 0..100 {
             assert!(is_traceparent(&new_traceparent()));
         }
-        assert!(!is_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
+        assert!(!is_traceparent(
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ));
     }
 }

@@ -47,8 +47,16 @@ impl std::fmt::Debug for UpstreamSettings {
 pub const DEFAULT_TOPICS: [&str; 4] = ["market.*", "wallet.*", "escrow.*", "job.*"];
 
 /// Connects, authenticates and subscribes, resuming after `resume_from` when given.
-pub async fn connect(s: &UpstreamSettings, resume_from: Option<Ulid>, timeout: Duration) -> Result<WsStream, String> {
-    let mut request = s.url.as_str().into_client_request().map_err(|e| format!("--url: {e}"))?;
+pub async fn connect(
+    s: &UpstreamSettings,
+    resume_from: Option<Ulid>,
+    timeout: Duration,
+) -> Result<WsStream, String> {
+    let mut request = s
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("--url: {e}"))?;
     let bearer = HeaderValue::from_str(&format!("Bearer {}", s.agent_key))
         .map_err(|_| "PF_AGENT_KEY holds characters not allowed in a header".to_string())?;
     let agent = HeaderValue::from_str(&s.agent_id)
@@ -58,13 +66,16 @@ pub async fn connect(s: &UpstreamSettings, resume_from: Option<Ulid>, timeout: D
     let config = WebSocketConfig::default()
         .max_frame_size(Some(HARD_FRAME_LIMIT))
         .max_message_size(Some(HARD_FRAME_LIMIT));
-    let connecting = tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, None);
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, None);
     let (mut ws, _) = match tokio::time::timeout(timeout, connecting).await {
         Err(_) => return Err(format!("no connection within {}s", timeout.as_secs_f32())),
         Ok(Err(WsError::Http(resp))) if resp.status() == StatusCode::UNAUTHORIZED => {
             return Err("the upstream refused the agent key (401)".into());
         }
-        Ok(Err(WsError::Http(resp))) => return Err(format!("the upstream answered HTTP {}", resp.status())),
+        Ok(Err(WsError::Http(resp))) => {
+            return Err(format!("the upstream answered HTTP {}", resp.status()));
+        }
         Ok(Err(e)) => return Err(e.to_string()),
         Ok(Ok(pair)) => pair,
     };

@@ -155,12 +155,19 @@ fn verify_standard(
     tolerance: Duration,
 ) -> Result<(), VerifyError> {
     let id = h.id.ok_or(VerifyError::Missing("webhook-id"))?;
-    let ts_text = h.timestamp.ok_or(VerifyError::Missing("webhook-timestamp"))?;
-    let signature = h.signature.ok_or(VerifyError::Missing("webhook-signature"))?;
+    let ts_text = h
+        .timestamp
+        .ok_or(VerifyError::Missing("webhook-timestamp"))?;
+    let signature = h
+        .signature
+        .ok_or(VerifyError::Missing("webhook-signature"))?;
     if id.is_empty() || id.len() > 255 {
         return Err(VerifyError::Malformed("webhook-id"));
     }
-    let ts: i64 = ts_text.trim().parse().map_err(|_| VerifyError::Malformed("webhook-timestamp"))?;
+    let ts: i64 = ts_text
+        .trim()
+        .parse()
+        .map_err(|_| VerifyError::Malformed("webhook-timestamp"))?;
     let skew = now_secs.saturating_sub(ts);
     if skew.unsigned_abs() > tolerance.as_secs() {
         return Err(VerifyError::Stale {
@@ -195,7 +202,8 @@ fn verify_standard(
 
 fn mac(key: &[u8]) -> HmacSha256 {
     // HMAC takes keys of any length; this cannot fail.
-    <HmacSha256 as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+    <HmacSha256 as KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
 }
 
 /// The `webhook-signature` value for one secret: `v1,<base64>`.
@@ -247,7 +255,13 @@ mod tests {
         assert_eq!(sign(&secrets()[0], ID, TS, BODY), SIG);
         let ts = TS.to_string();
         assert_eq!(
-            verify(&secrets(), &headers(SIG, &ts), BODY, TS + 10, DEFAULT_TOLERANCE),
+            verify(
+                &secrets(),
+                &headers(SIG, &ts),
+                BODY,
+                TS + 10,
+                DEFAULT_TOLERANCE
+            ),
             Ok(Scheme::Standard)
         );
     }
@@ -255,31 +269,68 @@ mod tests {
     #[test]
     fn tampered_forged_and_stale_requests_are_refused() {
         let ts = TS.to_string();
-        let ok = |h: &SignedHeaders<'_>, body: &[u8], now: i64| verify(&secrets(), h, body, now, DEFAULT_TOLERANCE);
-        assert_eq!(ok(&headers(SIG, &ts), br#"{"test": 2432232315}"#, TS), Err(VerifyError::BadSignature));
+        let ok = |h: &SignedHeaders<'_>, body: &[u8], now: i64| {
+            verify(&secrets(), h, body, now, DEFAULT_TOLERANCE)
+        };
+        assert_eq!(
+            ok(&headers(SIG, &ts), br#"{"test": 2432232315}"#, TS),
+            Err(VerifyError::BadSignature)
+        );
         let other = parse_secrets("whsec_c2VjcmV0LW9mLWEtcm90YXRlZC1lbmRwb2ludA==").unwrap();
         let forged = sign(&other[0], ID, TS, BODY);
-        assert_eq!(ok(&headers(&forged, &ts), BODY, TS), Err(VerifyError::BadSignature));
+        assert_eq!(
+            ok(&headers(&forged, &ts), BODY, TS),
+            Err(VerifyError::BadSignature)
+        );
         let mut h = headers(SIG, &ts);
         h.id = Some("msg_other");
         assert_eq!(ok(&h, BODY, TS), Err(VerifyError::BadSignature));
-        assert!(matches!(ok(&headers(SIG, &ts), BODY, TS + 301), Err(VerifyError::Stale { .. })));
-        assert!(matches!(ok(&headers(SIG, &ts), BODY, TS - 301), Err(VerifyError::Stale { .. })));
+        assert!(matches!(
+            ok(&headers(SIG, &ts), BODY, TS + 301),
+            Err(VerifyError::Stale { .. })
+        ));
+        assert!(matches!(
+            ok(&headers(SIG, &ts), BODY, TS - 301),
+            Err(VerifyError::Stale { .. })
+        ));
         assert_eq!(ok(&headers(SIG, &ts), BODY, TS + 300), Ok(Scheme::Standard));
-        assert_eq!(ok(&headers("v2,abc", &ts), BODY, TS), Err(VerifyError::Malformed("webhook-signature")));
-        assert_eq!(ok(&headers(SIG, "yesterday"), BODY, TS), Err(VerifyError::Malformed("webhook-timestamp")));
+        assert_eq!(
+            ok(&headers("v2,abc", &ts), BODY, TS),
+            Err(VerifyError::Malformed("webhook-signature"))
+        );
+        assert_eq!(
+            ok(&headers(SIG, "yesterday"), BODY, TS),
+            Err(VerifyError::Malformed("webhook-timestamp"))
+        );
         let mut h = headers(SIG, &ts);
         h.id = None;
         assert_eq!(ok(&h, BODY, TS), Err(VerifyError::Missing("webhook-id")));
-        assert_eq!(ok(&SignedHeaders::default(), BODY, TS), Err(VerifyError::Unsigned));
+        assert_eq!(
+            ok(&SignedHeaders::default(), BODY, TS),
+            Err(VerifyError::Unsigned)
+        );
     }
 
     #[test]
     fn any_of_several_signatures_and_any_of_several_secrets_verifies() {
         let ts = TS.to_string();
-        let multi = format!("v1,tFtCZ5RDCPxzWQRWXWPgrCgE2frDBe9gjpbWQxnVfsQ= {SIG} v1,Mm7xgUVICxZfQ3bgf0h0Dof65L/IFx+PnZvnDWPCX6Q=");
-        assert!(verify(&secrets(), &headers(&multi, &ts), BODY, TS, DEFAULT_TOLERANCE).is_ok());
-        let rotated = parse_secrets(&format!("# new key first\nwhsec_c2VjcmV0LW9mLWEtcm90YXRlZC1lbmRwb2ludA==\n\n{SECRET}\n")).unwrap();
+        let multi = format!(
+            "v1,tFtCZ5RDCPxzWQRWXWPgrCgE2frDBe9gjpbWQxnVfsQ= {SIG} v1,Mm7xgUVICxZfQ3bgf0h0Dof65L/IFx+PnZvnDWPCX6Q="
+        );
+        assert!(
+            verify(
+                &secrets(),
+                &headers(&multi, &ts),
+                BODY,
+                TS,
+                DEFAULT_TOLERANCE
+            )
+            .is_ok()
+        );
+        let rotated = parse_secrets(&format!(
+            "# new key first\nwhsec_c2VjcmV0LW9mLWEtcm90YXRlZC1lbmRwb2ludA==\n\n{SECRET}\n"
+        ))
+        .unwrap();
         assert_eq!(rotated.len(), 2);
         assert!(verify(&rotated, &headers(SIG, &ts), BODY, TS, DEFAULT_TOLERANCE).is_ok());
     }
@@ -295,12 +346,18 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(verify(&s, &h, body, 0, DEFAULT_TOLERANCE), Ok(Scheme::Pf));
-        assert_eq!(verify(&s, &h, b"{}", 0, DEFAULT_TOLERANCE), Err(VerifyError::BadSignature));
+        assert_eq!(
+            verify(&s, &h, b"{}", 0, DEFAULT_TOLERANCE),
+            Err(VerifyError::BadSignature)
+        );
         let h = SignedHeaders {
             pf_signature: Some("sha256=zz"),
             ..Default::default()
         };
-        assert_eq!(verify(&s, &h, body, 0, DEFAULT_TOLERANCE), Err(VerifyError::Malformed("x-pf-signature")));
+        assert_eq!(
+            verify(&s, &h, body, 0, DEFAULT_TOLERANCE),
+            Err(VerifyError::Malformed("x-pf-signature"))
+        );
     }
 
     #[test]
@@ -310,6 +367,10 @@ mod tests {
         assert!(!err.contains("%%%"));
         assert!(parse_secrets("\n# only comments\n").is_err());
         assert_eq!(format!("{:?}", secrets()[0]), "Secret(***)");
-        assert!(constant_time_eq(b"abc", b"abc") && !constant_time_eq(b"abc", b"abd") && !constant_time_eq(b"a", b"ab"));
+        assert!(
+            constant_time_eq(b"abc", b"abc")
+                && !constant_time_eq(b"abc", b"abd")
+                && !constant_time_eq(b"a", b"ab")
+        );
     }
 }

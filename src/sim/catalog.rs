@@ -82,7 +82,11 @@ impl Catalog {
             rng,
             seq: 0,
             start_ms,
-            step_us: if rate == 0 { 1 } else { 1_000_000 / u64::from(rate).max(1) },
+            step_us: if rate == 0 {
+                1
+            } else {
+                1_000_000 / u64::from(rate).max(1)
+            },
             id_salt,
             agent_id: agent_id.to_string(),
             pairs,
@@ -158,8 +162,14 @@ impl Catalog {
                 candle
             }
             "wallet.balance_changed" => {
-                const REASONS: [&str; 6] =
-                    ["trade_open", "trade_close", "deposit", "withdrawal", "faucet_claim", "escrow_release"];
+                const REASONS: [&str; 6] = [
+                    "trade_open",
+                    "trade_close",
+                    "deposit",
+                    "withdrawal",
+                    "faucet_claim",
+                    "escrow_release",
+                ];
                 let reason = REASONS[self.rng.random_range(0..REASONS.len())];
                 let mut delta = round(self.rng.random_range(-60.0..60.0), 2);
                 if self.balance + delta < 0.0 {
@@ -181,7 +191,11 @@ impl Catalog {
                 })
             }
             "escrow.disputed" => {
-                const REASONS: [&str; 3] = ["work_not_delivered", "quality_below_spec", "deadline_missed"];
+                const REASONS: [&str; 3] = [
+                    "work_not_delivered",
+                    "quality_below_spec",
+                    "deadline_missed",
+                ];
                 self.escrows += 1;
                 json!({
                     "escrow_id": format!("esc_{:06}", self.escrows),
@@ -191,7 +205,10 @@ impl Catalog {
             "job.completed" => {
                 self.jobs += 1;
                 let job_id = format!("job_{:06}", self.jobs);
-                let hash = hex::encode(Sha256::digest(format!("{job_id}:{}", self.rng.random::<u64>())));
+                let hash = hex::encode(Sha256::digest(format!(
+                    "{job_id}:{}",
+                    self.rng.random::<u64>()
+                )));
                 json!({
                     "job_id": job_id,
                     "result_hash": hash,
@@ -261,10 +278,19 @@ mod tests {
     fn every_type_appears_with_the_seeds_payload_fields() {
         let fields: &[(&str, &[&str])] = &[
             ("market.tick", &["pair", "price", "timestamp_ms"]),
-            ("market.candle", &["pair", "open", "high", "low", "close", "volume", "interval"]),
-            ("wallet.balance_changed", &["new_balance_usdc", "delta_usdc", "reason"]),
+            (
+                "market.candle",
+                &["pair", "open", "high", "low", "close", "volume", "interval"],
+            ),
+            (
+                "wallet.balance_changed",
+                &["new_balance_usdc", "delta_usdc", "reason"],
+            ),
             ("wallet.low_balance", &["balance_usdc", "threshold_usdc"]),
-            ("escrow.released", &["escrow_id", "amount_usdc", "counterparty"]),
+            (
+                "escrow.released",
+                &["escrow_id", "amount_usdc", "counterparty"],
+            ),
             ("escrow.disputed", &["escrow_id", "reason"]),
             ("job.completed", &["job_id", "result_hash", "delivery_uri"]),
             ("job.failed", &["job_id", "error"]),
@@ -279,7 +305,11 @@ mod tests {
             let payload: serde_json::Value = env.payload_as().unwrap();
             let (_, want) = fields.iter().find(|(t, _)| *t == e.event_type).unwrap();
             for f in *want {
-                assert!(payload.get(f).is_some(), "{} lacks {f}: {payload}", e.event_type);
+                assert!(
+                    payload.get(f).is_some(),
+                    "{} lacks {f}: {payload}",
+                    e.event_type
+                );
             }
             seen.insert(e.event_type);
         }

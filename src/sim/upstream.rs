@@ -27,10 +27,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes, http};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -225,7 +225,13 @@ impl Buffer {
     fn take(&self, from: u64, max: usize) -> (u64, Vec<Arc<Queued>>) {
         let from = from.max(self.start);
         let skip = (from - self.start) as usize;
-        let batch = self.events.iter().skip(skip).take(max).map(|(_, e)| e.clone()).collect();
+        let batch = self
+            .events
+            .iter()
+            .skip(skip)
+            .take(max)
+            .map(|(_, e)| e.clone())
+            .collect();
         (from, batch)
     }
 }
@@ -253,15 +259,25 @@ impl Shared {
 }
 
 /// Serves the simulated upstream on `listener` until `shutdown` is cancelled.
-pub async fn run(listener: TcpListener, settings: UpstreamSettings, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn run(
+    listener: TcpListener,
+    settings: UpstreamSettings,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let ledger = match &settings.ledger {
-        Some(path) => Some(Mutex::new(BufWriter::new(
-            File::create(path).map_err(|source| Error::Io { path: path.clone(), source })?,
-        ))),
+        Some(path) => Some(Mutex::new(BufWriter::new(File::create(path).map_err(
+            |source| Error::Io {
+                path: path.clone(),
+                source,
+            },
+        )?))),
         None => None,
     };
     let shared = Arc::new(Shared {
-        key_digest: settings.agent_key.as_deref().map(|k| Sha256::digest(k.as_bytes()).into()),
+        key_digest: settings
+            .agent_key
+            .as_deref()
+            .map(|k| Sha256::digest(k.as_bytes()).into()),
         settings,
         buffer: Mutex::new(Buffer {
             start: 0,
@@ -332,7 +348,9 @@ async fn generate(shared: Arc<Shared>, shutdown: CancellationToken) {
         if due == 0 {
             continue;
         }
-        let batch: Vec<Arc<Queued>> = (0..due).map(|_| Arc::new(catalog.next_event().into())).collect();
+        let batch: Vec<Arc<Queued>> = (0..due)
+            .map(|_| Arc::new(catalog.next_event().into()))
+            .collect();
         shared.record(|w| {
             for e in &batch {
                 writeln!(w, "{} {}", e.id, e.event_type)?;
@@ -344,7 +362,10 @@ async fn generate(shared: Arc<Shared>, shutdown: CancellationToken) {
             let now = Instant::now();
             buf.events.extend(batch.into_iter().map(|e| (now, e)));
             while buf.events.len() > s.replay_capacity
-                || buf.events.front().is_some_and(|(at, _)| now.duration_since(*at) > s.replay_window)
+                || buf
+                    .events
+                    .front()
+                    .is_some_and(|(at, _)| now.duration_since(*at) > s.replay_window)
             {
                 buf.events.pop_front();
                 buf.start += 1;
@@ -353,7 +374,10 @@ async fn generate(shared: Arc<Shared>, shutdown: CancellationToken) {
         };
         shared.end.send_replace(end);
     }
-    tracing::info!(events = s.events, "Every event emitted; still serving replays.");
+    tracing::info!(
+        events = s.events,
+        "Every event emitted; still serving replays."
+    );
 }
 
 /// The client's subscription.
@@ -375,7 +399,9 @@ fn topic_ok(t: &str) -> bool {
 
 fn topic_matches(topics: &[String], event_type: &str) -> bool {
     topics.iter().any(|t| match t.strip_suffix(".*") {
-        Some(domain) => event_type.strip_prefix(domain).is_some_and(|r| r.starts_with('.')),
+        Some(domain) => event_type
+            .strip_prefix(domain)
+            .is_some_and(|r| r.starts_with('.')),
         None => t == event_type,
     })
 }
@@ -420,7 +446,9 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, conn: u64, shutdown: Cancell
             .to_string();
         Ok(resp)
     };
-    let config = WebSocketConfig::default().max_message_size(Some(64 * 1024)).max_frame_size(Some(64 * 1024));
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(64 * 1024))
+        .max_frame_size(Some(64 * 1024));
     let ws = match tokio_tungstenite::accept_hdr_async_with_config(tcp, check, Some(config)).await {
         Ok(ws) => ws,
         Err(error) => {
@@ -460,7 +488,12 @@ async fn session(
         Ok(Ok(None)) => return Ok(End::Closed),
         Ok(Err(reason)) => {
             tracing::info!(connection = conn, %reason, "Bad subscribe.");
-            let _ = ws.close(Some(CloseFrame { code: CloseCode::Policy, reason: reason.into() })).await;
+            let _ = ws
+                .close(Some(CloseFrame {
+                    code: CloseCode::Policy,
+                    reason: reason.into(),
+                }))
+                .await;
             return Ok(End::Closed);
         }
         Err(_) => return Ok(End::Closed),
@@ -473,7 +506,12 @@ async fn session(
             let Ok(id) = Ulid::from_string(&sub.resume_from) else {
                 drop(buf);
                 let reason = format!("resumeFrom '{}' is not an eventId", sub.resume_from);
-                let _ = ws.close(Some(CloseFrame { code: CloseCode::Policy, reason: reason.into() })).await;
+                let _ = ws
+                    .close(Some(CloseFrame {
+                        code: CloseCode::Policy,
+                        reason: reason.into(),
+                    }))
+                    .await;
                 return Ok(End::Closed);
             };
             let (pos, gap) = buf.position_after(id);
@@ -488,14 +526,26 @@ async fn session(
 
     let s = &shared.settings;
     let f = &s.faults;
-    let kinds: &[MalformedKind] = if f.malformed_kinds.is_empty() { &MalformedKind::ALL } else { &f.malformed_kinds };
+    let kinds: &[MalformedKind] = if f.malformed_kinds.is_empty() {
+        &MalformedKind::ALL
+    } else {
+        &f.malformed_kinds
+    };
     let mut rng = StdRng::seed_from_u64(s.seed ^ conn.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut end_rx = shared.end.subscribe();
     let mut sent = 0u64;
     loop {
-        let (from, batch) = shared.buffer.lock().unwrap_or_else(|p| p.into_inner()).take(pos, SEND_BATCH);
+        let (from, batch) = shared
+            .buffer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(pos, SEND_BATCH);
         if from > pos {
-            tracing::warn!(connection = conn, missed = from - pos, "Client fell behind the replay buffer.");
+            tracing::warn!(
+                connection = conn,
+                missed = from - pos,
+                "Client fell behind the replay buffer."
+            );
         }
         pos = from;
         if batch.is_empty() {
@@ -541,7 +591,11 @@ async fn session(
             sent += 1;
             if f.stall_after.is_some_and(|n| sent >= n) {
                 ws.flush().await?;
-                tracing::info!(connection = conn, sent, "Stalling: no more frames, socket left open.");
+                tracing::info!(
+                    connection = conn,
+                    sent,
+                    "Stalling: no more frames, socket left open."
+                );
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = tokio::time::sleep(STALL_HOLD) => {}
@@ -576,7 +630,8 @@ async fn read_subscribe(ws: &mut Ws) -> Result<Option<Subscribe>, String> {
             Ok(Message::Close(_)) | Err(_) => return Ok(None),
             Ok(_) => continue,
         };
-        let sub: Subscribe = serde_json::from_str(&text).map_err(|e| format!("subscribe message: {e}"))?;
+        let sub: Subscribe =
+            serde_json::from_str(&text).map_err(|e| format!("subscribe message: {e}"))?;
         if sub.action != "subscribe" {
             return Err(format!("unknown action '{}'", sub.action));
         }
@@ -584,7 +639,9 @@ async fn read_subscribe(ws: &mut Ws) -> Result<Option<Subscribe>, String> {
             return Err("field 'topics': at least one topic is required".into());
         }
         if let Some(bad) = sub.topics.iter().find(|t| !topic_ok(t)) {
-            return Err(format!("field 'topics': '{bad}' is neither an event type nor 'domain.*'"));
+            return Err(format!(
+                "field 'topics': '{bad}' is neither an event type nor 'domain.*'"
+            ));
         }
         return Ok(Some(sub));
     }

@@ -71,7 +71,9 @@ impl Sim {
             .expect("spawn sim");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut first = String::new();
-        stdout.read_line(&mut first).expect("sim prints its address");
+        stdout
+            .read_line(&mut first)
+            .expect("sim prints its address");
         let addr = first
             .trim()
             .strip_prefix("listening on ")
@@ -194,7 +196,11 @@ pub async fn get_one(conn: &Connection, queue: &str) -> Option<lapin::message::D
         .basic_get(queue.into(), BasicGetOptions::default())
         .await
         .expect("basic.get")?;
-    m.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
+    m.delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .expect("ack");
     Some(m.delivery)
 }
 
