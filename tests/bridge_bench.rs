@@ -1,7 +1,7 @@
 //! On-demand benchmark (ignored by default): sim → bridge → confirmed publishes at the sim's
 //! maximum rate against a raw publisher with the same confirm window, and the bridge's RSS.
 //!
-//! `BENCH_EVENTS=50000 cargo test --release --test bridge_bench -- --ignored --nocapture`
+//! `BENCH_EVENTS=50000 BENCH_ROUNDS=3 cargo test --release --test bridge_bench -- --ignored --nocapture`
 
 mod support;
 
@@ -16,6 +16,12 @@ async fn bridge_throughput_against_a_raw_publisher() {
         .and_then(|v| v.parse().ok())
     {
         opts.events = n;
+    }
+    if let Some(n) = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.rounds = n;
     }
     if let Ok(q) = std::env::var("BENCH_QUEUE_TYPE") {
         opts.queue_type = q;

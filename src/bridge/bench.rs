@@ -35,10 +35,12 @@ pub struct BenchOptions {
     pub confirm_window: usize,
     /// `quorum` or `classic` for the queue the events land in.
     pub queue_type: String,
+    /// Interleaved baseline/bridge rounds; the report gives medians.
+    pub rounds: usize,
 }
 
 impl BenchOptions {
-    /// 50 000 events, window 256, a quorum queue.
+    /// 50 000 events, window 256, a quorum queue, 3 rounds.
     pub fn new(amqp_url: impl Into<String>, warren_exe: impl Into<PathBuf>) -> Self {
         Self {
             amqp_url: amqp_url.into(),
@@ -46,6 +48,7 @@ impl BenchOptions {
             events: 50_000,
             confirm_window: 256,
             queue_type: "quorum".into(),
+            rounds: 3,
         }
     }
 }
@@ -59,12 +62,18 @@ pub struct BenchReport {
     pub confirm_window: usize,
     /// The queue type.
     pub queue_type: String,
-    /// Raw publisher: events per second, confirmed.
+    /// Rounds run.
+    pub rounds: usize,
+    /// Raw publisher: events per second, confirmed (median of the rounds).
     pub baseline_rate: f64,
-    /// Sim → bridge → queue: events per second.
+    /// Sim → bridge → queue: events per second (median of the rounds).
     pub bridge_rate: f64,
     /// `bridge_rate / baseline_rate`.
     pub ratio: f64,
+    /// Every round's baseline rate.
+    pub baseline_rates: Vec<f64>,
+    /// Every round's bridge rate.
+    pub bridge_rates: Vec<f64>,
     /// The bridge process's largest resident set seen while it worked, KiB.
     pub bridge_peak_rss_kib: u64,
     /// The kernel's high-water mark of the bridge's resident set, KiB.
@@ -112,22 +121,39 @@ async fn measure(
     conn: &amqp::Connection,
 ) -> Result<BenchReport, Error> {
     let queue = t.queues[0].name.clone();
-    topology::apply(conn, &t.plan()).await?;
-    let baseline_rate = baseline(opts, url, t).await?;
-    // A fresh queue for the bridge run, so both start empty.
-    topology::delete(conn, &t.plan()).await?;
-    topology::apply(conn, &t.plan()).await?;
-    let (bridge_rate, peak, hwm) = bridge_run(opts, t, file, conn, &queue).await?;
+    let (mut baselines, mut bridges) = (vec![], vec![]);
+    let (mut peak, mut hwm) = (0, 0);
+    // Interleaved rounds, each on a fresh queue, so drift on a shared machine hits both sides.
+    for _ in 0..opts.rounds.max(1) {
+        topology::apply(conn, &t.plan()).await?;
+        baselines.push(baseline(opts, url, t).await?);
+        topology::delete(conn, &t.plan()).await?;
+        topology::apply(conn, &t.plan()).await?;
+        let (rate, p, h) = bridge_run(opts, t, file, conn, &queue).await?;
+        bridges.push(rate);
+        peak = peak.max(p);
+        hwm = hwm.max(h);
+        topology::delete(conn, &t.plan()).await?;
+    }
+    let (baseline_rate, bridge_rate) = (median(&mut baselines), median(&mut bridges));
     Ok(BenchReport {
         events: opts.events,
         confirm_window: opts.confirm_window,
         queue_type: opts.queue_type.clone(),
+        rounds: opts.rounds.max(1),
         baseline_rate,
         bridge_rate,
         ratio: bridge_rate / baseline_rate,
+        baseline_rates: baselines,
+        bridge_rates: bridges,
         bridge_peak_rss_kib: peak,
         bridge_hwm_kib: hwm,
     })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Publishes the sim's events from memory with the same window; events per second.

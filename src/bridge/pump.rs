@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message as WsMessage};
@@ -29,6 +29,8 @@ use crate::topology::Topology;
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the loop wakes to retry, reconnect and notice a blocked or dead connection.
 const TICK: Duration = Duration::from_millis(100);
+/// Ready frames or confirms handled per wake-up before yielding to the rest of the loop.
+const BURST: usize = 64;
 /// At most one warning per this period for a recurring condition (invalid frames, unroutable).
 const WARN_EVERY: Duration = Duration::from_secs(5);
 
@@ -48,7 +50,6 @@ enum Wake {
     Confirm(u64, Result<(), AmqpError>),
     Frame(Option<Result<WsMessage, WsError>>),
     Job(Option<WebhookJob>),
-    Idle,
     Ping,
     Flush,
     Tick,
@@ -215,7 +216,6 @@ impl Pump {
                 // The idle deadline measures the upstream's silence, not ours.
                 ws.last_frame = Instant::now();
             }
-            let idle_at = self.ws.as_ref().map(|w| w.last_frame + self.idle_timeout);
             let wake = {
                 let window = &mut self.window;
                 let ws = self.ws.as_mut().map(|w| &mut w.stream);
@@ -226,7 +226,6 @@ impl Pump {
                     Some((seq, r)) = window.next(), if !window.is_empty() => Wake::Confirm(seq, r),
                     f = next_frame(ws), if reading => Wake::Frame(f),
                     j = next_job(jobs), if reading => Wake::Job(j),
-                    _ = sleep_until(idle_at), if idle_at.is_some() => Wake::Idle,
                     _ = ping.tick() => Wake::Ping,
                     _ = flush.tick() => Wake::Flush,
                     _ = tick.tick() => Wake::Tick,
@@ -234,21 +233,62 @@ impl Pump {
             };
             match wake {
                 Wake::Stop => break,
-                Wake::Confirm(seq, r) => self.on_confirm(seq, r),
-                Wake::Frame(f) => self.on_frame(f).await,
+                Wake::Confirm(seq, r) => {
+                    self.on_confirm(seq, r);
+                    self.take_ready_confirms();
+                }
+                Wake::Frame(f) => {
+                    self.on_frame(f).await;
+                    self.take_ready_frames().await;
+                }
                 Wake::Job(Some(job)) => self.on_job(job).await,
                 Wake::Job(None) => self.jobs = None,
-                Wake::Idle => {
-                    let secs = self.idle_timeout.as_secs_f32();
-                    self.upstream_failed(&format!("no frame for {secs}s (idle deadline)"));
-                }
                 Wake::Ping => self.ping().await,
                 Wake::Flush => self.flush_cursor(true),
-                Wake::Tick => self.check_broker(),
+                Wake::Tick => {
+                    self.check_broker();
+                    self.check_idle();
+                }
             }
             self.advance_cursor();
         }
         self.finish().await
+    }
+
+    /// Handles frames that are already buffered without another trip through `select!`.
+    async fn take_ready_frames(&mut self) {
+        for _ in 0..BURST {
+            if !self.can_read() {
+                return;
+            }
+            let Some(ws) = &mut self.ws else { return };
+            match ws.stream.next().now_or_never() {
+                Some(f) => self.on_frame(f).await,
+                None => return,
+            }
+        }
+    }
+
+    /// Takes confirms that have already arrived.
+    fn take_ready_confirms(&mut self) {
+        for _ in 0..BURST {
+            match self.window.next().now_or_never() {
+                Some(Some((seq, r))) => self.on_confirm(seq, r),
+                _ => return,
+            }
+        }
+    }
+
+    /// Checked on the tick: a per-frame timer would cost more than the frame.
+    fn check_idle(&mut self) {
+        if self
+            .ws
+            .as_ref()
+            .is_some_and(|w| w.last_frame.elapsed() > self.idle_timeout)
+        {
+            let secs = self.idle_timeout.as_secs_f32();
+            self.upstream_failed(&format!("no frame for {secs}s (idle deadline)"));
+        }
     }
 
     fn can_read(&self) -> bool {
@@ -704,13 +744,6 @@ async fn next_frame(ws: Option<&mut WsStream>) -> Option<Result<WsMessage, WsErr
 async fn next_job(jobs: Option<&mut mpsc::Receiver<WebhookJob>>) -> Option<WebhookJob> {
     match jobs {
         Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
 }
