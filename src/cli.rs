@@ -347,6 +347,7 @@ async fn sim_upstream_command(args: SimUpstreamArgs) -> Result<u8> {
             malformed_kinds: args.malformed_kinds,
             stall_after: args.stall_after.filter(|n| *n > 0),
         },
+        pregenerate: false,
     };
     upstream::run(listener, settings, crate::shutdown::on_signals()).await?;
     Ok(0)

@@ -4,8 +4,10 @@
 //! The baseline publishes the same envelopes with the same properties straight from memory
 //! through [`Publisher`] and [`ConfirmWindow`] (thin wrappers over lapin's publish and confirm
 //! futures): it is what the broker can take. The bridge run starts `warren bridge` as a child
-//! process against an in-process `sim upstream` at its maximum rate, and times the queue
-//! filling from its first message to its last; confirmed publishes are what makes it fill.
+//! process against an in-process `sim upstream` whose whole stream is already generated and
+//! waiting in its replay buffer (so generation is outside the measurement on both sides), and
+//! times the queue filling from its first message to its last; confirmed publishes are what
+//! makes it fill.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -212,24 +214,38 @@ async fn bridge_run(
         .local_addr()
         .map_err(|e| Error::Other(e.to_string()))?;
     let sim_stop = CancellationToken::new();
+    let start_ms = upstream::now_ms();
     let sim = tokio::spawn(upstream::run(
         listener,
         UpstreamSettings {
             seed: 1,
             rate: 0,
             events: opts.events,
+            start_ms,
             agent_id: "pf_agent_bench".into(),
             agent_key: Some("bench".into()),
             replay_capacity: opts.events as usize,
+            pregenerate: true,
             ..UpstreamSettings::default()
         },
         sim_stop.clone(),
     ));
+    // The whole stream waits in the replay buffer; a cursor just before it makes the bridge
+    // take it at full speed, with generation out of the measurement.
+    let cursor = file.with_extension("cursor");
+    let before_first = ulid::Ulid::from_parts(start_ms.saturating_sub(1), 0);
+    std::fs::write(&cursor, format!("{before_first}\n")).map_err(|source| Error::Io {
+        path: cursor.clone(),
+        source,
+    })?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut child = Command::new(&opts.warren_exe)
         .arg("bridge")
         .args(["--url", &format!("ws://{addr}/api/stream")])
         .arg("-f")
         .arg(file)
+        .arg("--cursor-file")
+        .arg(&cursor)
         .args([
             "--prefix",
             &t.prefix,
@@ -279,6 +295,7 @@ async fn bridge_run(
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
     sim_stop.cancel();
     let _ = sim.await;
+    let _ = std::fs::remove_file(&cursor);
     outcome.map(|rate| (rate, peak, hwm))
 }
 

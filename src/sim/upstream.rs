@@ -152,6 +152,8 @@ pub struct UpstreamSettings {
     pub ledger: Option<PathBuf>,
     /// Fault injection.
     pub faults: Faults,
+    /// Generate every event at start, before any subscriber (benchmarks replay them at once).
+    pub pregenerate: bool,
 }
 
 impl std::fmt::Debug for UpstreamSettings {
@@ -179,6 +181,7 @@ impl Default for UpstreamSettings {
             replay_capacity: 1_000_000,
             ledger: None,
             faults: Faults::default(),
+            pregenerate: false,
         }
     }
 }
@@ -319,9 +322,11 @@ pub async fn run(
 async fn generate(shared: Arc<Shared>, shutdown: CancellationToken) {
     let s = &shared.settings;
     let mut subscribed = shared.subscribed.subscribe();
-    tokio::select! {
-        _ = shutdown.cancelled() => return,
-        r = subscribed.wait_for(|s| *s) => if r.is_err() { return },
+    if !s.pregenerate {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = subscribed.wait_for(|s| *s) => if r.is_err() { return },
+        }
     }
     let mut catalog = Catalog::new(s.seed, s.start_ms, s.rate, &s.agent_id);
     let mut sent_up_to = shared.sent_up_to.subscribe();
@@ -330,7 +335,9 @@ async fn generate(shared: Arc<Shared>, shutdown: CancellationToken) {
     tracing::info!(events = s.events, rate = s.rate, "Emitting events.");
     while catalog.generated() < s.events {
         let generated = catalog.generated();
-        let due = if s.rate > 0 {
+        let due = if s.pregenerate {
+            (s.events - generated).min(1024)
+        } else if s.rate > 0 {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
