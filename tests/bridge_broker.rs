@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use support::bridge::{BRIDGE_TOPOLOGY, Sim, counts, drain_ids, spawn_bridge, wait_depth};
-use support::{TestTopology, close_connections_of, connect, rabbitmqctl};
+use support::{TestTopology, close_connections_of, connect, queue_len, rabbitmqctl};
 
 const EVENTS: u32 = 3000;
 const WINDOW: usize = 64;
@@ -116,4 +116,72 @@ async fn disruptive_close_all_connections_mid_stream_loses_nothing() {
         ]);
     })
     .await;
+}
+
+/// Restores the memory watermark even if the test panics.
+struct Unblock;
+
+impl Drop for Unblock {
+    fn drop(&mut self) {
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn disruptive_a_blocked_broker_stops_reading_and_loses_nothing() {
+    let t = TestTopology::new("bridge-blocked", BRIDGE_TOPOLOGY);
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let queue = t.queue("all");
+    let sim = Sim::spawn(
+        t.dir(),
+        "sim",
+        &["--events", "3000", "--rate", "1000", "--seed", "21"],
+    );
+    let log = t.dir().join("bridge.log");
+    let window = WINDOW.to_string();
+    let mut bridge = spawn_bridge(&t, &sim.url(), &["--confirm-window", &window], &log);
+    wait_depth(&conn, &queue, 300, Duration::from_secs(30)).await;
+
+    let guard = Unblock;
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let blocked_at = queue_len(&conn, &queue).await;
+    // The sim keeps emitting; the bridge must not buffer it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still = queue_len(&conn, &queue).await;
+    assert!(
+        still <= blocked_at + WINDOW as u32,
+        "published {} while blocked",
+        still - blocked_at
+    );
+    let rss = rss_kib(bridge.pid());
+    assert!(bridge.running());
+    drop(guard);
+
+    let depth = wait_depth(&conn, &queue, 3000, Duration::from_secs(60)).await;
+    assert_eq!(depth, 3000, "{}", bridge.log_text());
+    bridge.signal(Signal::SIGTERM);
+    assert_eq!(bridge.wait_exit(Duration::from_secs(30)), Some(0));
+    eprintln!("rss while blocked: {rss} KiB");
+    assert!(
+        rss < 100 * 1024,
+        "the bridge's memory stays bounded while blocked: {rss} KiB"
+    );
+    let ids = drain_ids(&conn, &queue).await;
+    let c = counts(&ids);
+    assert_eq!(
+        c.keys().cloned().collect::<std::collections::BTreeSet<_>>(),
+        sim.ledger().set()
+    );
+    t.cleanup(&conn).await;
 }
