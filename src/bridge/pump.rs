@@ -111,6 +111,7 @@ pub(super) struct Pump {
     ingress_stop: CancellationToken,
     warn_invalid: Throttle,
     warn_unroutable: Throttle,
+    warn_nacked: Throttle,
 }
 
 impl Pump {
@@ -194,6 +195,7 @@ impl Pump {
             ingress_stop,
             warn_invalid: Throttle::default(),
             warn_unroutable: Throttle::default(),
+            warn_nacked: Throttle::default(),
             stats,
         })
     }
@@ -599,9 +601,20 @@ impl Pump {
                 }
             }
             Err(error @ AmqpError::Nacked { .. }) => {
-                Stats::add(&self.stats.nacked, 1);
-                if let Some(delay) = self.outbox.nack(seq, Instant::now()) {
-                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Publish nacked; retrying in order.");
+                let n = self
+                    .stats
+                    .nacked
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1;
+                if let Some(delay) = self.outbox.nack(seq, Instant::now())
+                    && self.warn_nacked.ready()
+                {
+                    tracing::warn!(
+                        %error,
+                        nacked_total = n,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "Publish nacked; retrying in order."
+                    );
                 }
                 self.dirty = true;
             }
