@@ -3,13 +3,16 @@
 //! room and the broker is connected and not blocked: that is the backpressure, and it keeps
 //! memory bounded by the confirm window.
 
+mod connect;
+mod drain;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message as WsMessage};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
@@ -17,13 +20,14 @@ use super::cursor::CursorFile;
 use super::dedup::Dedup;
 use super::ingress::{self, WebhookJob};
 use super::outbox::{Origin, Outbox, Outgoing};
-use super::upstream::{self, UpstreamSettings, WsStream};
+use super::upstream::{UpstreamSettings, WsStream};
 use super::{BridgeSettings, Stats, route};
-use crate::amqp::{self, AmqpError, AmqpUrl, ConfirmWindow, Connection, Message, Publisher};
+use crate::amqp::{AmqpError, AmqpUrl, ConfirmWindow, Connection, Message, Publisher};
 use crate::backoff::Backoff;
 use crate::envelope::{Envelope, EnvelopeError, MAX_ENVELOPE_BYTES};
 use crate::error::Error;
 use crate::topology::Topology;
+use drain::write_cursor;
 
 /// A confirm that takes longer than this means the channel is stuck: reconnect and republish.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(120);
@@ -281,149 +285,12 @@ impl Pump {
         }
     }
 
-    /// Checked on the tick: a per-frame timer would cost more than the frame.
-    fn check_idle(&mut self) {
-        if self
-            .ws
-            .as_ref()
-            .is_some_and(|w| w.last_frame.elapsed() > self.idle_timeout)
-        {
-            let secs = self.idle_timeout.as_secs_f32();
-            self.upstream_failed(&format!("no frame for {secs}s (idle deadline)"));
-        }
-    }
-
     fn can_read(&self) -> bool {
         self.outbox.has_room()
             && self
                 .broker
                 .as_ref()
                 .is_some_and(|b| !b.conn.status().blocked())
-    }
-
-    async fn ensure_broker(&mut self) {
-        if self.broker.is_some() || Instant::now() < self.broker_retry_at {
-            return;
-        }
-        let attempt = async {
-            let conn = amqp::connect(&self.url, "bridge", "publish").await?;
-            match Publisher::open(&conn).await {
-                Ok(p) => Ok(Broker {
-                    publisher: p.with_confirm_timeout(CONFIRM_TIMEOUT),
-                    conn,
-                }),
-                Err(e) => {
-                    amqp::close(&conn).await;
-                    Err(e)
-                }
-            }
-        };
-        let result = tokio::select! {
-            _ = self.stop.cancelled() => return,
-            r = attempt => r,
-        };
-        match result {
-            Ok(broker) => {
-                Stats::add(&self.stats.broker_connects, 1);
-                self.broker_backoff.connected();
-                let pending = self.outbox.len();
-                tracing::info!(pending, "Broker connected; publishing.");
-                self.broker = Some(broker);
-                self.window = ConfirmWindow::new(self.window_size);
-                self.outbox.resend_all();
-                self.dirty = true;
-                self.publish_due().await;
-            }
-            Err(error) => {
-                let delay = self.broker_backoff.next_delay();
-                self.broker_retry_at = Instant::now() + delay;
-                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Cannot reach the broker.");
-            }
-        }
-    }
-
-    async fn ensure_upstream(&mut self) {
-        let Some(settings) = &self.upstream else {
-            return;
-        };
-        if self.ws.is_some() || self.broker.is_none() || Instant::now() < self.ws_retry_at {
-            return;
-        }
-        let resume = self.cursor;
-        let result = tokio::select! {
-            _ = self.stop.cancelled() => return,
-            r = upstream::connect(settings, resume, self.connect_timeout) => r,
-        };
-        match result {
-            Ok(stream) => {
-                Stats::add(&self.stats.upstream_connects, 1);
-                self.ws_backoff.connected();
-                tracing::info!(
-                    resume_from = %resume.map(|c| c.to_string()).unwrap_or_else(|| "latest".into()),
-                    "Upstream subscribed."
-                );
-                self.ws = Some(Ws {
-                    stream,
-                    last_frame: Instant::now(),
-                });
-            }
-            Err(error) => {
-                let delay = self.ws_backoff.next_delay();
-                self.ws_retry_at = Instant::now() + delay;
-                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Cannot reach the upstream.");
-            }
-        }
-    }
-
-    fn upstream_failed(&mut self, reason: &str) {
-        if self.ws.take().is_none() {
-            return;
-        }
-        let delay = self.ws_backoff.next_delay();
-        self.ws_retry_at = Instant::now() + delay;
-        tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "Upstream connection lost; reconnecting.");
-    }
-
-    fn broker_failed(&mut self, reason: &str) {
-        let Some(broker) = self.broker.take() else {
-            return;
-        };
-        tokio::spawn(async move { amqp::close(&broker.conn).await });
-        self.window = ConfirmWindow::new(self.window_size);
-        self.outbox.resend_all();
-        self.dirty = true;
-        let delay = self.broker_backoff.next_delay();
-        self.broker_retry_at = Instant::now() + delay;
-        tracing::warn!(
-            %reason,
-            unconfirmed = self.outbox.len(),
-            retry_in_ms = delay.as_millis() as u64,
-            "Broker connection lost; will republish everything unconfirmed."
-        );
-    }
-
-    fn check_broker(&mut self) {
-        if self
-            .broker
-            .as_ref()
-            .is_some_and(|b| !b.conn.status().connected())
-        {
-            self.broker_failed("the connection is closed");
-        }
-    }
-
-    async fn ping(&mut self) {
-        let Some(ws) = &mut self.ws else { return };
-        let sent = tokio::time::timeout(
-            Duration::from_secs(5),
-            ws.stream.send(WsMessage::Ping(Bytes::new())),
-        )
-        .await;
-        match sent {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => self.upstream_failed(&format!("ping: {e}")),
-            Err(_) => self.upstream_failed("ping: the socket accepts no data"),
-        }
     }
 
     async fn on_frame(&mut self, frame: Option<Result<WsMessage, WsError>>) {
@@ -642,108 +509,6 @@ impl Pump {
         }
         self.cursor_queued = self.cursor;
         self.since_flush = 0;
-    }
-
-    /// Stops reading, waits for outstanding confirms up to the deadline, persists the cursor.
-    async fn finish(mut self) -> Result<(), Error> {
-        if let Some(mut ws) = self.ws.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), ws.stream.close(None)).await;
-        }
-        self.ingress_stop.cancel();
-        // Jobs not taken yet are dropped; their requests are answered 503 and retried later.
-        self.jobs = None;
-        self.stop = CancellationToken::new();
-        let stop = self.stop.clone();
-        let deadline = self.shutdown_timeout;
-        let timer = tokio::spawn(async move {
-            tokio::time::sleep(deadline).await;
-            stop.cancel();
-        });
-        let mut tick = tokio::time::interval(TICK);
-        while !self.outbox.is_empty() && !self.stop.is_cancelled() {
-            self.ensure_broker().await;
-            if self.dirty {
-                self.publish_due().await;
-            }
-            let wake = {
-                let window = &mut self.window;
-                tokio::select! {
-                    _ = self.stop.cancelled() => Wake::Stop,
-                    Some((seq, r)) = window.next(), if !window.is_empty() => Wake::Confirm(seq, r),
-                    _ = tick.tick() => Wake::Tick,
-                }
-            };
-            match wake {
-                Wake::Confirm(seq, r) => self.on_confirm(seq, r),
-                Wake::Tick => self.check_broker(),
-                _ => {}
-            }
-            self.advance_cursor();
-        }
-        timer.abort();
-        if !self.outbox.is_empty() {
-            tracing::warn!(
-                unconfirmed = self.outbox.len(),
-                "Shutdown deadline passed; unconfirmed events will be replayed from the cursor."
-            );
-        }
-        let persisted = self.persist_final().await;
-        if let Some(broker) = self.broker.take() {
-            amqp::close(&broker.conn).await;
-        }
-        if let Some(ingress) = self.ingress.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), ingress).await;
-        }
-        persisted?;
-        tracing::info!(
-            cursor = %self.cursor.map(|c| c.to_string()).unwrap_or_else(|| "none".into()),
-            "Bridge stopped cleanly."
-        );
-        Ok(())
-    }
-
-    async fn persist_final(&mut self) -> Result<(), Error> {
-        drop(self.cursor_tx.take());
-        if let Some(writer) = self.cursor_writer.take() {
-            let _ = writer.await;
-        }
-        let (Some(file), Some(id)) = (self.cursor_file.clone(), self.cursor) else {
-            return Ok(());
-        };
-        let path = file.path().to_path_buf();
-        match tokio::task::spawn_blocking(move || file.store(id)).await {
-            Ok(Ok(())) => {
-                self.stats
-                    .cursor_persisted_at_ms
-                    .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
-                Ok(())
-            }
-            Ok(Err(source)) => Err(Error::Io { path, source }),
-            Err(e) => Err(Error::Other(format!(
-                "{}: cursor write failed: {e}",
-                path.display()
-            ))),
-        }
-    }
-}
-
-/// Persists each cursor it is handed, coalescing while a write is in progress.
-async fn write_cursor(file: CursorFile, mut rx: watch::Receiver<Option<Ulid>>, stats: Arc<Stats>) {
-    rx.mark_unchanged();
-    while rx.changed().await.is_ok() {
-        let Some(id) = *rx.borrow_and_update() else {
-            continue;
-        };
-        let f = file.clone();
-        match tokio::task::spawn_blocking(move || f.store(id)).await {
-            Ok(Ok(())) => stats
-                .cursor_persisted_at_ms
-                .store(now_ms(), std::sync::atomic::Ordering::Relaxed),
-            Ok(Err(error)) => {
-                tracing::error!(path = %file.path().display(), %error, "Cannot persist the cursor.");
-            }
-            Err(_) => return,
-        }
     }
 }
 
