@@ -80,6 +80,8 @@ pub struct BenchReport {
     pub bridge_peak_rss_kib: u64,
     /// The kernel's high-water mark of the bridge's resident set, KiB.
     pub bridge_hwm_kib: u64,
+    /// CPU time (user + system) the bridge process used per event, µs (median of the rounds).
+    pub bridge_cpu_us_per_event: f64,
 }
 
 /// Runs the baseline, then the bridge, on a throwaway topology; removes it afterwards.
@@ -124,15 +126,16 @@ async fn measure(
 ) -> Result<BenchReport, Error> {
     let queue = t.queues[0].name.clone();
     let (mut baselines, mut bridges) = (vec![], vec![]);
-    let (mut peak, mut hwm) = (0, 0);
+    let (mut peak, mut hwm, mut cpu) = (0, 0, vec![]);
     // Interleaved rounds, each on a fresh queue, so drift on a shared machine hits both sides.
     for _ in 0..opts.rounds.max(1) {
         topology::apply(conn, &t.plan()).await?;
         baselines.push(baseline(opts, url, t).await?);
         topology::delete(conn, &t.plan()).await?;
         topology::apply(conn, &t.plan()).await?;
-        let (rate, p, h) = bridge_run(opts, t, file, conn, &queue).await?;
+        let (rate, p, h, c) = bridge_run(opts, t, file, conn, &queue).await?;
         bridges.push(rate);
+        cpu.push(c);
         peak = peak.max(p);
         hwm = hwm.max(h);
         topology::delete(conn, &t.plan()).await?;
@@ -150,6 +153,7 @@ async fn measure(
         bridge_rates: bridges,
         bridge_peak_rss_kib: peak,
         bridge_hwm_kib: hwm,
+        bridge_cpu_us_per_event: median(&mut cpu),
     })
 }
 
@@ -199,14 +203,15 @@ async fn baseline(opts: &BenchOptions, url: &AmqpUrl, t: &Topology) -> Result<f6
     Ok(opts.events as f64 / secs)
 }
 
-/// Runs the sim in-process and the bridge as a child; (events per second, peak RSS, HWM).
+/// Runs the sim in-process and the bridge as a child; (events per second, peak RSS, HWM, CPU
+/// µs per event).
 async fn bridge_run(
     opts: &BenchOptions,
     t: &Topology,
     file: &Path,
     conn: &amqp::Connection,
     queue: &str,
-) -> Result<(f64, u64, u64), Error> {
+) -> Result<(f64, u64, u64, f64), Error> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| Error::Other(format!("bench: bind the sim: {e}")))?;
@@ -290,13 +295,14 @@ async fn bridge_run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let hwm = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
+    let cpu_us = proc_cpu_secs(pid).unwrap_or(0.0) * 1e6 / opts.events as f64;
     // Everything is measured; the queue is deleted next, so no drain is needed.
     let _ = child.kill();
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
     sim_stop.cancel();
     let _ = sim.await;
     let _ = std::fs::remove_file(&cursor);
-    outcome.map(|rate| (rate, peak, hwm))
+    outcome.map(|rate| (rate, peak, hwm, cpu_us))
 }
 
 /// A `kB` field of `/proc/<pid>/status`.
@@ -305,4 +311,14 @@ fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// User + system CPU seconds of a process, from `/proc/<pid>/stat` (clock ticks of 10 ms).
+fn proc_cpu_secs(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
