@@ -82,6 +82,8 @@ pub struct BenchReport {
     pub bridge_hwm_kib: u64,
     /// CPU time (user + system) the bridge process used per event, µs (median of the rounds).
     pub bridge_cpu_us_per_event: f64,
+    /// CPU time the raw publisher used per event, µs (median of the rounds).
+    pub baseline_cpu_us_per_event: f64,
 }
 
 /// Runs the baseline, then the bridge, on a throwaway topology; removes it afterwards.
@@ -126,11 +128,14 @@ async fn measure(
 ) -> Result<BenchReport, Error> {
     let queue = t.queues[0].name.clone();
     let (mut baselines, mut bridges) = (vec![], vec![]);
-    let (mut peak, mut hwm, mut cpu) = (0, 0, vec![]);
+    let (mut peak, mut hwm, mut cpu, mut base_cpu) = (0, 0, vec![], vec![]);
     // Interleaved rounds, each on a fresh queue, so drift on a shared machine hits both sides.
     for _ in 0..opts.rounds.max(1) {
         topology::apply(conn, &t.plan()).await?;
+        let before = proc_cpu_secs(std::process::id()).unwrap_or(0.0);
         baselines.push(baseline(opts, url, t).await?);
+        let used = proc_cpu_secs(std::process::id()).unwrap_or(0.0) - before;
+        base_cpu.push(used * 1e6 / opts.events as f64);
         topology::delete(conn, &t.plan()).await?;
         topology::apply(conn, &t.plan()).await?;
         let (rate, p, h, c) = bridge_run(opts, t, file, conn, &queue).await?;
@@ -154,6 +159,7 @@ async fn measure(
         bridge_peak_rss_kib: peak,
         bridge_hwm_kib: hwm,
         bridge_cpu_us_per_event: median(&mut cpu),
+        baseline_cpu_us_per_event: median(&mut base_cpu),
     })
 }
 
