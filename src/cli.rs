@@ -90,6 +90,113 @@ pub enum Command {
     Topology(TopologyCommand),
     /// Consume work queues and run a handler on each event.
     Worker(WorkerArgs),
+    /// Publish upstream WebSocket events (and signed webhooks) onto the events exchange.
+    Bridge(BridgeArgs),
+    /// Simulators for tests and demos.
+    #[command(subcommand)]
+    Sim(SimCommand),
+}
+
+/// `warren bridge …`
+#[derive(Debug, Args)]
+pub struct BridgeArgs {
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+    /// The upstream event stream, ws:// or wss://. The key comes from PF_AGENT_KEY, the agent
+    /// id from PF_AGENT_ID; neither is ever logged.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Topics to subscribe to: event types or `domain.*`, comma-separated or repeated.
+    #[arg(long, value_delimiter = ',', default_values_t = crate::bridge::upstream::DEFAULT_TOPICS.map(String::from))]
+    pub topics: Vec<String>,
+    /// Where the resume cursor is kept (last eventId confirmed with everything before it).
+    /// Without it, a restart resumes from the latest events.
+    #[arg(long)]
+    pub cursor_file: Option<PathBuf>,
+    /// Publishes awaiting their broker confirm at most; also bounds the frames held in memory.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub confirm_window: u32,
+    /// Deadline for connecting to the upstream (TCP, TLS and WebSocket handshake).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// How often to ping the upstream.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+    /// No frame (event or pong) for this long means a dead connection: reconnect.
+    #[arg(long, default_value = "45s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// How often the cursor file is rewritten (also every --confirm-window events and on exit).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub cursor_flush_interval: Duration,
+    /// How long SIGTERM waits for outstanding confirms before persisting the cursor and exiting.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Accept signed webhooks (POST /webhooks/events) on this address, e.g. 0.0.0.0:8080.
+    #[arg(long, requires = "webhook_secret_file")]
+    pub webhook_listen: Option<String>,
+    /// Webhook signing secrets, one per line (`whsec_<base64>` or raw); any of them verifies.
+    #[arg(long)]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// The largest webhook body accepted, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub webhook_max_body: usize,
+    /// Accepted skew of `webhook-timestamp` from our clock.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub webhook_tolerance: Duration,
+}
+
+/// `warren sim …`
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// A simulated upstream: WebSocket event stream with replay and fault injection.
+    Upstream(SimUpstreamArgs),
+}
+
+/// `warren sim upstream …`
+#[derive(Debug, Args)]
+pub struct SimUpstreamArgs {
+    /// Address to listen on; port 0 picks one. The first line on stdout is `listening on ADDR`.
+    #[arg(long, default_value = "127.0.0.1:8765")]
+    pub listen: String,
+    /// Seed of the event sequence and the fault dice.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Events per second; 0 sends as fast as subscribers take them.
+    #[arg(long, default_value_t = 100)]
+    pub rate: u32,
+    /// Events to emit; then the stream stays open (for replays) until SIGTERM.
+    #[arg(long, default_value_t = 1000)]
+    pub events: u64,
+    /// `ts` of the first event in epoch ms [default: now]. Pin it for byte-identical runs.
+    #[arg(long)]
+    pub start_ms: Option<u64>,
+    /// `agentId` of every envelope.
+    #[arg(long, default_value = "pf_agent_sim")]
+    pub agent_id: String,
+    /// How long events stay replayable after they are emitted.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub replay_window: Duration,
+    /// At most this many events stay replayable.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub replay_capacity: usize,
+    /// Write `<eventId> <type>` for every event emitted (ground truth for reconciliation).
+    #[arg(long)]
+    pub ledger: Option<PathBuf>,
+    /// Close each connection abruptly after it has sent N events.
+    #[arg(long)]
+    pub drop_every: Option<u64>,
+    /// Probability that an event is sent twice.
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicate_rate: f64,
+    /// Probability that a malformed frame precedes an event.
+    #[arg(long, default_value_t = 0.0)]
+    pub malformed_rate: f64,
+    /// Malformed kinds to rotate through [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub malformed_kinds: Vec<crate::sim::upstream::MalformedKind>,
+    /// Each connection stops sending (and reading) after N events but keeps TCP open.
+    #[arg(long)]
+    pub stall_after: Option<u64>,
 }
 
 /// `warren topology …`
@@ -177,7 +284,102 @@ pub async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Topology(cmd) => topology_command(&cli.global, cmd).await,
         Command::Worker(args) => worker_command(&cli.global, args).await,
+        Command::Bridge(args) => bridge_command(&cli.global, args).await,
+        Command::Sim(SimCommand::Upstream(args)) => sim_upstream_command(args).await,
     }
+}
+
+async fn bridge_command(global: &GlobalArgs, args: BridgeArgs) -> Result<u8> {
+    let mut settings = crate::bridge::BridgeSettings::new(global.url()?, args.topology.load()?);
+    if let Some(url) = args.url {
+        let env = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| Error::Usage(format!("{name} must be set when --url is given")))
+        };
+        settings.upstream = Some(crate::bridge::UpstreamSettings {
+            url,
+            topics: args.topics,
+            agent_key: env("PF_AGENT_KEY")?,
+            agent_id: env("PF_AGENT_ID")?,
+        });
+    }
+    if let Some(addr) = args.webhook_listen {
+        let path = args.webhook_secret_file.unwrap_or_default();
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let secrets = crate::bridge::webhook::parse_secrets(&text)
+            .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| Error::Usage(format!("--webhook-listen {addr}: {e}")))?;
+        settings.webhook = Some(crate::bridge::WebhookSettings {
+            listener,
+            secrets,
+            max_body: args.webhook_max_body,
+            tolerance: args.webhook_tolerance,
+        });
+    }
+    settings.cursor_file = args.cursor_file;
+    settings.confirm_window = args.confirm_window as usize;
+    settings.connect_timeout = args.connect_timeout;
+    settings.ping_interval = args.ping_interval;
+    settings.idle_timeout = args.idle_timeout;
+    settings.cursor_flush_interval = args.cursor_flush_interval;
+    settings.shutdown_timeout = args.shutdown_timeout;
+    let shutdown = crate::shutdown::on_signals();
+    crate::bridge::run(
+        settings,
+        Arc::new(crate::bridge::Stats::default()),
+        shutdown,
+    )
+    .await?;
+    Ok(0)
+}
+
+async fn sim_upstream_command(args: SimUpstreamArgs) -> Result<u8> {
+    use crate::sim::upstream::{self, Faults, UpstreamSettings};
+    for (flag, p) in [
+        ("--duplicate-rate", args.duplicate_rate),
+        ("--malformed-rate", args.malformed_rate),
+    ] {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(Error::Usage(format!(
+                "{flag}: {p} is not a probability between 0 and 1"
+            )));
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| Error::Usage(format!("--listen {}: {e}", args.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Other(format!("--listen {}: {e}", args.listen)))?;
+    output::print_text(&format!("listening on {addr}")).map_err(stdout_error)?;
+    let settings = UpstreamSettings {
+        seed: args.seed,
+        rate: args.rate,
+        events: args.events,
+        start_ms: args.start_ms.unwrap_or_else(upstream::now_ms),
+        agent_id: args.agent_id,
+        agent_key: std::env::var("PF_AGENT_KEY").ok().filter(|k| !k.is_empty()),
+        replay_window: args.replay_window,
+        replay_capacity: args.replay_capacity.max(1),
+        ledger: args.ledger,
+        faults: Faults {
+            drop_every: args.drop_every.filter(|n| *n > 0),
+            duplicate_rate: args.duplicate_rate,
+            malformed_rate: args.malformed_rate,
+            malformed_kinds: args.malformed_kinds,
+            stall_after: args.stall_after.filter(|n| *n > 0),
+        },
+        pregenerate: false,
+    };
+    upstream::run(listener, settings, crate::shutdown::on_signals()).await?;
+    Ok(0)
 }
 
 async fn topology_command(global: &GlobalArgs, cmd: TopologyCommand) -> Result<u8> {

@@ -8,6 +8,8 @@
 //! # Layout
 //! - [`amqp`]: the only module touching lapin: connect, consume, publish with confirms, headers.
 //! - [`backoff`]: exponential backoff with full jitter.
+//! - [`bridge`]: upstream WebSocket and webhook ingress onto the events exchange, with confirms
+//!   and a durable resume cursor.
 //! - [`cli`]: the command line (clap), dispatch only.
 //! - [`envelope`]: the upstream event envelope and its validation.
 //! - [`error`]: the crate's error type and exit codes.
@@ -15,6 +17,7 @@
 //! - [`metrics`]: `/metrics`, `/healthz`, `/readyz` for `--metrics-listen`.
 //! - [`output`]: tables and JSON on stdout.
 //! - [`shutdown`]: SIGINT/SIGTERM to a cancellation token.
+//! - [`sim`]: simulators for tests and demos: the upstream event stream with fault injection.
 //! - [`telemetry`]: logging to stderr.
 //! - [`topology`]: topology as code: model, validation, plan, declare, export.
 //! - [`worker`]: the consumer loop, the pure `decide()`, the single `settle()`.
@@ -39,6 +42,7 @@
 
 pub mod amqp;
 pub mod backoff;
+pub mod bridge;
 pub mod cli;
 pub mod envelope;
 pub mod error;
@@ -46,6 +50,7 @@ pub mod handlers;
 pub mod metrics;
 pub mod output;
 pub mod shutdown;
+pub mod sim;
 pub mod telemetry;
 pub mod topology;
 pub mod worker;

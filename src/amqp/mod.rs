@@ -24,7 +24,8 @@ pub use declare::{
     delete_queue, exchange_exists, field_table, inspect_queue,
 };
 pub use headers::{
-    ErrorKind, FailureHeaders, XDeath, hdr, header_str, header_u32, header_u64, set_header, x_death,
+    ErrorKind, FailureHeaders, MAX_ERROR_BYTES, XDeath, hdr, header_str, header_u32, header_u64,
+    set_header, truncate, x_death,
 };
 pub use publish::{Confirm, ConfirmWindow, Message, Publisher};
 pub use url::{AmqpUrl, AmqpUrlError, DEFAULT_AMQP_URL, redact};

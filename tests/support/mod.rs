@@ -406,3 +406,5 @@ impl Drop for Warren {
 }
 
 pub mod proxy;
+
+pub mod bridge;
