@@ -80,6 +80,11 @@ pub enum Command {
     Topology(TopologyCommand),
     /// Consume work queues and run a handler on each event.
     Worker(WorkerArgs),
+    /// See why messages failed and put them back: list, show, stats, replay, purge, export.
+    #[command(subcommand)]
+    Dlq(crate::dlq::DlqCommand),
+    /// Queues of the topology: ready, unacked, consumers, retry tiers and DLQ depth.
+    Status(crate::status::StatusArgs),
 }
 
 /// `warren topology …`
@@ -161,6 +166,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Topology(cmd) => topology_command(&cli.global, cmd).await,
         Command::Worker(args) => worker_command(&cli.global, args).await,
+        Command::Dlq(cmd) => crate::dlq::run(&cli.global, cmd).await,
+        Command::Status(args) => crate::status::run(&cli.global, args).await,
     }
 }
 

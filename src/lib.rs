@@ -9,11 +9,13 @@
 //! - [`amqp`]: the only module touching lapin: connect, consume, publish with confirms, headers.
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`cli`]: the command line (clap), dispatch only.
+//! - [`dlq`]: dead-letter operations: list, show, stats, export, replay, purge.
 //! - [`envelope`]: the upstream event envelope and its validation.
 //! - [`error`]: the crate's error type and exit codes.
 //! - [`handlers`]: the built-in handlers (`log`, `chaos`).
 //! - [`output`]: tables and JSON on stdout.
 //! - [`shutdown`]: SIGINT/SIGTERM to a cancellation token.
+//! - [`status`]: queue depths, unacked and consumers for the whole topology.
 //! - [`telemetry`]: logging to stderr.
 //! - [`topology`]: topology as code: model, validation, plan, declare, export.
 //! - [`worker`]: the consumer loop, the pure `decide()`, the single `settle()`.
@@ -39,11 +41,13 @@
 pub mod amqp;
 pub mod backoff;
 pub mod cli;
+pub mod dlq;
 pub mod envelope;
 pub mod error;
 pub mod handlers;
 pub mod output;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;
 pub mod topology;
 pub mod worker;

@@ -216,7 +216,50 @@ impl FailureHeaders<'_> {
     }
 }
 
-fn is_broker_death_header(name: &str) -> bool {
+/// The properties without `expiration` (lapin has no setter to clear one): a republished
+/// copy must not vanish from a retry tier, a DLQ or its origin queue. `user_id` is dropped
+/// too: the broker refuses a `user_id` that is not the republishing connection's user.
+pub fn without_expiration(p: BasicProperties) -> BasicProperties {
+    let mut out = BasicProperties::default();
+    if let Some(v) = p.content_type() {
+        out = out.with_content_type(v.clone());
+    }
+    if let Some(v) = p.content_encoding() {
+        out = out.with_content_encoding(v.clone());
+    }
+    if let Some(v) = p.headers() {
+        out = out.with_headers(v.clone());
+    }
+    if let Some(v) = p.delivery_mode() {
+        out = out.with_delivery_mode(*v);
+    }
+    if let Some(v) = p.priority() {
+        out = out.with_priority(*v);
+    }
+    if let Some(v) = p.correlation_id() {
+        out = out.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.reply_to() {
+        out = out.with_reply_to(v.clone());
+    }
+    if let Some(v) = p.message_id() {
+        out = out.with_message_id(v.clone());
+    }
+    if let Some(v) = p.timestamp() {
+        out = out.with_timestamp(*v);
+    }
+    if let Some(v) = p.kind() {
+        out = out.with_type(v.clone());
+    }
+    if let Some(v) = p.app_id() {
+        out = out.with_app_id(v.clone());
+    }
+    out
+}
+
+/// True for the headers the broker writes when it dead-letters (`x-death`,
+/// `x-first-death-*`, `x-last-death-*`).
+pub fn is_broker_death_header(name: &str) -> bool {
     name == hdr::X_DEATH || name.starts_with("x-first-death-") || name.starts_with("x-last-death-")
 }
 

@@ -2,6 +2,7 @@
 //! confirms, settling deliveries, and reading warren's headers. Every network await here has
 //! a deadline, because lapin has none of its own.
 
+mod browse;
 mod headers;
 mod publish;
 mod url;
@@ -18,9 +19,10 @@ pub use lapin::{
     types::FieldTable as Headers,
 };
 
+pub use browse::Snapshot;
 pub use headers::{
-    ErrorKind, FailureHeaders, XDeath, header_str, header_u32, header_u64, hdr, set_header,
-    x_death,
+    ErrorKind, FailureHeaders, HeaderValue, XDeath, header_str, header_u32, header_u64, hdr,
+    is_broker_death_header, set_header, without_expiration, x_death,
 };
 pub use publish::{Confirm, ConfirmWindow, Message, Publisher};
 pub use url::{AmqpUrl, AmqpUrlError, DEFAULT_AMQP_URL, redact};

@@ -100,7 +100,7 @@ async fn republish(
 ) -> Result<(), amqp::AmqpError> {
     let mut properties = delivery.properties.clone().with_headers(headers);
     if properties.expiration().is_some() {
-        properties = strip_expiration(properties);
+        properties = amqp::without_expiration(properties);
     }
     publisher
         .publish(Message {
@@ -111,41 +111,6 @@ async fn republish(
             mandatory: true,
         })
         .await
-}
-
-fn strip_expiration(p: amqp::BasicProperties) -> amqp::BasicProperties {
-    let mut out = amqp::BasicProperties::default();
-    if let Some(v) = p.content_type() {
-        out = out.with_content_type(v.clone());
-    }
-    if let Some(v) = p.content_encoding() {
-        out = out.with_content_encoding(v.clone());
-    }
-    if let Some(v) = p.headers() {
-        out = out.with_headers(v.clone());
-    }
-    if let Some(v) = p.priority() {
-        out = out.with_priority(*v);
-    }
-    if let Some(v) = p.correlation_id() {
-        out = out.with_correlation_id(v.clone());
-    }
-    if let Some(v) = p.reply_to() {
-        out = out.with_reply_to(v.clone());
-    }
-    if let Some(v) = p.message_id() {
-        out = out.with_message_id(v.clone());
-    }
-    if let Some(v) = p.timestamp() {
-        out = out.with_timestamp(*v);
-    }
-    if let Some(v) = p.kind() {
-        out = out.with_type(v.clone());
-    }
-    if let Some(v) = p.app_id() {
-        out = out.with_app_id(v.clone());
-    }
-    out
 }
 
 async fn ack(delivery: &Delivery, done: Settled) -> Settled {
