@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::BasicNackOptions;
+use lapin::options::{BasicNackOptions, BasicQosOptions};
 use lapin::{Channel, Consumer, message::Delivery};
 
 use super::{AmqpError, Connection, consume, queue_depth, timed};
@@ -24,6 +24,7 @@ pub struct Snapshot {
     taken: u32,
     idle: Duration,
     incomplete: bool,
+    prefetch: u16,
     open: Option<(Channel, Consumer)>,
 }
 
@@ -32,14 +33,15 @@ impl Snapshot {
     /// acks. `idle` bounds the wait for each next message (another consumer may hold some).
     pub async fn open(conn: &Connection, queue: &str, idle: Duration) -> Result<Self, AmqpError> {
         let (total, consumers) = queue_depth(conn, queue).await?;
+        // QoS takes 16 bits; 0 (unbounded) for larger walks, which stop at the count themselves.
+        let prefetch = if total <= MAX_PREFETCH {
+            total as u16
+        } else {
+            0
+        };
         let open = if total == 0 {
             None
         } else {
-            let prefetch = if total <= MAX_PREFETCH {
-                total as u16
-            } else {
-                0
-            };
             let tag = format!(
                 "warren-browse-{}-{}",
                 super::identity(),
@@ -54,6 +56,7 @@ impl Snapshot {
             taken: 0,
             idle,
             incomplete: false,
+            prefetch,
             open,
         })
     }
@@ -103,6 +106,25 @@ impl Snapshot {
                 Ok(None)
             }
         }
+    }
+
+    /// Acks `delivery` and waits until the broker has processed the ack: `basic.ack` has no
+    /// reply, so a `basic.qos` round trip on the same channel (processed in order, and a no-op
+    /// for the running consumer) is the barrier. A replay publishes the next message only after
+    /// this, so a kill can leave at most the in-flight window in both queues.
+    pub async fn ack_processed(&self, delivery: &Delivery) -> Result<bool, AmqpError> {
+        if !super::ack(delivery).await? {
+            return Ok(false);
+        }
+        let Some((channel, _)) = self.open.as_ref() else {
+            return Ok(false);
+        };
+        timed(
+            || format!("confirm the ack on queue '{}'", self.queue),
+            channel.basic_qos(self.prefetch, BasicQosOptions { global: false }),
+        )
+        .await?;
+        Ok(true)
     }
 
     /// Puts every message not acked back in its place (`basic.nack` multiple, requeue, tag 0 =

@@ -139,6 +139,12 @@ impl Walk {
         Ok(None)
     }
 
+    /// Removes `delivery` from the DLQ, returning once the broker has processed the removal;
+    /// `Ok(false)` if the ack could not be sent (the channel is gone).
+    pub(crate) async fn remove(&self, delivery: &Delivery) -> Result<bool, AmqpError> {
+        self.snapshot.ack_processed(delivery).await
+    }
+
     /// The DLQ being read.
     pub(crate) fn dlq(&self) -> &DlqRef {
         &self.dlq

@@ -140,12 +140,12 @@ impl Run<'_> {
                     self.report.aborted = Some(format!("publishing: {e}"));
                 }
             }
-            while window.is_full() && self.settle_next(&mut window).await {}
+            while window.is_full() && self.settle_next(&walk, &mut window).await {}
         }
         // Settle every outstanding confirm, even after an abort: a confirmed copy must not
         // also stay in the DLQ when its ack can still be sent.
         while !window.is_empty() {
-            self.settle_next(&mut window).await;
+            self.settle_next(&walk, &mut window).await;
         }
         self.bar.inc(walk.total().saturating_sub(read).into());
         match walk.finish().await {
@@ -157,13 +157,17 @@ impl Run<'_> {
 
     /// Takes the oldest confirm: acks the DLQ copy if the republish was confirmed, or records
     /// the failure (the copy stays). False once nothing more should be settled.
-    async fn settle_next(&mut self, window: &mut ConfirmWindow<(Delivery, usize)>) -> bool {
+    async fn settle_next(
+        &mut self,
+        walk: &Walk,
+        window: &mut ConfirmWindow<(Delivery, usize)>,
+    ) -> bool {
         let Some(((delivery, idx), confirmed)) = window.next().await else {
             return false;
         };
         match confirmed {
             Ok(()) => {
-                match amqp::ack(&delivery).await {
+                match walk.remove(&delivery).await {
                     Ok(true) => {
                         self.report.items[idx].outcome = Outcome::Replayed;
                         true
