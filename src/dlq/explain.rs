@@ -212,7 +212,7 @@ pub fn explain(
 ) -> DeadLetter {
     let warren_kind = header_str(props, hdr::ERROR_KIND).map(str::to_string);
     let warren_error = header_str(props, hdr::ERROR);
-    let warren_origin = header_str(props, hdr::ORIGIN_QUEUE);
+    let warren_origin = header_str(props, hdr::ORIGIN_QUEUE).filter(|q| !q.is_empty());
     let warren_first = header_str(props, hdr::FIRST_FAILED_AT).and_then(Time::parse_rfc3339);
     let warren_last = header_str(props, hdr::LAST_FAILED_AT).and_then(Time::parse_rfc3339);
     let stamped = props.timestamp().map(Time::from_amqp);
@@ -277,19 +277,17 @@ pub fn explain(
     }
 }
 
+/// The broker's reason in words; the queue is in the origin column.
 fn broker_reason(kind: Kind, death: &XDeath) -> String {
-    let q = &death.queue;
     match kind {
-        Kind::DeliveryLimit => format!(
-            "broker: delivery limit reached in '{q}' (delivered again and again without an ack: a worker crashed or lost its connection while handling it)"
-        ),
-        Kind::Expired => format!("broker: expired in '{q}' before a worker took it (message TTL)"),
-        Kind::Maxlen => format!("broker: dropped from '{q}' by its length limit"),
-        Kind::Rejected => format!("broker: rejected without requeue by a consumer of '{q}'"),
-        _ => format!(
-            "broker: dead-lettered from '{q}' (reason '{}')",
-            death.reason
-        ),
+        Kind::DeliveryLimit => {
+            "broker: delivery limit reached (workers crashed or disconnected before acking it)"
+                .into()
+        }
+        Kind::Expired => "broker: message TTL expired before a worker took it".into(),
+        Kind::Maxlen => "broker: dropped by the queue's length limit".into(),
+        Kind::Rejected => "broker: rejected without requeue by a consumer".into(),
+        _ => format!("broker: dead-lettered (reason '{}')", death.reason),
     }
 }
 

@@ -30,38 +30,48 @@ pub fn truncate(s: &str, width: usize) -> String {
     out
 }
 
-#[derive(Tabled)]
-struct ListRow {
-    #[tabled(rename = "#")]
-    position: u32,
-    id: String,
-    #[tabled(rename = "type")]
-    event_type: String,
-    agent: String,
-    kind: String,
-    attempts: u32,
-    #[tabled(rename = "first failed")]
-    first: String,
-    #[tabled(rename = "last failed")]
-    last: String,
-    origin: String,
-    error: String,
-}
-
-/// The `list` table.
+/// The `list` table; `#` is the position in the DLQ, named in a first column when the
+/// listing spans several DLQs.
 pub fn list(items: &[DeadLetter]) -> String {
-    table(items.iter().map(|l| ListRow {
-        position: l.position,
-        id: dash(&l.id),
-        event_type: dash(&l.event_type),
-        agent: dash(&l.agent),
-        kind: l.kind.to_string(),
-        attempts: l.attempts,
-        first: time(l.first_failed),
-        last: time(l.last_failed),
-        origin: dash(&l.origin),
-        error: truncate(&l.error, ERROR_WIDTH),
-    }))
+    let several = items.iter().any(|l| l.dlq != items[0].dlq);
+    let mut b = tabled::builder::Builder::new();
+    let header = [
+        "#",
+        "id",
+        "type",
+        "agent",
+        "kind",
+        "attempts",
+        "first failed",
+        "last failed",
+        "origin",
+        "error",
+    ];
+    b.push_record(
+        several
+            .then_some("dlq")
+            .into_iter()
+            .chain(header)
+            .map(String::from),
+    );
+    for l in items {
+        let row = [
+            l.position.to_string(),
+            dash(&l.id),
+            dash(&l.event_type),
+            dash(&l.agent),
+            l.kind.to_string(),
+            l.attempts.to_string(),
+            time(l.first_failed),
+            time(l.last_failed),
+            dash(&l.origin),
+            truncate(&l.error, ERROR_WIDTH),
+        ];
+        b.push_record(several.then(|| l.dlq.clone()).into_iter().chain(row));
+    }
+    let mut t = b.build();
+    t.with(tabled::settings::Style::sharp());
+    t.to_string()
 }
 
 #[derive(Tabled)]
