@@ -93,6 +93,24 @@ async fn list_show_and_export_print_tables_and_json() {
         "JSON keeps the whole error"
     );
 
+    // Filters: --grep looks at the error text, --since at the last failure, --type at types.
+    let grep = warren_json(&t, &["dlq", "list", "--grep", "TIMEOUT"]);
+    assert_eq!(grep["items"].as_array().unwrap().len(), 1);
+    let recent = warren_json(&t, &["dlq", "list", "--since", "1h", "--type", "test.*"]);
+    assert_eq!(recent["items"].as_array().unwrap().len(), 4);
+    let crash = warren_json(
+        &t,
+        &[
+            "dlq",
+            "list",
+            "--type",
+            "test.crash",
+            "--kind",
+            "delivery_limit",
+        ],
+    );
+    assert_eq!(crash["items"][0]["id"], crashed.as_str());
+
     // show: a warren dead letter, with pretty body and headers.
     let (code, shown, err) = warren_t(&t, &["dlq", "show", &dead[1].id]);
     assert_eq!(code, 0, "{err}");

@@ -167,8 +167,8 @@ pub async fn run(global: &GlobalArgs, cmd: DlqCommand) -> Result<u8> {
                         dlqs.len()
                     );
                 }
-                OutputFormat::Json => output::print_json(&listing).map_err(stdout)?,
-                OutputFormat::Ndjson => output::print_ndjson(&listing.items).map_err(stdout)?,
+                OutputFormat::Json => written(output::print_json(&listing))?,
+                OutputFormat::Ndjson => written(output::print_ndjson(&listing.items))?,
             }
             Ok(listing.exit_code())
         }
@@ -205,11 +205,9 @@ pub async fn run(global: &GlobalArgs, cmd: DlqCommand) -> Result<u8> {
                         );
                     }
                 }
-                OutputFormat::Json if found.len() == 1 => {
-                    output::print_json(&found[0]).map_err(stdout)?
-                }
-                OutputFormat::Json => output::print_json(&found).map_err(stdout)?,
-                OutputFormat::Ndjson => output::print_ndjson(&found).map_err(stdout)?,
+                OutputFormat::Json if found.len() == 1 => written(output::print_json(&found[0]))?,
+                OutputFormat::Json => written(output::print_json(&found))?,
+                OutputFormat::Ndjson => written(output::print_ndjson(&found))?,
             }
             Ok(0)
         }
@@ -227,8 +225,8 @@ pub async fn run(global: &GlobalArgs, cmd: DlqCommand) -> Result<u8> {
             let stats = super::stats(listing.scans, &listing.items);
             match output {
                 OutputFormat::Table => print(&render::stats(&stats))?,
-                OutputFormat::Json => output::print_json(&stats).map_err(stdout)?,
-                OutputFormat::Ndjson => output::print_ndjson(&stats.groups).map_err(stdout)?,
+                OutputFormat::Json => written(output::print_json(&stats))?,
+                OutputFormat::Ndjson => written(output::print_ndjson(&stats.groups))?,
             }
             Ok(code)
         }
@@ -331,8 +329,8 @@ impl Selection {
 fn finish(report: &Report, output: OutputFormat) -> Result<u8> {
     match output {
         OutputFormat::Table => print(&render::report(report))?,
-        OutputFormat::Json => output::print_json(report).map_err(stdout)?,
-        OutputFormat::Ndjson => output::print_ndjson(&report.items).map_err(stdout)?,
+        OutputFormat::Json => written(output::print_json(report))?,
+        OutputFormat::Ndjson => written(output::print_ndjson(&report.items))?,
     }
     eprintln!("{}", report.summary());
     Ok(report.exit_code())
@@ -395,13 +393,18 @@ fn parse_rate(s: &str) -> std::result::Result<f64, String> {
 }
 
 fn print(text: &str) -> Result<()> {
-    output::print_text(text).map_err(stdout)
+    written(output::print_text(text))
 }
 
-fn stdout(source: std::io::Error) -> Error {
-    Error::Io {
-        path: "<stdout>".into(),
-        source,
+/// A closed stdout (`| head`) ends the output quietly; other write errors are reported.
+pub(crate) fn written(result: std::io::Result<()>) -> Result<()> {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(source) => Err(Error::Io {
+            path: "<stdout>".into(),
+            source,
+        }),
+        Ok(()) => Ok(()),
     }
 }
 

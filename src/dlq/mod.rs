@@ -19,6 +19,7 @@ mod stats;
 
 use std::time::Duration;
 
+pub(crate) use cli::written;
 pub use cli::{DlqCommand, run};
 pub use detail::{Body, Detail, detail};
 pub use explain::{DeadLetter, Kind, Time, explain, last_death};

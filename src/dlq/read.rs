@@ -110,22 +110,34 @@ pub async fn export(
                 };
                 let line = serde_json::to_string(&detail(&delivery, letter))
                     .map_err(|e| Error::Other(format!("export: {e}")))?;
-                writeln!(out, "{line}").map_err(|source| Error::Io {
-                    path: "<export output>".into(),
-                    source,
-                })?;
+                match writeln!(out, "{line}") {
+                    Ok(()) => {}
+                    // The reader went away (`| head`): stop, putting everything back.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(false),
+                    Err(source) => {
+                        return Err(Error::Io {
+                            path: "<export output>".into(),
+                            source,
+                        });
+                    }
+                }
                 written += 1;
             }
-            Ok::<_, Error>(())
+            Ok::<_, Error>(true)
         }
         .await;
         let scan = walk.finish().await;
-        read?;
+        let go_on = read?;
         scans.push(scan?);
+        if !go_on {
+            return Ok((scans, written));
+        }
     }
-    out.flush().map_err(|source| Error::Io {
-        path: "<export output>".into(),
-        source,
-    })?;
-    Ok((scans, written))
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Io {
+            path: "<export output>".into(),
+            source: e,
+        }),
+        _ => Ok((scans, written)),
+    }
 }

@@ -104,8 +104,8 @@ pub async fn collect(
             Some((r, c)) => (Some(r), Some(c)),
             None => (None, None),
         };
-        let unacked = match (management, &problem, ready) {
-            (Some(m), None, Some(_)) => match m.unacked(&q.name).await {
+        let unacked = match (management, &problem) {
+            (Some(m), None) => match m.unacked(&q.name).await {
                 Ok(n) => n,
                 Err(e) => {
                     problem = Some(e);
@@ -245,17 +245,13 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> Result<u8> {
 }
 
 fn show(status: &Status, format: OutputFormat, watch: Option<Duration>) -> Result<()> {
-    let stdout = |source| Error::Io {
-        path: "<stdout>".into(),
-        source,
-    };
     match format {
         OutputFormat::Table => {
             let mut text = render(status);
             if let Some(every) = watch {
                 if std::io::stdout().is_terminal() {
                     // Clear the screen and home the cursor before each redraw.
-                    print!("\x1b[2J\x1b[H");
+                    text.insert_str(0, "\x1b[2J\x1b[H");
                 }
                 text.push_str(&format!(
                     "\n{} — every {}, Ctrl-C to stop",
@@ -263,9 +259,9 @@ fn show(status: &Status, format: OutputFormat, watch: Option<Duration>) -> Resul
                     humantime::format_duration(every)
                 ));
             }
-            output::print_text(&text).map_err(stdout)
+            crate::dlq::written(output::print_text(&text))
         }
-        OutputFormat::Json => output::print_json(status).map_err(stdout),
-        OutputFormat::Ndjson => output::print_ndjson([status]).map_err(stdout),
+        OutputFormat::Json => crate::dlq::written(output::print_json(status)),
+        OutputFormat::Ndjson => crate::dlq::written(output::print_ndjson([status])),
     }
 }
