@@ -3,18 +3,21 @@
 //!
 //! Classic queues return requeued messages to their original positions and have no delivery
 //! limit, so a walk over a classic DLQ keeps its order and costs nothing. Messages published
-//! after the walk starts are not part of it: QoS caps deliveries at the count taken up front.
+//! after the walk starts are not part of it: the consumer's prefetch never exceeds what is left
+//! of the count taken up front. Consumers take the snapshot in chunks on one channel, so the
+//! client never buffers more than one chunk however long the queue.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
 use lapin::{Channel, Consumer, message::Delivery};
 
-use super::{AmqpError, Connection, consume, queue_depth, timed};
+use super::{AmqpError, Connection, queue_depth, timed};
 
-/// QoS takes a 16-bit prefetch; larger walks run unbounded and stop at the count themselves.
-const MAX_PREFETCH: u32 = u16::MAX as u32;
+/// Messages per consumer: the most the client buffers at once.
+const CHUNK: u32 = 10_000;
 
 /// The messages of one queue as they stood when the walk began.
 pub struct Snapshot {
@@ -24,30 +27,20 @@ pub struct Snapshot {
     taken: u32,
     idle: Duration,
     incomplete: bool,
-    prefetch: u16,
-    open: Option<(Channel, Consumer)>,
+    channel: Option<Channel>,
+    /// The current chunk's consumer, its tag, its prefetch and what is left of it.
+    chunk: Option<(Consumer, String, u16, u32)>,
 }
 
 impl Snapshot {
-    /// Counts `queue`'s ready messages and starts consuming at most that many, with manual
-    /// acks. `idle` bounds the wait for each next message (another consumer may hold some).
+    /// Counts `queue`'s ready messages and starts taking them, unacked. `idle` bounds the wait
+    /// for each next message (another consumer may hold some).
     pub async fn open(conn: &Connection, queue: &str, idle: Duration) -> Result<Self, AmqpError> {
         let (total, consumers) = queue_depth(conn, queue).await?;
-        // QoS takes 16 bits; 0 (unbounded) for larger walks, which stop at the count themselves.
-        let prefetch = if total <= MAX_PREFETCH {
-            total as u16
-        } else {
-            0
-        };
-        let open = if total == 0 {
+        let channel = if total == 0 {
             None
         } else {
-            let tag = format!(
-                "warren-browse-{}-{}",
-                super::identity(),
-                ulid::Ulid::generate()
-            );
-            Some(consume(conn, queue, prefetch, &tag).await?)
+            Some(timed(|| "open a channel", conn.create_channel()).await?)
         };
         Ok(Self {
             queue: queue.to_string(),
@@ -56,8 +49,8 @@ impl Snapshot {
             taken: 0,
             idle,
             incomplete: false,
-            prefetch,
-            open,
+            channel,
+            chunk: None,
         })
     }
 
@@ -85,15 +78,19 @@ impl Snapshot {
     /// The next message of the snapshot, unacked; `None` once every message present at the
     /// start has been taken (or the idle deadline passed).
     pub async fn next(&mut self) -> Result<Option<Delivery>, AmqpError> {
-        if self.taken >= self.total {
+        if self.taken >= self.total || self.incomplete {
             return Ok(None);
         }
-        let Some((_, consumer)) = self.open.as_mut() else {
+        if self.chunk.as_ref().is_none_or(|c| c.3 == 0) {
+            self.next_chunk().await?;
+        }
+        let Some((consumer, _, _, left)) = self.chunk.as_mut() else {
             return Ok(None);
         };
         match tokio::time::timeout(self.idle, consumer.next()).await {
             Ok(Some(Ok(delivery))) => {
                 self.taken += 1;
+                *left -= 1;
                 Ok(Some(delivery))
             }
             Ok(Some(Err(source))) => Err(AmqpError::Broker {
@@ -108,6 +105,41 @@ impl Snapshot {
         }
     }
 
+    /// Retires the finished chunk's consumer (its messages stay unacked on the channel) and
+    /// starts one for the next chunk, with a prefetch of exactly what it may take.
+    async fn next_chunk(&mut self) -> Result<(), AmqpError> {
+        let Some(channel) = self.channel.clone() else {
+            return Ok(());
+        };
+        if let Some((_, tag, _, _)) = self.chunk.take() {
+            timed(
+                || format!("cancel the consumer of queue '{}'", self.queue),
+                channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+            )
+            .await?;
+        }
+        let n = (self.total - self.taken).min(CHUNK);
+        let prefetch = n as u16;
+        timed(
+            || format!("set prefetch {prefetch} for queue '{}'", self.queue),
+            channel.basic_qos(prefetch, BasicQosOptions { global: false }),
+        )
+        .await?;
+        let tag = format!("warren-browse-{}-{}", super::identity(), ulid::Ulid::generate());
+        let consumer = timed(
+            || format!("consume queue '{}'", self.queue),
+            channel.basic_consume(
+                self.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        self.chunk = Some((consumer, tag, prefetch, n));
+        Ok(())
+    }
+
     /// Acks `delivery` and waits until the broker has processed the ack: `basic.ack` has no
     /// reply, so a `basic.qos` round trip on the same channel (processed in order, and a no-op
     /// for the running consumer) is the barrier. A replay publishes the next message only after
@@ -116,36 +148,30 @@ impl Snapshot {
         if !super::ack(delivery).await? {
             return Ok(false);
         }
-        let Some((channel, _)) = self.open.as_ref() else {
+        let (Some(channel), Some((_, _, prefetch, _))) = (self.channel.as_ref(), self.chunk.as_ref()) else {
             return Ok(false);
         };
         timed(
             || format!("confirm the ack on queue '{}'", self.queue),
-            channel.basic_qos(self.prefetch, BasicQosOptions { global: false }),
+            channel.basic_qos(*prefetch, BasicQosOptions { global: false }),
         )
         .await?;
         Ok(true)
     }
 
     /// Puts every message not acked back in its place (`basic.nack` multiple, requeue, tag 0 =
-    /// all outstanding) and closes the channel. Dropping a snapshot without calling this still
-    /// requeues everything, when the channel closes.
+    /// all outstanding on the channel) and closes the channel. Dropping a snapshot without
+    /// calling this still requeues everything, when the channel closes.
     pub async fn release(mut self) -> Result<(), AmqpError> {
-        let Some((channel, consumer)) = self.open.take() else {
+        let Some(channel) = self.channel.take() else {
             return Ok(());
         };
         let result = timed(
             || format!("requeue the walked messages of queue '{}'", self.queue),
-            channel.basic_nack(
-                0,
-                BasicNackOptions {
-                    multiple: true,
-                    requeue: true,
-                },
-            ),
+            channel.basic_nack(0, BasicNackOptions { multiple: true, requeue: true }),
         )
         .await;
-        drop(consumer);
+        drop(self.chunk.take());
         if channel.status().connected() {
             timed(
                 || format!("close the channel reading queue '{}'", self.queue),
