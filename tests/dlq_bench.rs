@@ -6,7 +6,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions,
+};
 use support::dlq::{DLQ_TOPOLOGY, Dead, publish_dead, warren_t};
 use support::{TestTopology, connect, queue_len};
 
@@ -15,7 +17,9 @@ const N: usize = 10_000;
 async fn refill(conn: &lapin::Connection, t: &TestTopology, dead: &[Dead]) {
     let ch = conn.create_channel().await.unwrap();
     for q in [t.queue("work"), t.topology.queue("work").unwrap().dlq()] {
-        ch.queue_purge(q.as_str().into(), QueuePurgeOptions::default()).await.unwrap();
+        ch.queue_purge(q.as_str().into(), QueuePurgeOptions::default())
+            .await
+            .unwrap();
     }
     publish_dead(conn, t, dead).await;
 }
@@ -32,15 +36,25 @@ fn timed_warren(t: &TestTopology, args: &[&str]) -> Duration {
 async fn raw_move(conn: &lapin::Connection, from: &str, to: &str) -> usize {
     let get = conn.create_channel().await.unwrap();
     let publish = conn.create_channel().await.unwrap();
-    publish.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let mut moved = 0;
-    while let Some(m) = get.basic_get(from.into(), BasicGetOptions::default()).await.unwrap() {
+    while let Some(m) = get
+        .basic_get(from.into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+    {
         let d = m.delivery;
         let confirm = publish
             .basic_publish(
                 "".into(),
                 to.into(),
-                BasicPublishOptions { mandatory: true, immediate: false },
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
                 &d.data,
                 d.properties.clone(),
             )
@@ -65,20 +79,37 @@ async fn bench_list_and_replay_against_a_raw_loop() {
     t.apply(&conn).await;
     let work = t.queue("work");
     let dlq = t.topology.queue("work").unwrap().dlq();
-    let dead: Vec<Dead> =
-        (0..N).map(|i| Dead::new("test.bench", "exhausted", &format!("HTTP 503 for order {i}"), &work)).collect();
+    let dead: Vec<Dead> = (0..N)
+        .map(|i| {
+            Dead::new(
+                "test.bench",
+                "exhausted",
+                &format!("HTTP 503 for order {i}"),
+                &work,
+            )
+        })
+        .collect();
     refill(&conn, &t, &dead).await;
 
-    let mut lists: Vec<Duration> = (0..3).map(|_| timed_warren(&t, &["dlq", "list", "-q", "work", "-o", "json"])).collect();
+    let mut lists: Vec<Duration> = (0..3)
+        .map(|_| timed_warren(&t, &["dlq", "list", "-q", "work", "-o", "json"]))
+        .collect();
     lists.sort();
-    let mut tables: Vec<Duration> = (0..3).map(|_| timed_warren(&t, &["dlq", "list", "-q", "work"])).collect();
+    let mut tables: Vec<Duration> = (0..3)
+        .map(|_| timed_warren(&t, &["dlq", "list", "-q", "work"]))
+        .collect();
     tables.sort();
     let stats = timed_warren(&t, &["dlq", "stats", "-q", "work"]);
     assert_eq!(queue_len(&conn, &dlq).await, N as u32);
 
     let mut results = vec![];
     for window in ["1", "64"] {
-        let d = timed_warren(&t, &["dlq", "replay", "-q", "work", "-y", "--window", window, "-o", "json"]);
+        let d = timed_warren(
+            &t,
+            &[
+                "dlq", "replay", "-q", "work", "-y", "--window", window, "-o", "json",
+            ],
+        );
         assert_eq!(queue_len(&conn, &work).await, N as u32);
         results.push((window, d));
         refill(&conn, &t, &dead).await;
@@ -87,8 +118,14 @@ async fn bench_list_and_replay_against_a_raw_loop() {
     assert_eq!(raw_move(&conn, &dlq, &work).await, N);
     let raw = start.elapsed();
 
-    println!("dlq list over {N} dead letters: median {:?} (-o json), {:?} (table); stats {:?}", lists[1], tables[1], stats);
-    println!("raw lapin get-publish-confirm-ack loop: {raw:?} = {:.0} msg/s", rate(N, raw));
+    println!(
+        "dlq list over {N} dead letters: median {:?} (-o json), {:?} (table); stats {:?}",
+        lists[1], tables[1], stats
+    );
+    println!(
+        "raw lapin get-publish-confirm-ack loop: {raw:?} = {:.0} msg/s",
+        rate(N, raw)
+    );
     for (window, d) in results {
         println!(
             "warren dlq replay --window {window}: {d:?} = {:.0} msg/s = {:.2}x the raw loop (includes process start and report)",

@@ -6,11 +6,12 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use support::dlq::unacked;
 use support::dlq::{
     DLQ_TOPOLOGY, Dead, delivery_ids, exceed_delivery_limit, ids, publish_dead, publish_to_queue,
     warren_json,
 };
-use support::{TestTopology, Warren, connect, drain, eventually, queue_len, unacked};
+use support::{TestTopology, Warren, connect, drain, eventually, queue_len};
 use warren::amqp::{self, Snapshot};
 
 /// The claim the whole design rests on: a classic queue puts requeued messages back in their

@@ -7,8 +7,9 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use support::dlq::unacked;
 use support::dlq::{DLQ_TOPOLOGY, Dead, delivery_ids, publish_dead, warren_t};
-use support::{TestTopology, Warren, connect, drain, eventually, queue_len, unacked};
+use support::{TestTopology, Warren, connect, drain, eventually, queue_len};
 
 const N: usize = 10_000;
 

@@ -125,7 +125,11 @@ impl Snapshot {
             channel.basic_qos(prefetch, BasicQosOptions { global: false }),
         )
         .await?;
-        let tag = format!("warren-browse-{}-{}", super::identity(), ulid::Ulid::generate());
+        let tag = format!(
+            "warren-browse-{}-{}",
+            super::identity(),
+            ulid::Ulid::generate()
+        );
         let consumer = timed(
             || format!("consume queue '{}'", self.queue),
             channel.basic_consume(
@@ -148,7 +152,9 @@ impl Snapshot {
         if !super::ack(delivery).await? {
             return Ok(false);
         }
-        let (Some(channel), Some((_, _, prefetch, _))) = (self.channel.as_ref(), self.chunk.as_ref()) else {
+        let (Some(channel), Some((_, _, prefetch, _))) =
+            (self.channel.as_ref(), self.chunk.as_ref())
+        else {
             return Ok(false);
         };
         timed(
@@ -168,7 +174,13 @@ impl Snapshot {
         };
         let result = timed(
             || format!("requeue the walked messages of queue '{}'", self.queue),
-            channel.basic_nack(0, BasicNackOptions { multiple: true, requeue: true }),
+            channel.basic_nack(
+                0,
+                BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                },
+            ),
         )
         .await;
         drop(self.chunk.take());

@@ -21,7 +21,7 @@ pub use lapin::{
 
 pub use browse::Snapshot;
 pub use headers::{
-    ErrorKind, FailureHeaders, HeaderValue, XDeath, header_str, header_u32, header_u64, hdr,
+    ErrorKind, FailureHeaders, HeaderValue, XDeath, hdr, header_str, header_u32, header_u64,
     is_broker_death_header, set_header, without_expiration, x_death,
 };
 pub use publish::{Confirm, ConfirmWindow, Message, Publisher};
@@ -95,8 +95,7 @@ impl AmqpError {
 
     /// True when the broker closed the channel with 404 NOT_FOUND.
     pub fn is_not_found(&self) -> bool {
-        self.reply_text()
-            .is_some_and(|t| t.contains("NOT_FOUND"))
+        self.reply_text().is_some_and(|t| t.contains("NOT_FOUND"))
     }
 }
 
@@ -165,21 +164,26 @@ pub async fn close(conn: &Connection) {
     }
 }
 
-/// Opens a channel, sets per-consumer QoS to `prefetch` and starts consuming `queue` with
-/// manual acks. QoS is set before `basic.consume` so the first burst is already bounded.
+/// Opens a channel for consuming.
+pub async fn channel(conn: &Connection) -> Result<Channel, AmqpError> {
+    timed(|| "open a channel", conn.create_channel()).await
+}
+
+/// Starts consuming `queue` on `channel` with manual acks. Per-consumer QoS is set to
+/// `prefetch` first, so the first burst is already bounded; deliveries still unacked on the
+/// channel from an earlier consumer stay ackable.
 pub async fn consume(
-    conn: &Connection,
+    channel: &Channel,
     queue: &str,
     prefetch: u16,
     tag: &str,
-) -> Result<(Channel, Consumer), AmqpError> {
-    let channel = timed(|| "open a channel", conn.create_channel()).await?;
+) -> Result<Consumer, AmqpError> {
     timed(
         || format!("set prefetch {prefetch} for queue '{queue}'"),
         channel.basic_qos(prefetch, BasicQosOptions { global: false }),
     )
     .await?;
-    let consumer = timed(
+    timed(
         || format!("consume queue '{queue}'"),
         channel.basic_consume(
             queue.into(),
@@ -188,8 +192,7 @@ pub async fn consume(
             FieldTable::default(),
         ),
     )
-    .await?;
-    Ok((channel, consumer))
+    .await
 }
 
 /// Acks a delivery. `Ok(false)` means lapin did not send it (channel gone, already settled):
@@ -197,7 +200,9 @@ pub async fn consume(
 pub async fn ack(delivery: &Delivery) -> Result<bool, AmqpError> {
     timed(
         || "ack",
-        delivery.acker.ack(lapin::options::BasicAckOptions::default()),
+        delivery
+            .acker
+            .ack(lapin::options::BasicAckOptions::default()),
     )
     .await
 }

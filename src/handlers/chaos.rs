@@ -6,7 +6,8 @@
 //! `retry_after`, `panic`, `abort`. With `until_attempt: N` the action applies only while fewer
 //! than N attempts have failed; after that the handler succeeds.
 //!
-//! With a record file, every call appends one line, `<eventId> <attempt> <outcome>`, in a single
+//! With a record file, every call appends a `start` line when it begins and one with its outcome
+//! when it ends, each `<eventId> <attempt> <start|outcome> <epoch_ms>`, in a single
 //! `write` so several worker processes can share the file.
 
 use std::io::Write;
@@ -50,7 +51,11 @@ impl ChaosHandler {
 
     fn record(&self, event: &Envelope, ctx: &Context, outcome: &str) {
         let Some(path) = &self.record else { return };
-        let line = format!("{} {} {}\n", event.event_id, ctx.attempt, outcome);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        let line = format!("{} {} {} {now_ms}\n", event.event_id, ctx.attempt, outcome);
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -68,7 +73,11 @@ impl Handler for ChaosHandler {
     }
 
     async fn handle(&self, event: &Envelope, ctx: &Context) -> HandlerResult {
-        let directive = event.payload_as::<Payload>().map(|p| p.chaos).unwrap_or_default();
+        let directive = event
+            .payload_as::<Payload>()
+            .map(|p| p.chaos)
+            .unwrap_or_default();
+        self.record(event, ctx, "start");
         if directive.sleep_ms > 0 {
             tokio::time::sleep(Duration::from_millis(directive.sleep_ms)).await;
         }
@@ -83,14 +92,18 @@ impl Handler for ChaosHandler {
             "ok" => Ok(()),
             "transient" => Err(HandlerError::transient("chaos: transient failure")),
             "permanent" => Err(HandlerError::permanent("chaos: permanent failure")),
-            "unavailable" => Err(HandlerError::Unavailable("chaos: downstream unavailable".into())),
+            "unavailable" => Err(HandlerError::Unavailable(
+                "chaos: downstream unavailable".into(),
+            )),
             "retry_after" => Err(HandlerError::retry_after(
                 Duration::from_millis(directive.retry_after_ms.unwrap_or(1000)),
                 "chaos: throttled",
             )),
             "panic" => panic!("chaos: handler panic for {}", event.event_id),
             "abort" => std::process::abort(),
-            other => Err(HandlerError::permanent(format!("chaos: unknown action '{other}'"))),
+            other => Err(HandlerError::permanent(format!(
+                "chaos: unknown action '{other}'"
+            ))),
         }
     }
 }

@@ -1,13 +1,16 @@
 //! The worker: consume one or more work queues with a bounded prefetch, run the handler, and
 //! settle every delivery through [`decide`] and [`settle`]. Reconnects with backoff, re-subscribes
-//! consumers the broker cancels, runs redelivered messages alone, and drains on shutdown.
+//! consumers the broker cancels, runs repeatedly redelivered messages alone, and drains on shutdown.
 //!
-//! # Why redelivered messages run alone
-//! A message that crashes the process (abort, OOM kill) is redelivered with `redelivered = true`.
-//! Every message unacked at the moment of a crash also counts a delivery towards the quorum
-//! queue's delivery limit, so a poison message running beside innocent ones would drag them
-//! into the DLQ with it. A redelivered message is therefore handled only after the consumers are
-//! paused and everything else in flight has settled: the next crash charges it alone.
+//! # Careful mode: why a redelivered message never runs beside others
+//! A message that crashes the process (abort, OOM kill) is redelivered. Every message unacked at
+//! the moment of a crash is charged a delivery towards the quorum queue's delivery limit, so a
+//! poison message running beside innocent ones would drag them into the DLQ with it. So a
+//! session starts *careful*: prefetch 1 per queue and one handler at a time, until the first
+//! fresh (never redelivered) message shows the backlog of returned messages is through; then it
+//! switches to the normal prefetch. A redelivered message seen in normal mode pauses the
+//! consumers, lets everything else settle, runs the redelivered ones one by one and goes back to
+//! careful mode. A crash in careful mode charges only the message that caused it.
 
 mod decide;
 pub mod handler;
@@ -95,7 +98,9 @@ pub async fn run<H: Handler>(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     if settings.queues.is_empty() {
-        return Err(Error::Usage("worker: give at least one queue with -q".into()));
+        return Err(Error::Usage(
+            "worker: give at least one queue with -q".into(),
+        ));
     }
     let specs = settings
         .queues
@@ -158,6 +163,8 @@ struct Session {
     tracker: TaskTracker,
     permits: Arc<Semaphore>,
     hard_stop: CancellationToken,
+    /// Prefetch 1 and one handler at a time, while redelivered messages may be about.
+    careful: bool,
 }
 
 impl<H: Handler> Worker<H> {
@@ -176,6 +183,7 @@ impl<H: Handler> Worker<H> {
             tracker: TaskTracker::new(),
             permits: Arc::new(Semaphore::new(self.settings.concurrency.max(1))),
             hard_stop: CancellationToken::new(),
+            careful: true,
         };
         for i in 0..self.specs.len() {
             self.subscribe(&mut s, i).await?;
@@ -193,27 +201,47 @@ impl<H: Handler> Worker<H> {
         result
     }
 
-    fn prefetch(&self, spec: &QueueSpec) -> u16 {
-        self.settings.prefetch.unwrap_or(spec.prefetch)
+    fn prefetch(&self, spec: &QueueSpec, careful: bool) -> u16 {
+        if careful {
+            1
+        } else {
+            self.settings.prefetch.unwrap_or(spec.prefetch)
+        }
     }
 
-    /// Starts (or restarts) the consumer for queue `i`; QoS is set before `basic.consume`.
+    /// Starts (or restarts) the consumer for queue `i` on its channel; QoS is set before
+    /// `basic.consume`. The channel is kept for the whole session: closing it would return every
+    /// message still in flight on it to the queue.
     async fn subscribe(&self, s: &mut Session, i: usize) -> Result<(), Error> {
         let spec = &self.specs[i];
-        let tag = format!("warren-{}-{}-{}", amqp::identity(), spec.name, ulid::Ulid::generate());
-        let (channel, consumer) =
-            amqp::consume(&s.consume_conn, &spec.name, self.prefetch(spec), &tag).await?;
+        if s.channels.get(i).is_none_or(|c| !c.status().connected()) {
+            let channel = amqp::channel(&s.consume_conn).await?;
+            match s.channels.get_mut(i) {
+                Some(slot) => *slot = channel,
+                None => s.channels.push(channel),
+            }
+        }
+        let tag = format!(
+            "warren-{}-{}-{}",
+            amqp::identity(),
+            spec.name,
+            ulid::Ulid::generate()
+        );
+        let consumer = amqp::consume(
+            &s.channels[i],
+            &spec.name,
+            self.prefetch(spec, s.careful),
+            &tag,
+        )
+        .await?;
         let stream = consumer
             .map(move |d| Item::Delivery(i, d))
             .chain(stream::once(async move { Item::Ended(i) }))
             .boxed();
         s.streams.push(stream);
-        if i < s.channels.len() {
-            s.channels[i] = channel;
-            s.tags[i] = tag;
-        } else {
-            s.channels.push(channel);
-            s.tags.push(tag);
+        match s.tags.get_mut(i) {
+            Some(slot) => *slot = tag,
+            None => s.tags.push(tag),
         }
         Ok(())
     }
@@ -236,8 +264,15 @@ impl<H: Handler> Worker<H> {
             match item {
                 Some(Item::Delivery(i, Ok(delivery))) => {
                     self.stats.received.fetch_add(1, Ordering::Relaxed);
-                    if delivery.redelivered {
-                        self.isolate(s, i, delivery).await?;
+                    if s.careful && delivery.redelivered {
+                        self.run_alone(s, i, delivery).await;
+                    } else if s.careful {
+                        // The backlog of returned messages is through: back to full speed.
+                        self.dispatch(s, i, delivery).await;
+                        self.switch_mode(s, false, &mut VecDeque::new()).await?;
+                    } else if delivery.redelivered {
+                        let mut suspects = VecDeque::from([(i, delivery)]);
+                        self.switch_mode(s, true, &mut suspects).await?;
                     } else {
                         self.dispatch(s, i, delivery).await;
                     }
@@ -308,23 +343,39 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Runs a redelivered message alone: pause every consumer, let everything else settle,
-    /// then handle the suspects one by one, then resume.
-    async fn isolate(&self, s: &mut Session, first_queue: usize, first: Delivery) -> Result<(), Error> {
-        tracing::debug!(queue = %self.specs[first_queue].name, "Redelivered message; running it alone.");
-        let mut suspects = VecDeque::from([(first_queue, first)]);
-        self.pause_all(s, &mut suspects).await?;
+    /// Runs one delivery with nothing else in flight, and waits for it to settle.
+    async fn run_alone(&self, s: &mut Session, i: usize, delivery: Delivery) {
         self.wait_in_flight(s).await;
+        if self.shutdown.is_cancelled() {
+            self.settle_requeue(&delivery).await;
+            return;
+        }
+        let job = self.job(s, i);
+        s.tracker.spawn(job.run(delivery, None));
+        self.wait_in_flight(s).await;
+    }
+
+    /// Pauses every consumer, settles what they had buffered (fresh messages normally,
+    /// redelivered ones alone, one by one), then resubscribes in the new mode.
+    async fn switch_mode(
+        &self,
+        s: &mut Session,
+        careful: bool,
+        suspects: &mut VecDeque<(usize, Delivery)>,
+    ) -> Result<(), Error> {
+        if careful {
+            tracing::info!("Redelivered messages; running them one at a time.");
+        } else {
+            tracing::debug!("Fresh messages; back to the normal prefetch.");
+        }
+        self.pause_all(s, suspects).await?;
         while let Some((i, delivery)) = suspects.pop_front() {
-            if self.shutdown.is_cancelled() {
-                self.settle_requeue(&delivery).await;
-                continue;
-            }
-            self.job(s, i).run(delivery, None).await;
+            self.run_alone(s, i, delivery).await;
         }
         if self.shutdown.is_cancelled() {
             return Ok(());
         }
+        s.careful = careful;
         for i in 0..self.specs.len() {
             self.subscribe(s, i).await?;
         }
@@ -357,7 +408,9 @@ impl<H: Handler> Worker<H> {
                     }
                 }
                 Item::Delivery(_, Err(error)) => {
-                    return Err(Error::Other(format!("consumer failed while pausing: {error}")));
+                    return Err(Error::Other(format!(
+                        "consumer failed while pausing: {error}"
+                    )));
                 }
                 Item::Ended(_) => {}
             }
@@ -365,6 +418,7 @@ impl<H: Handler> Worker<H> {
         Ok(())
     }
 
+    /// Waits until no handler runs (or shutdown starts).
     async fn wait_in_flight(&self, s: &Session) {
         s.tracker.close();
         tokio::select! {
@@ -474,7 +528,12 @@ impl<H: Handler> Job<H> {
 
     /// Runs the handler, turning a panic into a transient failure. `None` when the drain
     /// deadline stopped it.
-    async fn call(&self, event: &Envelope, delivery: &Delivery, attempt: u32) -> Option<HandlerResult> {
+    async fn call(
+        &self,
+        event: &Envelope,
+        delivery: &Delivery,
+        attempt: u32,
+    ) -> Option<HandlerResult> {
         let ctx = Context {
             queue: self.spec.name.clone(),
             attempt,

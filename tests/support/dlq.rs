@@ -255,3 +255,19 @@ pub fn delivery_ids(deliveries: &[lapin::message::Delivery]) -> Vec<String> {
         })
         .collect()
 }
+
+/// `messages_unacknowledged` of a classic queue (exact for classic queues), from the broker.
+pub fn unacked(queue: &str) -> u64 {
+    super::rabbitmqctl(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "messages_unacknowledged",
+    ])
+    .lines()
+    .filter_map(|l| l.split_once('\t'))
+    .find(|(name, _)| *name == queue)
+    .and_then(|(_, n)| n.trim().parse().ok())
+    .unwrap_or(0)
+}

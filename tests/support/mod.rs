@@ -26,12 +26,17 @@ pub fn url() -> AmqpUrl {
 
 /// A connection for the test itself.
 pub async fn connect() -> Connection {
-    amqp::connect(&url(), "test", "driver").await.expect("broker reachable")
+    amqp::connect(&url(), "test", "driver")
+        .await
+        .expect("broker reachable")
 }
 
 /// A prefix no other test (or earlier run) uses, e.g. `t-retry-01J….`.
 pub fn unique_prefix(test: &str) -> String {
-    format!("t-{test}-{}.", ulid::Ulid::generate().to_string().to_lowercase())
+    format!(
+        "t-{test}-{}.",
+        ulid::Ulid::generate().to_string().to_lowercase()
+    )
 }
 
 /// A test topology: fast retry tiers, short expiry, two queues bound to overlapping keys.
@@ -66,9 +71,17 @@ pub struct TestTopology {
 }
 
 impl TestTopology {
-    /// Writes `toml` to a temp file and loads it under a unique prefix.
+    /// Writes `toml` to a temp file and loads it under a unique prefix. With
+    /// `WARREN_TEST_KEEP=1` the scratch directory (logs, records) survives the test.
     pub fn new(test: &str, toml: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let mut dir = tempfile::Builder::new()
+            .prefix(&format!("warren-{test}-"))
+            .tempdir()
+            .expect("tempdir");
+        if std::env::var("WARREN_TEST_KEEP").is_ok_and(|v| v == "1") {
+            dir.disable_cleanup(true);
+            eprintln!("keeping {}", dir.path().display());
+        }
         let path = dir.path().join("topology.toml");
         std::fs::write(&path, toml).expect("write topology");
         let prefix = unique_prefix(test);
@@ -93,7 +106,11 @@ impl TestTopology {
 
     /// The full name of a queue from the file.
     pub fn queue(&self, name: &str) -> String {
-        self.topology.queue(name).expect("queue in test topology").name.clone()
+        self.topology
+            .queue(name)
+            .expect("queue in test topology")
+            .name
+            .clone()
     }
 
     /// `-f <file> --prefix <prefix>`, for the binary.
@@ -141,9 +158,16 @@ pub fn now_ms() -> u64 {
 }
 
 /// Publishes raw bodies with confirms, as the bridge would (persistent, message_id = id).
-pub async fn publish(conn: &Connection, exchange: &str, routing_key: &str, messages: &[(String, Vec<u8>)]) {
+pub async fn publish(
+    conn: &Connection,
+    exchange: &str,
+    routing_key: &str,
+    messages: &[(String, Vec<u8>)],
+) {
     let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
     for (id, body) in messages {
         let confirm = ch
             .basic_publish(
@@ -163,7 +187,10 @@ pub async fn publish(conn: &Connection, exchange: &str, routing_key: &str, messa
             .expect("publish");
         let c = confirm.await.expect("confirm");
         assert!(c.is_ack(), "broker nacked a test publish");
-        assert!(c.take_message().is_none(), "test publish to {exchange}/{routing_key} was unroutable");
+        assert!(
+            c.take_message().is_none(),
+            "test publish to {exchange}/{routing_key} was unroutable"
+        );
     }
     let _ = ch.close(200, "ok".into()).await;
 }
@@ -176,14 +203,19 @@ pub async fn publish_events(
     payload: serde_json::Value,
     n: usize,
 ) -> Vec<String> {
-    let msgs: Vec<_> = (0..n).map(|_| envelope(event_type, payload.clone())).collect();
+    let msgs: Vec<_> = (0..n)
+        .map(|_| envelope(event_type, payload.clone()))
+        .collect();
     publish(conn, &t.topology.events_exchange, event_type, &msgs).await;
     msgs.into_iter().map(|(id, _)| id).collect()
 }
 
 /// Ready messages in a queue.
 pub async fn queue_len(conn: &Connection, queue: &str) -> u32 {
-    amqp::queue_depth(conn, queue).await.expect("queue exists").0
+    amqp::queue_depth(conn, queue)
+        .await
+        .expect("queue exists")
+        .0
 }
 
 /// Takes every message out of a queue (acking each) and returns them in order.
@@ -195,7 +227,11 @@ pub async fn drain(conn: &Connection, queue: &str) -> Vec<lapin::message::Delive
         .await
         .expect("basic.get")
     {
-        m.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
+        m.delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
         out.push(m.delivery);
     }
     let _ = ch.close(200, "ok".into()).await;
@@ -220,38 +256,72 @@ where
 
 /// Runs `rabbitmqctl` and returns stdout.
 pub fn rabbitmqctl(args: &[&str]) -> String {
-    let out = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl runs");
-    assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `messages_unacknowledged` of one queue, straight from the queue process.
-pub fn unacked(queue: &str) -> u64 {
-    rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name", "messages_unacknowledged"])
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .find(|(name, _)| *name == queue)
-        .and_then(|(_, n)| n.trim().parse().ok())
-        .unwrap_or(0)
+/// Broker-side pids of the connections opened by OS process `pid` (their client-provided
+/// names, `warren <component> <host:pid> <role>`, carry the OS pid).
+pub fn connections_of(pid: u32) -> Vec<String> {
+    let needle = format!(":{pid} ");
+    rabbitmqctl(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "pid",
+        "client_properties",
+    ])
+    .lines()
+    .filter_map(|l| l.split_once('\t'))
+    .filter(|(_, props)| {
+        props
+            .split("\"connection_name\",\"")
+            .nth(1)
+            .is_some_and(|rest| rest.contains(&needle))
+    })
+    .map(|(conn, _)| conn.to_string())
+    .collect()
 }
 
-/// Closes every broker connection opened by OS process `pid` (its connection names carry
-/// `host:pid`), leaving other tests' connections alone.
+/// Messages delivered to OS process `pid` and not yet acked, summed over its channels. Read
+/// from the channel processes, which (unlike quorum-queue stats) are exact at any moment.
+pub fn unacked_of(pid: u32) -> u64 {
+    unacked_on(&connections_of(pid))
+}
+
+/// Unacked messages over every channel of the given broker connections.
+pub fn unacked_on(conns: &[String]) -> u64 {
+    rabbitmqctl(&[
+        "list_channels",
+        "-q",
+        "--no-table-headers",
+        "connection",
+        "messages_unacknowledged",
+    ])
+    .lines()
+    .filter_map(|l| l.split_once('\t'))
+    .filter(|(conn, _)| conns.iter().any(|c| c == conn))
+    .filter_map(|(_, n)| n.trim().parse::<u64>().ok())
+    .sum()
+}
+
+/// Closes every broker connection opened by OS process `pid`, leaving other tests' alone.
 pub fn close_connections_of(pid: u32) -> usize {
-    let needle = format!(":{pid} ");
-    let listing = rabbitmqctl(&["list_connections", "-q", "--no-table-headers", "pid", "name"]);
-    let mut closed = 0;
-    for line in listing.lines() {
-        if let Some((conn_pid, name)) = line.split_once('\t')
-            && name.contains(&needle)
-        {
-            let _ = Command::new("rabbitmqctl")
-                .args(["close_connection", conn_pid, "test: dropped connection"])
-                .output();
-            closed += 1;
-        }
+    let conns = connections_of(pid);
+    for conn in &conns {
+        let _ = Command::new("rabbitmqctl")
+            .args(["close_connection", conn, "test: dropped connection"])
+            .output();
     }
-    closed
+    conns.len()
 }
 
 /// A running `warren` process; killed with SIGKILL when dropped.
@@ -306,7 +376,10 @@ impl Warren {
             }
             if start.elapsed() > timeout {
                 self.kill9();
-                panic!("warren did not exit within {timeout:?}; log:\n{}", self.log_text());
+                panic!(
+                    "warren did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Makes sure a RabbitMQ broker answers, then prints the AMQP URL to use on stdout.
+# Order: $AMQP_URL if it answers; a broker already on 127.0.0.1:5672; `docker compose up -d
+# rabbitmq` when a Docker engine runs; a local rabbitmq-server (installed with apt-get when CI=true
+# and it is missing). If none works, says exactly what to install and exits 1.
+# Progress goes to stderr, so `url=$(scripts/broker.sh)` works.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { echo "broker: $*" >&2; }
+default_url="amqp://guest:guest@127.0.0.1:5672/%2f"
+url="${AMQP_URL:-$default_url}"
+
+# host:port of an amqp:// URL, without printing the password.
+hostport() {
+  local rest="${1#*://}"
+  rest="${rest##*@}"
+  rest="${rest%%/*}"
+  rest="${rest%%\?*}"
+  case "$rest" in *:*) echo "$rest" ;; *) echo "$rest:5672" ;; esac
+}
+
+answers() {
+  local hp host port
+  hp=$(hostport "$1")
+  host="${hp%:*}"
+  port="${hp##*:}"
+  (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null
+}
+
+wait_for() {
+  local i
+  for i in $(seq 1 "${2:-60}"); do
+    answers "$1" && return 0
+    sleep 1
+  done
+  return 1
+}
+
+local_broker_ready() {
+  if command -v rabbitmqctl >/dev/null 2>&1; then
+    timeout 120 rabbitmqctl await_startup >/dev/null 2>&1 || true
+    # warren status reads unacked counts from the management API.
+    if ! rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_management; then
+      say "enabling rabbitmq_management (for warren status)"
+      rabbitmq-plugins enable rabbitmq_management >/dev/null 2>&1 || say "could not enable rabbitmq_management; warren status will show ready counts only"
+    fi
+  fi
+}
+
+if answers "$url"; then
+  say "using the broker at $(hostport "$url")"
+  [ "$(hostport "$url")" = "127.0.0.1:5672" ] && local_broker_ready
+  echo "$url"
+  exit 0
+fi
+
+if [ -n "${AMQP_URL:-}" ] && [ "$AMQP_URL" != "$default_url" ]; then
+  say "AMQP_URL is set but $(hostport "$AMQP_URL") does not answer; trying a local broker instead"
+fi
+url="$default_url"
+
+if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+  say "starting RabbitMQ with docker compose"
+  docker compose up -d rabbitmq >&2
+  wait_for "$url" 90 || { say "the rabbitmq container did not answer on 127.0.0.1:5672 within 90 s"; exit 1; }
+  echo "$url"
+  exit 0
+fi
+
+if ! command -v rabbitmq-server >/dev/null 2>&1; then
+  if [ "${CI:-}" = "true" ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing rabbitmq-server with apt-get"
+    apt-get install -y rabbitmq-server >&2 || { apt-get update >&2 && apt-get install -y rabbitmq-server >&2; }
+  fi
+fi
+
+if command -v rabbitmq-server >/dev/null 2>&1; then
+  say "starting the local rabbitmq-server"
+  rabbitmq-server -detached >&2 2>/dev/null || true
+  timeout 120 rabbitmqctl await_startup >/dev/null 2>&1 || true
+  if wait_for "$url" 60; then
+    local_broker_ready
+    echo "$url"
+    exit 0
+  fi
+  say "rabbitmq-server started but 127.0.0.1:5672 does not answer; see /var/log/rabbitmq/"
+  exit 1
+fi
+
+cat >&2 <<'MSG'
+broker: no RabbitMQ broker is reachable and none can be started here. Do one of:
+  - install Docker (https://docs.docker.com/engine/install/) and run this again (it will run `docker compose up -d rabbitmq`);
+  - install RabbitMQ locally: `sudo apt-get install -y rabbitmq-server` (Debian/Ubuntu) or `brew install rabbitmq` (macOS);
+  - or point AMQP_URL at a broker you have: `export AMQP_URL=amqp://user:password@host:5672/%2f`.
+MSG
+exit 1

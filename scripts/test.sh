@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs warren's whole test suite against a real RabbitMQ (set up by scripts/broker.sh).
+# Extra arguments go to `cargo nextest run` (e.g. `scripts/test.sh --test worker`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+AMQP_URL="$(scripts/broker.sh)"
+export AMQP_URL
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "test: cargo-nextest is required (it runs broker-disturbing tests alone): cargo install cargo-nextest --locked" >&2
+  exit 1
+fi
+profile=default
+[ "${CI:-}" = "true" ] && profile=ci
+exec cargo nextest run --profile "$profile" --no-fail-fast "$@"
