@@ -177,3 +177,26 @@ async fn list_twice_returns_every_dead_letter_in_order_with_its_reason() {
     );
     t.cleanup(&conn).await;
 }
+
+/// A DLQ longer than one consumer chunk (10,000) is read whole, in order, and left as it was.
+#[tokio::test]
+async fn a_dlq_longer_than_one_chunk_is_listed_whole_and_in_order() {
+    let t = TestTopology::new("dlq-chunks", DLQ_TOPOLOGY);
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let dlq = t.topology.queue("work").unwrap().dlq();
+    let dead: Vec<Dead> = (0..21_000)
+        .map(|_| Dead::new("test.c", "permanent", "boom", &work))
+        .collect();
+    publish_dead(&conn, &t, &dead).await;
+    let all: Vec<String> = dead.iter().map(|d| d.id.clone()).collect();
+
+    let listing = warren_json(&t, &["dlq", "list", "-q", "work"]);
+    assert_eq!(ids(&listing), all);
+    let limited = warren_json(&t, &["dlq", "list", "-q", "work", "--limit", "10005"]);
+    assert_eq!(ids(&limited), all[..10_005]);
+    assert_eq!(queue_len(&conn, &dlq).await, 21_000);
+    assert_eq!(delivery_ids(&drain(&conn, &dlq).await), all);
+    t.cleanup(&conn).await;
+}
