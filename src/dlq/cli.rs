@@ -218,11 +218,10 @@ pub async fn run(global: &GlobalArgs, cmd: DlqCommand) -> Result<u8> {
         } => {
             let dlqs = selection.resolve(false)?;
             let conn = super::connect(&url, "stats").await?;
-            let listing = super::list(&conn, &dlqs, &filter.filter()).await;
+            let stats = super::stats(&conn, &dlqs, &filter.filter()).await;
             amqp::close(&conn).await;
-            let listing = listing?;
-            let code = listing.exit_code();
-            let stats = super::stats(listing.scans, &listing.items);
+            let stats = stats?;
+            let code = super::read::exit_code(&stats.scans);
             match output {
                 OutputFormat::Table => print(&render::stats(&stats))?,
                 OutputFormat::Json => written(output::print_json(&stats))?,
@@ -301,13 +300,9 @@ pub async fn run(global: &GlobalArgs, cmd: DlqCommand) -> Result<u8> {
                 }
             };
             amqp::close(&conn).await;
-            let (scans, written) = result?;
-            eprintln!("Exported {written} dead letters from {} DLQs.", scans.len());
-            Ok(if scans.iter().any(|s| s.incomplete) {
-                crate::error::EXIT_PARTIAL
-            } else {
-                0
-            })
+            let (scans, count) = result?;
+            eprintln!("Exported {count} dead letters from {} DLQs.", scans.len());
+            Ok(super::read::exit_code(&scans))
         }
     }
 }

@@ -27,6 +27,7 @@ pub enum Kind {
     Transient,
     /// The broker: delivered too many times without an ack (the worker crashed or lost its
     /// connection while handling it).
+    #[value(alias = "delivery-limit")]
     DeliveryLimit,
     /// The broker: its TTL ran out before a worker took it.
     Expired,

@@ -26,10 +26,10 @@ pub use explain::{DeadLetter, Kind, Time, explain, last_death};
 pub use filter::Filter;
 pub use fingerprint::fingerprint;
 pub use purge::purge;
-pub use read::{Listing, export, find, list};
+pub use read::{Listing, export, find, list, scan, stats};
 pub use replay::{ReplayOptions, replay};
 pub use report::{Item, Outcome, Report, Scan};
-pub use stats::{Group, Stats, stats};
+pub use stats::{Group, Stats, StatsBuilder};
 
 use crate::amqp::{self, AmqpError, Connection, Delivery, Snapshot};
 use crate::error::Error;

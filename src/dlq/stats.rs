@@ -47,43 +47,50 @@ pub struct Stats {
     pub by_type: BTreeMap<String, usize>,
 }
 
-/// Groups `letters`.
-pub fn stats(scans: Vec<Scan>, letters: &[DeadLetter]) -> Stats {
-    type Key<'a> = (Option<&'a str>, Kind, Option<&'a str>, String);
-    let mut groups: HashMap<Key, Group> = HashMap::new();
-    let mut order: Vec<Key> = vec![];
-    let mut s = Stats {
-        scans,
-        total: letters.len(),
-        groups: vec![],
-        by_origin: BTreeMap::new(),
-        by_kind: BTreeMap::new(),
-        by_type: BTreeMap::new(),
-    };
-    let label = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    for l in letters {
-        *s.by_origin.entry(label(&l.origin)).or_default() += 1;
-        *s.by_kind.entry(l.kind.as_str().to_string()).or_default() += 1;
-        *s.by_type.entry(label(&l.event_type)).or_default() += 1;
+type Key = (Option<String>, Kind, Option<String>, String);
+
+/// Counts dead letters one at a time, so `stats` holds groups, not messages.
+#[derive(Debug, Default)]
+pub struct StatsBuilder {
+    total: usize,
+    groups: HashMap<Key, Group>,
+    /// Keys in the order first seen, so equal counts keep that order.
+    order: Vec<Key>,
+    by_origin: BTreeMap<String, usize>,
+    by_kind: BTreeMap<String, usize>,
+    by_type: BTreeMap<String, usize>,
+}
+
+impl StatsBuilder {
+    /// Counts one dead letter.
+    pub fn add(&mut self, l: &DeadLetter) {
+        let label = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        self.total += 1;
+        *self.by_origin.entry(label(&l.origin)).or_default() += 1;
+        *self.by_kind.entry(l.kind.as_str().to_string()).or_default() += 1;
+        *self.by_type.entry(label(&l.event_type)).or_default() += 1;
         let key: Key = (
-            l.origin.as_deref(),
+            l.origin.clone(),
             l.kind,
-            l.event_type.as_deref(),
+            l.event_type.clone(),
             fingerprint(&l.error),
         );
-        let g = groups.entry(key.clone()).or_insert_with(|| {
-            order.push(key.clone());
-            Group {
-                count: 0,
-                origin: l.origin.clone(),
-                kind: l.kind,
-                event_type: l.event_type.clone(),
-                fingerprint: key.3.clone(),
-                example: l.error.clone(),
-                first: l.last_failed,
-                last: l.last_failed,
+        let g = match self.groups.get_mut(&key) {
+            Some(g) => g,
+            None => {
+                self.order.push(key.clone());
+                self.groups.entry(key.clone()).or_insert(Group {
+                    count: 0,
+                    origin: l.origin.clone(),
+                    kind: l.kind,
+                    event_type: l.event_type.clone(),
+                    fingerprint: key.3,
+                    example: l.error.clone(),
+                    first: l.last_failed,
+                    last: l.last_failed,
+                })
             }
-        });
+        };
         g.count += 1;
         g.first = match (g.first, l.last_failed) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -91,13 +98,24 @@ pub fn stats(scans: Vec<Scan>, letters: &[DeadLetter]) -> Stats {
         };
         g.last = g.last.max(l.last_failed);
     }
-    s.groups = order
-        .into_iter()
-        .filter_map(|k| groups.remove(&k))
-        .collect();
-    // Stable: equal counts keep the order first seen.
-    s.groups.sort_by_key(|g| std::cmp::Reverse(g.count));
-    s
+
+    /// The counts, largest group first.
+    pub fn finish(mut self, scans: Vec<Scan>) -> Stats {
+        let mut groups: Vec<Group> = self
+            .order
+            .iter()
+            .filter_map(|k| self.groups.remove(k))
+            .collect();
+        groups.sort_by_key(|g| std::cmp::Reverse(g.count));
+        Stats {
+            scans,
+            total: self.total,
+            groups,
+            by_origin: self.by_origin,
+            by_kind: self.by_kind,
+            by_type: self.by_type,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -125,7 +143,7 @@ mod tests {
 
     #[test]
     fn errors_differing_in_ids_form_one_group() {
-        let letters = vec![
+        let letters = [
             letter(
                 "HTTP 422: order 01J9ZK3W8Q5V6X7Y8Z9A0B1C2D rejected",
                 Kind::Permanent,
@@ -143,7 +161,9 @@ mod tests {
                 2,
             ),
         ];
-        let s = stats(vec![], &letters);
+        let mut b = StatsBuilder::default();
+        letters.iter().for_each(|l| b.add(l));
+        let s = b.finish(vec![]);
         assert_eq!(s.total, 4);
         assert_eq!(s.groups.len(), 2);
         let g = &s.groups[0];
