@@ -71,7 +71,7 @@ fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --ignored --nocapture, preferably --release"]
 async fn bench_list_and_replay_against_a_raw_loop() {
     let t = TestTopology::new("dlq-bench", DLQ_TOPOLOGY);

@@ -9,7 +9,7 @@ use support::dlq::{
 };
 use support::{TestTopology, connect, queue_len};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_show_and_export_print_tables_and_json() {
     let t = TestTopology::new("dlq-cli", DLQ_TOPOLOGY);
     let conn = connect().await;
@@ -200,7 +200,7 @@ async fn list_show_and_export_print_tables_and_json() {
     t.cleanup(&conn).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_dlq_is_named_with_the_fix() {
     let t = TestTopology::new("dlq-cli-missing", DLQ_TOPOLOGY);
     let (code, _, err) = warren_t(&t, &["dlq", "list", "-q", "work"]);

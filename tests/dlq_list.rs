@@ -16,7 +16,7 @@ use warren::amqp::{self, Snapshot};
 
 /// The claim the whole design rests on: a classic queue puts requeued messages back in their
 /// original positions, so a walk that acks some and releases the rest keeps the order.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requeued_messages_keep_their_positions_in_a_classic_dlq() {
     let t = TestTopology::new("dlq-order", DLQ_TOPOLOGY);
     let conn = connect().await;
@@ -64,7 +64,7 @@ async fn requeued_messages_keep_their_positions_in_a_classic_dlq() {
 
 /// Test 1: 1,000 dead letters of mixed origins; `list` twice returns all of them in queue
 /// order with the right reasons, and the DLQs are unchanged afterwards.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_twice_returns_every_dead_letter_in_order_with_its_reason() {
     let t = TestTopology::new("dlq-list", DLQ_TOPOLOGY);
     let conn = connect().await;
@@ -179,7 +179,7 @@ async fn list_twice_returns_every_dead_letter_in_order_with_its_reason() {
 }
 
 /// A DLQ longer than one consumer chunk (10,000) is read whole, in order, and left as it was.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dlq_longer_than_one_chunk_is_listed_whole_and_in_order() {
     let t = TestTopology::new("dlq-chunks", DLQ_TOPOLOGY);
     let conn = connect().await;

@@ -6,7 +6,7 @@ mod support;
 use support::dlq::{DLQ_TOPOLOGY, Dead, delivery_ids, ids, publish_dead, warren_json, warren_t};
 use support::{TestTopology, connect, drain, queue_len};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_dry_run_changes_nothing_and_purge_refuses_without_yes_off_a_terminal() {
     let t = TestTopology::new("dlq-purge", DLQ_TOPOLOGY);
     let conn = connect().await;
@@ -81,7 +81,7 @@ async fn purge_dry_run_changes_nothing_and_purge_refuses_without_yes_off_a_termi
     t.cleanup(&conn).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_with_limit_takes_the_first_matches_only() {
     let t = TestTopology::new("dlq-purge-limit", DLQ_TOPOLOGY);
     let conn = connect().await;

@@ -28,7 +28,7 @@ fn record_lines(path: &std::path::Path) -> Vec<(String, u32, String)> {
 
 /// Test 2: `replay --type X` moves exactly the X messages; a worker then processes them with
 /// their attempts reset.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_by_type_moves_exactly_those_and_a_worker_processes_them() {
     let t = TestTopology::new("dlq-replay-type", DLQ_TOPOLOGY);
     let conn = connect().await;
@@ -124,7 +124,7 @@ async fn replay_by_type_moves_exactly_those_and_a_worker_processes_them() {
 
 /// A replayed message that fails again lands back in the DLQ while the replay runs; the replay
 /// takes only the messages present at its start, so it ends, and the copy counts the replay.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_takes_only_the_snapshot_so_messages_that_fail_again_do_not_loop() {
     let t = TestTopology::new("dlq-replay-loop", DLQ_TOPOLOGY);
     let conn = connect().await;
@@ -191,7 +191,7 @@ async fn replay_takes_only_the_snapshot_so_messages_that_fail_again_do_not_loop(
 
 /// An item whose origin is not a topology queue, or whose origin queue is gone, fails alone
 /// and stays in its DLQ; the rest are replayed; the exit code is 3.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_items_fail_alone_stay_in_the_dlq_and_exit_3() {
     let t = TestTopology::new("dlq-replay-fail", DLQ_TOPOLOGY);
     let conn = connect().await;
@@ -252,7 +252,7 @@ async fn unroutable_items_fail_alone_stay_in_the_dlq_and_exit_3() {
 }
 
 /// `--dry-run` reports what would move and moves nothing.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_replay_changes_nothing() {
     let t = TestTopology::new("dlq-replay-dry", DLQ_TOPOLOGY);
     let conn = connect().await;

@@ -85,18 +85,18 @@ async fn kill_mid_replay_then_account(test: &str, window: usize) {
     t.cleanup(&conn).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_replay_of_10000_loses_nothing_and_duplicates_at_most_one() {
     kill_mid_replay_then_account("dlq-kill-1", 1).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_pipelined_replay_duplicates_at_most_the_window() {
     kill_mid_replay_then_account("dlq-kill-32", 32).await;
 }
 
 /// After a kill, running the replay again moves the rest; every message ends in the work queue.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_run_again_after_a_kill_finishes_the_job() {
     let t = TestTopology::new("dlq-kill-resume", DLQ_TOPOLOGY);
     let conn = connect().await;

@@ -5,7 +5,7 @@ mod support;
 use support::dlq::{DLQ_TOPOLOGY, Dead, publish_dead, warren_json, warren_t};
 use support::{TestTopology, connect};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_collapse_errors_that_differ_only_in_ids() {
     let t = TestTopology::new("dlq-stats", DLQ_TOPOLOGY);
     let conn = connect().await;

@@ -24,7 +24,7 @@ fn status_json(t: &TestTopology, extra: &[&str]) -> (serde_json::Value, String) 
     )
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_ready_unacked_consumers_tiers_and_dlq_depth() {
     let t = TestTopology::new("status", DLQ_TOPOLOGY);
     let conn = connect().await;
@@ -101,7 +101,7 @@ async fn status_shows_ready_unacked_consumers_tiers_and_dlq_depth() {
     t.cleanup(&conn).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_management_api_unacked_is_unknown_and_said_so() {
     let t = TestTopology::new("status-nomgmt", DLQ_TOPOLOGY);
     let conn = connect().await;
@@ -132,7 +132,7 @@ async fn without_the_management_api_unacked_is_unknown_and_said_so() {
     t.cleanup(&conn).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queues_not_declared_show_as_missing() {
     let t = TestTopology::new("status-missing", DLQ_TOPOLOGY);
     let (code, table, err) = warren_t(&t, &["status"]);
@@ -142,7 +142,7 @@ async fn queues_not_declared_show_as_missing() {
     assert_eq!(s["queues"][0]["ready"], serde_json::Value::Null);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_redraws_until_interrupted() {
     let t = TestTopology::new("status-watch", DLQ_TOPOLOGY);
     let conn = connect().await;

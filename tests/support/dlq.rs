@@ -192,7 +192,8 @@ pub async fn exceed_delivery_limit(queue: &str) {
     panic!("queue '{queue}' still has messages after 20 crash rounds");
 }
 
-/// Runs `warren <args>` to completion with stdin not a terminal.
+/// Runs `warren <args>` to completion with stdin not a terminal. It blocks the calling thread:
+/// tests calling it use a multi-threaded runtime so their own connections keep heartbeating.
 pub fn warren(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_warren"))
         .args(args)
