@@ -295,3 +295,50 @@ async fn dry_run_replay_changes_nothing() {
     assert_eq!(delivery_ids(&drain(&conn, &dlq).await), all);
     t.cleanup(&conn).await;
 }
+
+/// Ctrl-C stops a replay after the message in flight is settled: nothing is lost or duplicated,
+/// the rest stays in the DLQ, and the summary says it stopped early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_a_replay_cleanly() {
+    let t = TestTopology::new("dlq-replay-int", DLQ_TOPOLOGY);
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let dlq = t.topology.queue("work").unwrap().dlq();
+    let dead: Vec<Dead> = (0..300)
+        .map(|_| Dead::new("test.a", "permanent", "x", &work))
+        .collect();
+    publish_dead(&conn, &t, &dead).await;
+    let mut args: Vec<String> = ["dlq", "replay", "-q", "work", "-y", "--rate", "100/s"]
+        .map(String::from)
+        .to_vec();
+    args.extend(t.args());
+    let mut replay = Warren::spawn(&args, &t.dir().join("replay.log"), &[]);
+    eventually(
+        Duration::from_secs(30),
+        "the replay is under way",
+        || async { queue_len(&conn, &work).await >= 20 },
+    )
+    .await;
+    replay.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(
+        replay.wait_exit(Duration::from_secs(30)),
+        Some(1),
+        "an interrupted replay exits 1"
+    );
+    assert!(
+        replay.log_text().contains("stopped early: interrupted"),
+        "{}",
+        replay.log_text()
+    );
+    let mut ids = delivery_ids(&drain(&conn, &work).await);
+    let moved = ids.len();
+    ids.extend(delivery_ids(&drain(&conn, &dlq).await));
+    assert!(moved < 300, "stopped before the end: {moved}");
+    let all: Vec<String> = dead.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(
+        ids, all,
+        "each message exactly once, the replayed ones first"
+    );
+    t.cleanup(&conn).await;
+}

@@ -19,7 +19,15 @@ pub async fn purge(
         if report.aborted.is_some() {
             break;
         }
-        let mut walk = Walk::open(conn, dlq).await?;
+        // A DLQ that cannot be read ends the purge; what was done so far is reported.
+        let mut walk = match Walk::open(conn, dlq).await {
+            Ok(walk) => walk,
+            Err(e) if report.scans.is_empty() => return Err(e),
+            Err(e) => {
+                report.aborted = Some(e.to_string());
+                break;
+            }
+        };
         while !filter.full(report.items.len()) {
             let next = tokio::select! {
                 biased;

@@ -59,8 +59,12 @@ pub async fn replay(
             if run.report.aborted.is_some() {
                 break;
             }
-            let walk = Walk::open(&read_conn, dlq).await?;
-            run.dlq(walk, shutdown).await;
+            // A DLQ that cannot be read ends the replay; what was done so far is reported.
+            match Walk::open(&read_conn, dlq).await {
+                Ok(walk) => run.dlq(walk, shutdown).await,
+                Err(e) if run.report.scans.is_empty() => return Err(e),
+                Err(e) => run.report.aborted = Some(e.to_string()),
+            }
         }
         run.bar.finish_and_clear();
         Ok::<_, Error>(run.report)
