@@ -137,12 +137,12 @@ async fn list_show_and_export_print_tables_and_json() {
 
     // show -o json: the binary frame's body is base64; position lookup works too.
     let v = warren_json(&t, &["dlq", "show", &frame.id]);
-    assert_eq!(v["kind"], "invalid");
-    assert_eq!(v["origin"], serde_json::Value::Null);
-    assert_eq!(v["body"]["encoding"], "base64");
-    assert_eq!(v["headers"]["x-warren-error-kind"], "invalid");
+    assert_eq!(v[0]["kind"], "invalid");
+    assert_eq!(v[0]["origin"], serde_json::Value::Null);
+    assert_eq!(v[0]["body"]["encoding"], "base64");
+    assert_eq!(v[0]["headers"]["x-warren-error-kind"], "invalid");
     let v = warren_json(&t, &["dlq", "show", "#2", "-q", "work"]);
-    assert_eq!(v["id"], dead[1].id.as_str());
+    assert_eq!(v[0]["id"], dead[1].id.as_str());
 
     // export: NDJSON with headers and body, non-destructive.
     let out = t.dir().join("export.ndjson");

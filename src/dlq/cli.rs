@@ -75,6 +75,7 @@ pub enum DlqCommand {
     /// Print one dead letter: properties, headers, x-death and the pretty-printed body.
     Show {
         /// The event id (message_id), or #N for the message at position N of one DLQ (-q).
+        /// JSON output is an array: an id can be in a DLQ more than once.
         id: String,
         #[command(flatten)]
         selection: Selection,
@@ -205,7 +206,6 @@ pub async fn run(global: &GlobalArgs, cmd: DlqCommand) -> Result<u8> {
                         );
                     }
                 }
-                OutputFormat::Json if found.len() == 1 => written(output::print_json(&found[0]))?,
                 OutputFormat::Json => written(output::print_json(&found))?,
                 OutputFormat::Ndjson => written(output::print_ndjson(&found))?,
             }
