@@ -163,9 +163,9 @@ pub async fn run(global: &GlobalArgs, cmd: DlqCommand) -> Result<u8> {
                     print(&render::list(&listing.items))?;
                     let total: u32 = listing.scans.iter().map(|s| s.total).sum();
                     eprintln!(
-                        "{} dead letters shown of {total} in {} DLQs.",
+                        "{} dead letters shown of {total} in {}.",
                         listing.items.len(),
-                        dlqs.len()
+                        dlq_count(dlqs.len())
                     );
                 }
                 OutputFormat::Json => written(output::print_json(&listing))?,
@@ -301,7 +301,10 @@ pub async fn run(global: &GlobalArgs, cmd: DlqCommand) -> Result<u8> {
             };
             amqp::close(&conn).await;
             let (scans, count) = result?;
-            eprintln!("Exported {count} dead letters from {} DLQs.", scans.len());
+            eprintln!(
+                "Exported {count} dead letters from {}.",
+                dlq_count(scans.len())
+            );
             Ok(super::read::exit_code(&scans))
         }
     }
@@ -385,6 +388,14 @@ fn parse_rate(s: &str) -> std::result::Result<f64, String> {
         return Err(format!("'{s}': the rate must be above zero"));
     }
     Ok(n / per)
+}
+
+fn dlq_count(n: usize) -> String {
+    if n == 1 {
+        "1 DLQ".into()
+    } else {
+        format!("{n} DLQs")
+    }
 }
 
 fn print(text: &str) -> Result<()> {
