@@ -143,7 +143,7 @@ async fn queues_not_declared_show_as_missing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_redraws_until_interrupted() {
+async fn watch_redraws_survives_a_dropped_connection_and_stops_on_ctrl_c() {
     let t = TestTopology::new("status-watch", DLQ_TOPOLOGY);
     let conn = connect().await;
     t.apply(&conn).await;
@@ -154,10 +154,13 @@ async fn watch_redraws_until_interrupted() {
         .env("AMQP_URL", amqp_url())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The broker drops the connection: --watch reports it and reconnects.
+    assert!(support::close_connections_of(child.id()) >= 1);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -173,7 +176,10 @@ async fn watch_redraws_until_interrupted() {
         .unwrap();
     assert_eq!(status.code(), Some(0), "Ctrl-C ends --watch cleanly");
     let frames = out.matches("retry tiers").count();
-    assert!(frames >= 3, "redrawn every 200ms: {frames} frames\n{out}");
+    assert!(
+        frames >= 8,
+        "redrawn every 200ms, also after the connection drop: {frames} frames\n{out}"
+    );
     assert!(out.contains("Ctrl-C to stop"));
     t.cleanup(&conn).await;
 }

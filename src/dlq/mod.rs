@@ -191,3 +191,42 @@ fn missing(e: AmqpError, dlq: &str) -> Error {
 pub(crate) async fn connect(url: &amqp::AmqpUrl, role: &str) -> Result<Connection, Error> {
     Ok(amqp::connect(url, "dlq", role).await?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology() -> Topology {
+        let text = std::fs::read_to_string(crate::topology::DEFAULT_TOPOLOGY_FILE).unwrap();
+        Topology::parse(&text, std::path::Path::new("warren.toml"), "x.").unwrap()
+    }
+
+    #[test]
+    fn queues_resolve_by_work_queue_dlq_or_exchange_name() {
+        let t = topology();
+        let names = |qs: &[&str]| -> Vec<String> {
+            let qs: Vec<String> = qs.iter().map(|s| s.to_string()).collect();
+            resolve(&t, &qs)
+                .unwrap()
+                .into_iter()
+                .map(|d| d.name)
+                .collect()
+        };
+        assert_eq!(names(&["pf.payments"]), ["x.pf.payments.dlq"]);
+        assert_eq!(names(&["x.pf.payments"]), ["x.pf.payments.dlq"]);
+        assert_eq!(
+            names(&["pf.payments.dlq", "x.pf.payments"]),
+            ["x.pf.payments.dlq"]
+        );
+        assert_eq!(names(&["pf.events"]), ["x.pf.events.dlq"]);
+        let all = resolve(&t, &[]).unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0].origin.as_deref(), Some("x.pf.trading"));
+        assert_eq!(all[3].origin, None, "the bridge's DLQ has no origin queue");
+        let err = resolve(&t, &["nope".into()]).unwrap_err().to_string();
+        assert!(
+            err.contains("'nope'") && err.contains("x.pf.jobs.dlq"),
+            "{err}"
+        );
+    }
+}

@@ -207,41 +207,59 @@ pub fn render(s: &Status) -> String {
 pub async fn run(global: &GlobalArgs, args: StatusArgs) -> Result<u8> {
     let url = global.url()?;
     let topology = args.topology.load()?;
-    let management = match Management::new(&args.management_url, &url) {
-        Ok(m) => Some(m),
-        Err(e) => return Err(Error::Usage(e.to_string())),
-    };
-    let conn = amqp::connect(&url, "status", "admin").await?;
+    let management =
+        Management::new(&args.management_url, &url).map_err(|e| Error::Usage(e.to_string()))?;
+    let mut conn = Some(amqp::connect(&url, "status", "admin").await?);
     let shutdown = args.watch.map(|_| crate::shutdown::on_signals());
     let mut warned = false;
-    let result = loop {
-        let (status, problem) = match collect(&conn, &topology, management.as_ref()).await {
-            Ok(v) => v,
-            Err(e) => break Err(e),
+    loop {
+        // Under --watch a broker restart is survived: report it, reconnect at the next tick.
+        let collected = match &conn {
+            Some(c) => collect(c, &topology, Some(&management)).await,
+            None => match amqp::connect(&url, "status", "admin").await {
+                Ok(c) => collect(conn.insert(c), &topology, Some(&management)).await,
+                Err(e) => Err(e.into()),
+            },
         };
-        match &problem {
-            Some(p) if !warned => {
-                eprintln!(
-                    "warning: {p}; unacked shown as '?'. Ready and consumers are exact (AMQP)."
-                );
-                warned = true;
+        match collected {
+            Ok((status, problem)) => {
+                match &problem {
+                    Some(p) if !warned => {
+                        eprintln!(
+                            "warning: {p}; unacked shown as '?'. Ready and consumers are exact (AMQP)."
+                        );
+                        warned = true;
+                    }
+                    None => warned = false,
+                    _ => {}
+                }
+                show(&status, args.output, args.watch)?;
             }
-            None => warned = false,
-            _ => {}
-        }
-        if let Err(e) = show(&status, args.output, args.watch) {
-            break Err(e);
+            Err(e) if args.watch.is_some() => {
+                eprintln!("error: {e}; retrying");
+                if let Some(c) = conn.take() {
+                    amqp::close(&c).await;
+                }
+            }
+            Err(e) => {
+                if let Some(c) = conn.take() {
+                    amqp::close(&c).await;
+                }
+                return Err(e);
+            }
         }
         let (Some(every), Some(stop)) = (args.watch, shutdown.as_ref()) else {
-            break Ok(0);
+            break;
         };
         tokio::select! {
-            _ = stop.cancelled() => break Ok(0),
+            _ = stop.cancelled() => break,
             _ = tokio::time::sleep(every) => {}
         }
-    };
-    amqp::close(&conn).await;
-    result
+    }
+    if let Some(c) = conn.take() {
+        amqp::close(&c).await;
+    }
+    Ok(0)
 }
 
 fn show(status: &Status, format: OutputFormat, watch: Option<Duration>) -> Result<()> {
