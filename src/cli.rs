@@ -26,7 +26,7 @@ pub struct Cli {
 }
 
 /// Flags every command takes.
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct GlobalArgs {
     /// RabbitMQ URL, amqp:// or amqps://. Add ?heartbeat=N to change the 10 s heartbeat. The
     /// password is never printed. [default: amqp://guest:***@127.0.0.1:5672/%2f]
@@ -43,6 +43,16 @@ pub struct GlobalArgs {
     /// Log format on stderr; RUST_LOG sets the level (default info).
     #[arg(long, value_enum, env = "WARREN_LOG_FORMAT", global = true, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Shows the URL with its password redacted.
+impl std::fmt::Debug for GlobalArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GlobalArgs")
+            .field("amqp_url", &amqp::redact(&self.amqp_url))
+            .field("log_format", &self.log_format)
+            .finish()
+    }
 }
 
 impl GlobalArgs {
@@ -156,6 +166,12 @@ pub struct WorkerArgs {
     /// How long in-flight handlers may finish after SIGTERM before they are requeued.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// How long one handler call may run before it counts as a transient failure.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub handler_timeout: Duration,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:9090).
+    #[arg(long, env = "WARREN_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// chaos handler: append `<eventId> <attempt> <start|outcome> <epoch_ms>` lines to this file.
     #[arg(long)]
     pub record: Option<PathBuf>,
@@ -285,19 +301,22 @@ async fn worker_command(global: &GlobalArgs, args: WorkerArgs) -> Result<u8> {
     let settings = WorkerSettings {
         url: global.url()?,
         topology: args.topology.load()?,
-        queues: args.queues,
+        queues: args.queues.clone(),
         prefetch: args.prefetch,
         concurrency: args.concurrency as usize,
         drain_timeout: args.drain_timeout,
+        handler_timeout: args.handler_timeout,
     };
     let shutdown: CancellationToken = crate::shutdown::on_signals();
-    worker::run(
-        settings,
-        handler,
-        Arc::new(worker::Stats::default()),
-        shutdown,
-    )
-    .await?;
+    let metrics = Arc::new(worker::WorkerMetrics::default());
+    if let Some(addr) = &args.metrics_listen {
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        crate::metrics::spawn(addr, registry, metrics.ready.clone(), shutdown.clone())
+            .await
+            .map_err(|e| Error::Usage(format!("--metrics-listen {addr}: {e}")))?;
+    }
+    worker::run(settings, handler, metrics, shutdown).await?;
     Ok(0)
 }
 

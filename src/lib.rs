@@ -13,6 +13,7 @@
 //! - [`envelope`]: the upstream event envelope and its validation.
 //! - [`error`]: the crate's error type and exit codes.
 //! - [`handlers`]: the built-in handlers (`log`, `chaos`).
+//! - [`metrics`]: `/metrics`, `/healthz`, `/readyz` for `--metrics-listen`.
 //! - [`output`]: tables and JSON on stdout.
 //! - [`shutdown`]: SIGINT/SIGTERM to a cancellation token.
 //! - [`status`]: queue depths, unacked and consumers for the whole topology.
@@ -45,6 +46,7 @@ pub mod dlq;
 pub mod envelope;
 pub mod error;
 pub mod handlers;
+pub mod metrics;
 pub mod output;
 pub mod shutdown;
 pub mod status;

@@ -1,6 +1,11 @@
 //! Logging to stderr, human-readable or JSON, filtered by `RUST_LOG`. lapin is kept at warn.
 
-use tracing_subscriber::EnvFilter;
+use std::io::IsTerminal;
+
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -15,29 +20,30 @@ pub enum LogFormat {
 /// The filter used when `RUST_LOG` is unset.
 pub const DEFAULT_FILTER: &str = "info";
 
-/// Forced whatever `RUST_LOG` says: lapin's debug output can carry frames (and credentials), and
-/// its channel-close errors repeat broker replies that warren reports itself, in plain words.
-const FORCED: [&str; 4] = [
-    "lapin=warn",
-    "amq_protocol=warn",
-    "lapin::channel=off",
-    "lapin::channels=off",
-];
+/// Caps applied whatever `RUST_LOG` says: lapin's debug output carries frames (the login frame
+/// holds the password), its returned-message warning dumps whole messages, and its channel-close
+/// errors repeat broker replies that warren reports itself, in plain words.
+fn library_caps() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("lapin", LevelFilter::WARN)
+        .with_target("amq_protocol", LevelFilter::WARN)
+        .with_target("lapin::channel", LevelFilter::OFF)
+        .with_target("lapin::channels", LevelFilter::OFF)
+        .with_target("lapin::returned_messages", LevelFilter::OFF)
+}
 
 /// Installs the global subscriber. Safe to call once per process.
 pub fn init(format: LogFormat) {
-    let mut filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    for directive in FORCED {
-        if let Ok(d) = directive.parse() {
-            filter = filter.add_directive(d);
-        }
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    // Both filters must pass, so RUST_LOG can lower warren's level but never raise lapin's.
+    let filter = env.and(library_caps());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let layer = match format {
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
     };
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }

@@ -32,7 +32,8 @@ async fn requeued_messages_keep_their_positions_in_a_classic_dlq() {
     // Walk everything, ack every third message, release the rest.
     let mut snap = Snapshot::open(&conn, &dlq, Duration::from_secs(5))
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the DLQ exists");
     assert_eq!(snap.total(), 60);
     let mut i = 0;
     while let Some(d) = snap.next().await.unwrap() {
@@ -46,7 +47,8 @@ async fn requeued_messages_keep_their_positions_in_a_classic_dlq() {
     // Walk only the first 10 and release: the unread tail must stay behind the read head.
     let mut snap = Snapshot::open(&conn, &dlq, Duration::from_secs(5))
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the DLQ exists");
     for _ in 0..10 {
         snap.next().await.unwrap().unwrap();
     }

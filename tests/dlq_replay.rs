@@ -342,3 +342,65 @@ async fn sigint_stops_a_replay_cleanly() {
     );
     t.cleanup(&conn).await;
 }
+
+/// With several republishes in flight, lapin may attach a return to another message's
+/// confirm. Returns are matched by message id, so an unroutable message is never acked out of
+/// the DLQ (lost) and a routed one is never reported failed for another's return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_replay_never_acks_a_returned_message() {
+    let t = TestTopology::new("dlq-replay-returns", DLQ_TOPOLOGY);
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let live = t.queue("live");
+    let dlq = t.topology.queue("work").unwrap().dlq();
+    // Half of them name the live queue as their origin, and the live queue is gone.
+    let dead: Vec<Dead> = (0..400)
+        .map(|i| {
+            let mut d = Dead::new("test.a", "permanent", "x", &work);
+            if i % 2 == 1 {
+                d.origin = live.clone();
+            }
+            d
+        })
+        .collect();
+    publish_dead(&conn, &t, &dead).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_delete(live.as_str().into(), Default::default())
+        .await
+        .unwrap();
+
+    let (code, out, err) = warren_t(
+        &t,
+        &[
+            "dlq", "replay", "-q", "work", "-y", "--window", "16", "-o", "json",
+        ],
+    );
+    assert_eq!(code, 3, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for item in report["items"].as_array().unwrap() {
+        let to_live = item["origin"] == live.as_str();
+        assert_eq!(
+            item["outcome"],
+            if to_live { "failed" } else { "replayed" },
+            "{item}"
+        );
+    }
+    let stranded: Vec<String> = dead
+        .iter()
+        .filter(|d| d.origin == live)
+        .map(|d| d.id.clone())
+        .collect();
+    let routed: Vec<String> = dead
+        .iter()
+        .filter(|d| d.origin == work)
+        .map(|d| d.id.clone())
+        .collect();
+    assert_eq!(
+        delivery_ids(&drain(&conn, &dlq).await),
+        stranded,
+        "every unroutable message stays"
+    );
+    assert_eq!(delivery_ids(&drain(&conn, &work).await), routed);
+    t.cleanup(&conn).await;
+}

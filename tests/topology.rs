@@ -210,3 +210,47 @@ fn an_unreachable_broker_is_one_clear_line_without_the_password() {
     );
     assert!(!err.contains("s3cr3t-canary"), "{err}");
 }
+
+#[tokio::test]
+async fn the_password_never_reaches_the_logs_even_at_trace_level() {
+    let user = format!("warren-canary-{}", std::process::id());
+    let password = format!("Canary{}Secret", ulid::Ulid::generate());
+    support::rabbitmqctl(&["add_user", &user, &password]);
+    support::rabbitmqctl(&["set_permissions", &user, ".*", ".*", ".*"]);
+    let t = TestTopology::fast("canary");
+    let url = format!("amqp://{user}:{password}@127.0.0.1:5672/%2f");
+    let out = warren()
+        .env("AMQP_URL", &url)
+        .env(
+            "RUST_LOG",
+            "trace,lapin=trace,lapin::io_loop=trace,amq_protocol=trace",
+        )
+        .args(["topology", "apply", "-o", "json"])
+        .args(t.args())
+        .output()
+        .unwrap();
+    let conn = connect().await;
+    t.cleanup(&conn).await;
+    support::rabbitmqctl(&["delete_user", &user]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let as_bytes = password
+        .bytes()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert!(!all.contains(&password), "password in the output");
+    assert!(!all.contains(&as_bytes), "password bytes in the output");
+    assert!(
+        !all.contains("lapin::io_loop"),
+        "lapin's frame tracing is not capped"
+    );
+}

@@ -103,9 +103,9 @@ async fn prefetch_bounds_unacked_messages_per_consumer() {
         "w.log",
     );
     // The worker starts careful (prefetch 1) and switches once its first message is handled.
-    eventually(Duration::from_secs(10), "first message handled", || {
+    eventually(Duration::from_secs(10), "careful start over", || {
         let n = ok_ids(&t).len();
-        async move { n >= 1 }
+        async move { n >= 3 }
     })
     .await;
     let consumers = support::rabbitmqctl(&[
@@ -290,8 +290,19 @@ async fn a_worker_killed_mid_handler_loses_nothing() {
     );
 
     // Redelivered messages run one at a time (careful mode): 6 x 2.5 s.
+    let before = records(&t).len();
     let _second = worker(&t, &["work"], &["--concurrency", "6"], "w2.log");
     wait_done(&t, &ids, Duration::from_secs(45)).await;
+    let after: Vec<Call> = records(&t).into_iter().skip(before).collect();
+    for pair in after.chunks(2) {
+        assert!(
+            pair.len() == 2
+                && pair[0].outcome == "start"
+                && pair[1].outcome == "ok"
+                && pair[0].id == pair[1].id,
+            "redelivered messages ran side by side: {after:?}"
+        );
+    }
     assert_eq!(
         queue_len(&conn, &format!("{}.dlq", t.queue("work"))).await,
         0
@@ -635,4 +646,83 @@ async fn idle_worker_rss_stays_under_20_mb() {
     eprintln!("idle worker RSS: {rss_kb} kB");
     assert!(rss_kb < 20 * 1024, "idle worker RSS {rss_kb} kB");
     t.cleanup(&conn).await;
+}
+
+#[tokio::test]
+async fn an_unavailable_downstream_parks_messages_instead_of_spinning() {
+    let t = TestTopology::fast("unavailable");
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let ids = support::publish_events(
+        &conn,
+        &t,
+        "test.down",
+        json!({"chaos": {"action": "unavailable"}}),
+        2,
+    )
+    .await;
+    let _w = worker(&t, &["work"], &[], "w.log");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Parked in the 300 ms tier each time: about ten calls in 3 s, not thousands.
+    let c = calls(&t);
+    assert!(c.len() >= 4 && c.len() <= 24, "{} calls in 3 s", c.len());
+    assert!(
+        c.iter().all(|c| c.attempt == 0),
+        "unavailable must not count attempts"
+    );
+    assert_eq!(
+        queue_len(&conn, &format!("{}.dlq", t.queue("work"))).await,
+        0
+    );
+    assert!(ids.iter().all(|id| c.iter().any(|c| &c.id == id)));
+    t.cleanup(&conn).await;
+}
+
+#[tokio::test]
+async fn a_single_active_consumer_queue_runs_in_order_one_at_a_time() {
+    let t = TestTopology::new(
+        "sac",
+        &support::FAST_TOPOLOGY.replace(
+            "name = \"work\"\nbind = [\"test.*\", \"shared.event\"]",
+            "name = \"work\"\nbind = [\"test.*\", \"shared.event\"]\nsingle_active_consumer = true",
+        ),
+    );
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let ids = support::publish_events(
+        &conn,
+        &t,
+        "test.tick",
+        json!({"chaos": {"sleep_ms": 40}}),
+        20,
+    )
+    .await;
+    let _w = worker(&t, &["work"], &["--concurrency", "16"], "w.log");
+    wait_done(&t, &ids, Duration::from_secs(20)).await;
+    let r = records(&t);
+    let order: Vec<String> = r
+        .iter()
+        .filter(|c| c.outcome == "ok")
+        .map(|c| c.id.clone())
+        .collect();
+    assert_eq!(order, ids, "out of order");
+    for pair in r.chunks(2) {
+        assert!(
+            pair[0].outcome == "start" && pair[1].outcome == "ok" && pair[0].id == pair[1].id,
+            "{r:?}"
+        );
+    }
+    t.cleanup(&conn).await;
+}
+
+#[tokio::test]
+async fn a_missing_topology_fails_fast_with_the_fix() {
+    let t = TestTopology::fast("missing");
+    let mut w = worker(&t, &["work"], &[], "w.log");
+    assert_eq!(w.wait_exit(Duration::from_secs(10)), Some(1));
+    let log = w.log_text();
+    assert!(
+        log.contains("not found on the broker: run `warren topology apply"),
+        "{log}"
+    );
 }

@@ -14,7 +14,7 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, 
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer, message::Delivery};
 
-use super::{AmqpError, Connection, queue_depth, timed};
+use super::{AmqpError, Connection, inspect_queue, timed};
 
 /// Messages per consumer: the most the client buffers at once.
 const CHUNK: u32 = 10_000;
@@ -33,16 +33,23 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Counts `queue`'s ready messages and starts taking them, unacked. `idle` bounds the wait
-    /// for each next message (another consumer may hold some).
-    pub async fn open(conn: &Connection, queue: &str, idle: Duration) -> Result<Self, AmqpError> {
-        let (total, consumers) = queue_depth(conn, queue).await?;
+    /// Counts `queue`'s ready messages and starts taking them, unacked; `None` if the queue
+    /// does not exist. `idle` bounds the wait for each next message (another consumer may hold
+    /// some).
+    pub async fn open(
+        conn: &Connection,
+        queue: &str,
+        idle: Duration,
+    ) -> Result<Option<Self>, AmqpError> {
+        let Some((total, consumers)) = inspect_queue(conn, queue).await? else {
+            return Ok(None);
+        };
         let channel = if total == 0 {
             None
         } else {
             Some(timed(|| "open a channel", conn.create_channel()).await?)
         };
-        Ok(Self {
+        Ok(Some(Self {
             queue: queue.to_string(),
             total,
             consumers,
@@ -51,7 +58,7 @@ impl Snapshot {
             incomplete: false,
             channel,
             chunk: None,
-        })
+        }))
     }
 
     /// Messages ready when the walk began.
@@ -62,6 +69,13 @@ impl Snapshot {
     /// Other consumers on the queue when the walk began; they may take messages from under it.
     pub fn other_consumers(&self) -> u32 {
         self.consumers
+    }
+
+    /// True while the channel is open (acks can be sent).
+    pub fn is_open(&self) -> bool {
+        self.channel
+            .as_ref()
+            .is_some_and(|c| c.status().connected())
     }
 
     /// Messages taken so far.
@@ -111,12 +125,9 @@ impl Snapshot {
         let Some(channel) = self.channel.clone() else {
             return Ok(());
         };
-        if let Some((_, tag, _, _)) = self.chunk.take() {
-            timed(
-                || format!("cancel the consumer of queue '{}'", self.queue),
-                channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
-            )
-            .await?;
+        if let Some((consumer, tag, _, _)) = self.chunk.take() {
+            self.cancel(&channel, &tag).await?;
+            drop(consumer);
         }
         let n = (self.total - self.taken).min(CHUNK);
         let prefetch = n as u16;
@@ -142,6 +153,14 @@ impl Snapshot {
         .await?;
         self.chunk = Some((consumer, tag, prefetch, n));
         Ok(())
+    }
+
+    async fn cancel(&self, channel: &Channel, tag: &str) -> Result<(), AmqpError> {
+        timed(
+            || format!("cancel the consumer of queue '{}'", self.queue),
+            channel.basic_cancel(tag.into(), BasicCancelOptions::default()),
+        )
+        .await
     }
 
     /// Acks `delivery` and waits until the broker has processed the ack: `basic.ack` has no
@@ -172,6 +191,14 @@ impl Snapshot {
         let Some(channel) = self.channel.take() else {
             return Ok(());
         };
+        // Cancelled before it is dropped: a dropped live consumer cancels itself in the
+        // background, racing the channel close below.
+        if let Some((consumer, tag, _, _)) = self.chunk.take()
+            && channel.status().connected()
+        {
+            let _ = self.cancel(&channel, &tag).await;
+            drop(consumer);
+        }
         let result = timed(
             || format!("requeue the walked messages of queue '{}'", self.queue),
             channel.basic_nack(
@@ -183,7 +210,6 @@ impl Snapshot {
             ),
         )
         .await;
-        drop(self.chunk.take());
         if channel.status().connected() {
             timed(
                 || format!("close the channel reading queue '{}'", self.queue),

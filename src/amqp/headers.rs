@@ -220,22 +220,16 @@ impl FailureHeaders<'_> {
     }
 }
 
-/// The properties without `expiration` (lapin has no setter to clear one): a republished
-/// copy must not vanish from a retry tier, a DLQ or its origin queue. `user_id` is dropped
-/// too: the broker refuses a `user_id` that is not the republishing connection's user.
-pub fn without_expiration(p: BasicProperties) -> BasicProperties {
-    let mut out = BasicProperties::default();
+/// For a republished copy (retry tier, DLQ, replay): the original properties, persistent, minus `expiration` (a live-only event must not vanish
+/// from a retry tier or DLQ) and `user_id` (the broker rejects a publish whose user_id is not
+/// the publishing user's).
+pub fn republish_properties(p: &BasicProperties) -> BasicProperties {
+    let mut out = BasicProperties::default().with_delivery_mode(2);
     if let Some(v) = p.content_type() {
         out = out.with_content_type(v.clone());
     }
     if let Some(v) = p.content_encoding() {
         out = out.with_content_encoding(v.clone());
-    }
-    if let Some(v) = p.headers() {
-        out = out.with_headers(v.clone());
-    }
-    if let Some(v) = p.delivery_mode() {
-        out = out.with_delivery_mode(*v);
     }
     if let Some(v) = p.priority() {
         out = out.with_priority(*v);
@@ -257,6 +251,9 @@ pub fn without_expiration(p: BasicProperties) -> BasicProperties {
     }
     if let Some(v) = p.app_id() {
         out = out.with_app_id(v.clone());
+    }
+    if let Some(v) = p.cluster_id() {
+        out = out.with_cluster_id(v.clone());
     }
     out
 }

@@ -3,6 +3,7 @@
 //! a deadline, because lapin has none of its own.
 
 mod browse;
+mod declare;
 mod headers;
 mod publish;
 mod url;
@@ -20,9 +21,13 @@ pub use lapin::{
 };
 
 pub use browse::Snapshot;
+pub use declare::{
+    Arg, bind, cancel, channel, close_channel, declare_exchange, declare_queue, delete_exchange,
+    delete_queue, exchange_exists, field_table, inspect_queue,
+};
 pub use headers::{
     ErrorKind, FailureHeaders, HeaderValue, XDeath, hdr, header_str, header_u32, header_u64,
-    is_broker_death_header, set_header, without_expiration, x_death,
+    is_broker_death_header, republish_properties, set_header, x_death,
 };
 pub use publish::{Confirm, ConfirmWindow, Message, Publisher};
 pub use url::{AmqpUrl, AmqpUrlError, DEFAULT_AMQP_URL, redact};
@@ -72,6 +77,10 @@ pub enum AmqpError {
         target: String,
         /// The broker's reply text.
         reply: String,
+        /// The `message_id` of the message the broker returned. With several mandatory publishes
+        /// in flight on one channel, lapin may attach a return to another publish's confirm, so
+        /// pipelined publishers must check this id rather than trust the attribution.
+        message_id: Option<String>,
     },
     /// The publish went out on a channel without confirms: warren never does this on purpose.
     #[error("publish to {target}: no publisher confirm was requested")]
@@ -164,11 +173,6 @@ pub async fn close(conn: &Connection) {
     }
 }
 
-/// Opens a channel for consuming.
-pub async fn channel(conn: &Connection) -> Result<Channel, AmqpError> {
-    timed(|| "open a channel", conn.create_channel()).await
-}
-
 /// Starts consuming `queue` on `channel` with manual acks. Per-consumer QoS is set to
 /// `prefetch` first, so the first burst is already bounded; deliveries still unacked on the
 /// channel from an earlier consumer stay ackable.
@@ -217,27 +221,4 @@ pub async fn requeue(delivery: &Delivery) -> Result<bool, AmqpError> {
         }),
     )
     .await
-}
-
-/// Declares nothing and returns the queue's (ready messages, consumers), or NOT_FOUND.
-/// Uses its own channel: a failed passive declare closes the channel it ran on.
-pub async fn queue_depth(conn: &Connection, queue: &str) -> Result<(u32, u32), AmqpError> {
-    let channel = timed(|| "open a channel", conn.create_channel()).await?;
-    let result = timed(
-        || format!("inspect queue '{queue}'"),
-        channel.queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await;
-    if channel.status().connected() {
-        let _ = timed(|| "close channel", channel.close(200, "ok".into())).await;
-    }
-    let q = result?;
-    Ok((q.message_count(), q.consumer_count()))
 }

@@ -1,15 +1,23 @@
 //! Publishing with publisher confirms. A publish is only done when its confirm says so: a nack,
-//! a returned (unroutable) message or a missing confirm is an error. [`ConfirmWindow`] keeps a
-//! bounded number of confirms outstanding, in publish order, instead of awaiting each one.
+//! a returned (unroutable) message or a missing confirm is an error.
+//!
+//! lapin hands a returned message to whichever confirm completes next on the channel, not to
+//! the publish it belongs to. [`Publisher::publish`] therefore keeps one mandatory publish in
+//! flight per channel (spread over a small pool of channels), so a return is always its own.
+//! [`Publisher::send`] pipelines on one channel for throughput; its [`AmqpError::Returned`]
+//! names the returned message's id, which the caller must check.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+use tokio::sync::Mutex;
 
 use super::{AmqpError, timed};
 
@@ -17,10 +25,11 @@ use super::{AmqpError, timed};
 /// alarm) makes confirms stall; the caller then keeps the message and tries again.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A channel in confirm mode. Cheap to clone; clones share the channel.
+/// Confirm-mode channels on one connection. Cheap to clone; clones share the channels.
 #[derive(Clone)]
 pub struct Publisher {
-    channel: Channel,
+    channels: Arc<[Mutex<Channel>]>,
+    next: Arc<AtomicUsize>,
     confirm_timeout: Duration,
 }
 
@@ -40,16 +49,21 @@ pub struct Message<'a> {
 }
 
 impl Publisher {
-    /// Opens a channel on `conn` and puts it in confirm mode.
-    pub async fn open(conn: &Connection) -> Result<Self, AmqpError> {
-        let channel = timed(|| "open a publishing channel", conn.create_channel()).await?;
-        timed(
-            || "enable publisher confirms",
-            channel.confirm_select(ConfirmSelectOptions::default()),
-        )
-        .await?;
+    /// Opens `channels` (at least one) confirm-mode channels on `conn`.
+    pub async fn open(conn: &Connection, channels: usize) -> Result<Self, AmqpError> {
+        let mut opened = Vec::with_capacity(channels.max(1));
+        for _ in 0..channels.max(1) {
+            let channel = timed(|| "open a publishing channel", conn.create_channel()).await?;
+            timed(
+                || "enable publisher confirms",
+                channel.confirm_select(ConfirmSelectOptions::default()),
+            )
+            .await?;
+            opened.push(Mutex::new(channel));
+        }
         Ok(Self {
-            channel,
+            channels: opened.into(),
+            next: Arc::new(AtomicUsize::new(0)),
             confirm_timeout: CONFIRM_TIMEOUT,
         })
     }
@@ -60,59 +74,66 @@ impl Publisher {
         self
     }
 
-    /// The underlying channel, for declares that must share it.
-    pub fn channel(&self) -> &Channel {
-        &self.channel
-    }
-
-    /// Sends a message and returns its pending confirm without waiting for it.
-    pub async fn send(&self, msg: Message<'_>) -> Result<Confirm, AmqpError> {
-        let target = || {
-            format!(
-                "'{}' with routing key '{}'",
-                exchange_name(msg.exchange),
-                msg.routing_key
-            )
-        };
-        let confirm = timed(
-            || format!("publish to {}", target()),
-            self.channel.basic_publish(
-                msg.exchange.into(),
-                msg.routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: msg.mandatory,
-                    immediate: false,
-                },
-                msg.body,
-                msg.properties,
-            ),
-        )
-        .await?;
-        Ok(Confirm {
-            inner: confirm,
-            exchange: msg.exchange.to_string(),
-            routing_key: msg.routing_key.to_string(),
-            timeout: self.confirm_timeout,
-        })
-    }
-
-    /// Sends a message and waits for its confirm.
+    /// Publishes and waits for the confirm, with this channel's only publish in flight, so a
+    /// returned message is certainly this one.
     pub async fn publish(&self, msg: Message<'_>) -> Result<(), AmqpError> {
-        self.send(msg).await?.wait().await
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        let channel = self.channels[i].lock().await;
+        send_on(&channel, msg, self.confirm_timeout)
+            .await?
+            .wait()
+            .await
     }
 
-    /// True while the channel can publish.
+    /// Sends on the first channel and returns the pending confirm without waiting: for a single
+    /// pipelining caller (with [`ConfirmWindow`]) that does not also call [`Publisher::publish`].
+    pub async fn send(&self, msg: Message<'_>) -> Result<Confirm, AmqpError> {
+        let channel = self.channels[0].lock().await;
+        send_on(&channel, msg, self.confirm_timeout).await
+    }
+
+    /// True while every channel can publish.
     pub fn is_open(&self) -> bool {
-        self.channel.status().connected()
+        self.channels
+            .iter()
+            .all(|c| c.try_lock().map(|c| c.status().connected()).unwrap_or(true))
     }
 }
 
-fn exchange_name(e: &str) -> &str {
-    if e.is_empty() {
+async fn send_on(
+    channel: &Channel,
+    msg: Message<'_>,
+    timeout: Duration,
+) -> Result<Confirm, AmqpError> {
+    let confirm = timed(
+        || format!("publish to {}", target(msg.exchange, msg.routing_key)),
+        channel.basic_publish(
+            msg.exchange.into(),
+            msg.routing_key.into(),
+            BasicPublishOptions {
+                mandatory: msg.mandatory,
+                immediate: false,
+            },
+            msg.body,
+            msg.properties,
+        ),
+    )
+    .await?;
+    Ok(Confirm {
+        inner: confirm,
+        exchange: msg.exchange.to_string(),
+        routing_key: msg.routing_key.to_string(),
+        timeout,
+    })
+}
+
+fn target(exchange: &str, routing_key: &str) -> String {
+    let exchange = if exchange.is_empty() {
         "(default exchange)"
     } else {
-        e
-    }
+        exchange
+    };
+    format!("'{exchange}' with routing key '{routing_key}'")
 }
 
 /// A sent message whose confirm has not been checked yet.
@@ -126,22 +147,18 @@ pub struct Confirm {
 impl Confirm {
     /// Waits for the broker's confirm. Only a plain ack of a routed message is `Ok`.
     pub async fn wait(self) -> Result<(), AmqpError> {
-        let target = format!(
-            "'{}' with routing key '{}'",
-            exchange_name(&self.exchange),
-            self.routing_key
-        );
+        let target = || target(&self.exchange, &self.routing_key);
         let confirmation = match tokio::time::timeout(self.timeout, self.inner).await {
             Ok(Ok(c)) => c,
             Ok(Err(source)) => {
                 return Err(AmqpError::Broker {
-                    op: format!("confirm of publish to {target}"),
+                    op: format!("confirm of publish to {}", target()),
                     source,
                 });
             }
             Err(_) => {
                 return Err(AmqpError::Timeout {
-                    op: format!("confirm of publish to {target}"),
+                    op: format!("confirm of publish to {}", target()),
                     after: self.timeout,
                 });
             }
@@ -149,11 +166,17 @@ impl Confirm {
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) => Err(AmqpError::Returned {
-                target,
+                target: target(),
                 reply: format!("{} {}", returned.reply_code, returned.reply_text),
+                message_id: returned
+                    .delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.to_string()),
             }),
-            Confirmation::Nack(_) => Err(AmqpError::Nacked { target }),
-            Confirmation::NotRequested => Err(AmqpError::NotConfirmed { target }),
+            Confirmation::Nack(_) => Err(AmqpError::Nacked { target: target() }),
+            Confirmation::NotRequested => Err(AmqpError::NotConfirmed { target: target() }),
         }
     }
 }
@@ -198,7 +221,7 @@ impl<T: Send + 'static> ConfirmWindow<T> {
             .push_back(Box::pin(async move { (tag, confirm.wait().await) }));
     }
 
-    /// The oldest outstanding confirm, once it and every earlier one has resolved.
+    /// The oldest outstanding confirm, once it has resolved.
     pub async fn next(&mut self) -> Option<(T, Result<(), AmqpError>)> {
         self.pending.next().await
     }

@@ -345,10 +345,11 @@ async fn ask(url: &amqp::AmqpUrl, verb: &str, dlqs: &[DlqRef], filter: &Filter) 
     let conn = super::connect(url, "confirm").await?;
     let mut queues = Vec::new();
     for d in dlqs {
-        let depth = amqp::queue_depth(&conn, &d.name)
-            .await
-            .map(|(n, _)| n.to_string())
-            .unwrap_or_else(|_| "missing".into());
+        let depth = match amqp::inspect_queue(&conn, &d.name).await {
+            Ok(Some((n, _))) => n.to_string(),
+            Ok(None) => "missing".into(),
+            Err(e) => return Err(e.into()),
+        };
         queues.push(format!("{} ({depth} messages)", d.name));
     }
     amqp::close(&conn).await;

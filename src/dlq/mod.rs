@@ -101,9 +101,12 @@ pub(crate) struct Walk {
 impl Walk {
     /// Starts reading `dlq`.
     pub(crate) async fn open(conn: &Connection, dlq: &DlqRef) -> Result<Self, Error> {
-        let snapshot = Snapshot::open(conn, &dlq.name, IDLE_TIMEOUT)
-            .await
-            .map_err(|e| missing(e, &dlq.name))?;
+        let snapshot = Snapshot::open(conn, &dlq.name, IDLE_TIMEOUT).await?.ok_or_else(|| {
+            Error::Other(format!(
+                "DLQ '{}' does not exist on the broker; run `warren topology apply` with the same -f/--prefix",
+                dlq.name
+            ))
+        })?;
         if snapshot.other_consumers() > 0 {
             tracing::warn!(
                 dlq = %dlq.name,
@@ -146,6 +149,11 @@ impl Walk {
         self.snapshot.ack_processed(delivery).await
     }
 
+    /// False once the channel reading the DLQ is gone (acks can no longer be sent).
+    pub(crate) fn can_remove(&self) -> bool {
+        self.snapshot.is_open()
+    }
+
     /// The DLQ being read.
     pub(crate) fn dlq(&self) -> &DlqRef {
         &self.dlq
@@ -174,16 +182,6 @@ impl Walk {
         }
         self.snapshot.release().await?;
         Ok(scan)
-    }
-}
-
-fn missing(e: AmqpError, dlq: &str) -> Error {
-    if e.is_not_found() {
-        Error::Other(format!(
-            "DLQ '{dlq}' does not exist on the broker; run `warren topology apply` with the same -f/--prefix"
-        ))
-    } else {
-        e.into()
     }
 }
 

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::{DeadLetter, DlqRef, Filter, Item, Outcome, Report, Walk};
 use crate::amqp::{
     self, AmqpError, AmqpUrl, BasicProperties, ConfirmWindow, Delivery, Headers, Message,
-    Publisher, hdr, header_u32, is_broker_death_header, set_header, without_expiration,
+    Publisher, hdr, header_u32, is_broker_death_header, republish_properties, set_header,
 };
 use crate::error::Error;
 use crate::topology::Topology;
@@ -45,7 +45,7 @@ pub async fn replay(
     let read_conn = super::connect(url, "replay-read").await?;
     let publish_conn = super::connect(url, "replay-publish").await?;
     let result = async {
-        let publisher = Publisher::open(&publish_conn).await?;
+        let publisher = Publisher::open(&publish_conn, 1).await?;
         let mut run = Run {
             topology,
             opts,
@@ -74,6 +74,9 @@ pub async fn replay(
     amqp::close(&read_conn).await;
     result
 }
+
+/// A replayed message whose DLQ copy could not be removed.
+const DUPLICATE: &str = "replayed, but the DLQ copy could not be acked: it stays in the DLQ too";
 
 struct Run<'a> {
     topology: &'a Topology,
@@ -144,13 +147,13 @@ impl Run<'_> {
                     self.report.aborted = Some(format!("publishing: {e}"));
                 }
             }
-            while window.is_full() && self.settle_next(&walk, &mut window).await {}
+            if window.is_full() {
+                self.settle_window(&walk, &mut window).await;
+            }
         }
         // Settle every outstanding confirm, even after an abort: a confirmed copy must not
         // also stay in the DLQ when its ack can still be sent.
-        while !window.is_empty() {
-            self.settle_next(&walk, &mut window).await;
-        }
+        self.settle_window(&walk, &mut window).await;
         self.bar.inc(walk.total().saturating_sub(read).into());
         match walk.finish().await {
             Ok(scan) => self.report.scans.push(scan),
@@ -159,45 +162,67 @@ impl Run<'_> {
         }
     }
 
-    /// Takes the oldest confirm: acks the DLQ copy if the republish was confirmed, or records
-    /// the failure (the copy stays). False once nothing more should be settled.
-    async fn settle_next(
-        &mut self,
-        walk: &Walk,
-        window: &mut ConfirmWindow<(Delivery, usize)>,
-    ) -> bool {
-        let Some(((delivery, idx), confirmed)) = window.next().await else {
-            return false;
-        };
-        match confirmed {
-            Ok(()) => {
-                match walk.remove(&delivery).await {
-                    Ok(true) => {
-                        self.report.items[idx].outcome = Outcome::Replayed;
-                        true
-                    }
-                    Ok(false) | Err(_) => {
-                        // Replayed, but the DLQ copy could not be removed: it is now a duplicate.
-                        self.report.items[idx].outcome = Outcome::Replayed;
-                        self.report.items[idx].error =
-                        Some("replayed, but the DLQ copy could not be acked: it stays in the DLQ too".into());
-                        let dlq = &self.report.items[idx].dlq;
+    /// Waits for every confirm in the window, then acks the DLQ copy of each message the
+    /// broker took. The whole window is settled together because lapin may attach a returned
+    /// (unroutable) message to any confirm resolved by the same multiple-ack: returns are
+    /// matched to messages by `message_id` instead, and without an id nothing in the window
+    /// counts as routed. A copy left in the DLQ is at worst a duplicate; one acked wrongly
+    /// would be lost.
+    async fn settle_window(&mut self, walk: &Walk, window: &mut ConfirmWindow<(Delivery, usize)>) {
+        let mut settled = Vec::with_capacity(window.len());
+        while let Some(entry) = window.next().await {
+            settled.push(entry);
+        }
+        let mut returned: Vec<Option<String>> = vec![];
+        for (_, result) in &settled {
+            if let Err(AmqpError::Returned { message_id, .. }) = result {
+                returned.push(message_id.clone());
+            }
+        }
+        let unattributed = returned.iter().any(Option::is_none);
+        for ((delivery, idx), result) in settled {
+            let id = self.report.items[idx].id.clone();
+            let was_returned =
+                unattributed || id.is_none() && !returned.is_empty() || returned.contains(&id);
+            let error = match result {
+                Err(e @ AmqpError::Returned { .. }) if was_returned => Some((e.to_string(), false)),
+                _ if was_returned => Some((
+                    "unroutable: the broker returned a message of this window that cannot be told apart from this one".into(),
+                    false,
+                )),
+                Ok(()) | Err(AmqpError::Returned { .. }) => None,
+                Err(e @ AmqpError::Nacked { .. }) => Some((e.to_string(), false)),
+                Err(e) => Some((e.to_string(), true)),
+            };
+            match error {
+                Some((why, fatal)) => {
+                    if fatal {
                         self.report
                             .aborted
-                            .get_or_insert(format!("the channel reading {dlq} closed"));
-                        false
+                            .get_or_insert(format!("publishing: {why}"));
                     }
+                    self.fail(idx, why);
                 }
+                None => self.remove(walk, &delivery, idx).await,
             }
-            Err(e) => {
-                let fatal = !matches!(e, AmqpError::Returned { .. } | AmqpError::Nacked { .. });
-                self.fail(idx, e.to_string());
-                if fatal {
-                    self.report
-                        .aborted
-                        .get_or_insert(format!("publishing: {e}"));
-                }
-                !fatal
+        }
+    }
+
+    /// Acks the DLQ copy of a confirmed republish.
+    async fn remove(&mut self, walk: &Walk, delivery: &Delivery, idx: usize) {
+        self.report.items[idx].outcome = Outcome::Replayed;
+        if self.report.aborted.is_some() && !walk.can_remove() {
+            self.report.items[idx].error = Some(DUPLICATE.into());
+            return;
+        }
+        match walk.remove(delivery).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                self.report.items[idx].error = Some(DUPLICATE.into());
+                let dlq = &self.report.items[idx].dlq;
+                self.report
+                    .aborted
+                    .get_or_insert(format!("the channel reading {dlq} closed"));
             }
         }
     }
@@ -257,9 +282,7 @@ pub(crate) fn replay_properties(original: &BasicProperties) -> BasicProperties {
         })
         .unwrap_or_default();
     set_header(&mut map, hdr::REPLAYED, replayed);
-    without_expiration(original.clone())
-        .with_headers(Headers::from(map))
-        .with_delivery_mode(2)
+    republish_properties(original).with_headers(Headers::from(map))
 }
 
 fn pacer(per_second: f64) -> Interval {

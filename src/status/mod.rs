@@ -141,11 +141,7 @@ pub async fn collect(
 }
 
 async fn depth(conn: &Connection, queue: &str) -> Result<Option<(u32, u32)>> {
-    match amqp::queue_depth(conn, queue).await {
-        Ok(d) => Ok(Some(d)),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    Ok(amqp::inspect_queue(conn, queue).await?)
 }
 
 async fn ready_of(conn: &Connection, queue: String) -> Result<Depth> {

@@ -4,16 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use lapin::options::{
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection, ExchangeKind};
 use serde::Serialize;
 
 use super::TopologyError;
 use super::plan::{Arg, Plan};
-use crate::amqp::{AmqpError, timed};
+use crate::amqp::{self, AmqpError, Connection};
 use crate::error::Error;
 
 /// What `apply` did to one object.
@@ -61,177 +56,81 @@ impl ApplyReport {
 pub async fn apply(conn: &Connection, plan: &Plan) -> Result<ApplyReport, Error> {
     let mut report = ApplyReport::default();
     let mut mismatches = Vec::new();
-    let mut channel = open(conn).await?;
+    let mut channel = amqp::channel(conn).await?;
 
     for e in &plan.exchanges {
-        let existed = exists(conn, |ch| async move {
-            ch.exchange_declare(
-                e.name.as_str().into(),
-                kind(e.kind),
-                ExchangeDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-        })
-        .await?;
-        let result = timed(
-            || format!("declare exchange '{}'", e.name),
-            channel.exchange_declare(
-                e.name.as_str().into(),
-                kind(e.kind),
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            ),
-        )
-        .await;
-        match result {
+        let existed = amqp::exchange_exists(conn, &e.name).await?;
+        match amqp::declare_exchange(&channel, &e.name, e.kind).await {
             Ok(()) => report.items.push(item("exchange", &e.name, existed)),
             Err(err) => {
-                let text = err.reply_text().unwrap_or_default();
-                if !text.contains("PRECONDITION_FAILED") {
-                    return Err(err.into());
-                }
+                let text = precondition_failed(err)?;
                 mismatches.push(format!(
                     "exchange '{}' exists with different settings ({}); it must be a durable {} exchange. \
-                     Delete it (`rabbitmqctl eval` or the management UI) after moving its bindings, then apply again.",
+                     Delete it (management UI or `rabbitmqadmin delete exchange name={}`) after moving its bindings, then apply again.",
                     e.name,
                     strip_code(&text),
-                    e.kind
+                    e.kind,
+                    e.name
                 ));
-                channel = open(conn).await?;
+                channel = amqp::channel(conn).await?;
             }
         }
     }
 
     for q in &plan.queues {
-        let existed = exists(conn, |ch| async move {
-            ch.queue_declare(
-                q.name.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map(|_| ())
-        })
-        .await?;
-        let result = timed(
-            || format!("declare queue '{}'", q.name),
-            channel.queue_declare(
-                q.name.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                field_table(&q.arguments),
-            ),
-        )
-        .await;
-        match result {
-            Ok(_) => report.items.push(item("queue", &q.name, existed)),
+        let existed = amqp::inspect_queue(conn, &q.name).await?.is_some();
+        match amqp::declare_queue(&channel, &q.name, &q.arguments).await {
+            Ok(()) => report.items.push(item("queue", &q.name, existed)),
             Err(err) => {
-                let text = err.reply_text().unwrap_or_default();
-                if !text.contains("PRECONDITION_FAILED") {
-                    return Err(err.into());
-                }
+                let text = precondition_failed(err)?;
                 mismatches.push(describe_mismatch(&q.name, &q.arguments, &text));
-                channel = open(conn).await?;
+                channel = amqp::channel(conn).await?;
             }
         }
     }
 
     if !mismatches.is_empty() {
+        amqp::close_channel(&channel).await;
         return Err(TopologyError::Mismatch(mismatches.join("\n")).into());
     }
 
     for b in &plan.bindings {
-        timed(
-            || {
-                format!(
-                    "bind queue '{}' to '{}' with '{}'",
-                    b.queue, b.exchange, b.routing_key
-                )
-            },
-            channel.queue_bind(
-                b.queue.as_str().into(),
-                b.exchange.as_str().into(),
-                b.routing_key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
+        amqp::bind(&channel, &b.queue, &b.exchange, &b.routing_key).await?;
         report.items.push(ApplyItem {
             kind: "binding",
             name: format!("{} -> {} ({})", b.exchange, b.queue, b.routing_key),
             status: ItemStatus::Bound,
         });
     }
-    close(&channel).await;
+    amqp::close_channel(&channel).await;
     Ok(report)
 }
 
 /// Deletes every queue and exchange of `plan`, messages included. Missing objects are fine.
 pub async fn delete(conn: &Connection, plan: &Plan) -> Result<usize, AmqpError> {
-    let mut channel = open(conn).await?;
+    let mut channel = amqp::channel(conn).await?;
     let mut deleted = 0;
     for q in &plan.queues {
-        match timed(
-            || format!("delete queue '{}'", q.name),
-            channel.queue_delete(q.name.as_str().into(), QueueDeleteOptions::default()),
-        )
-        .await
-        {
+        match amqp::delete_queue(&channel, &q.name).await {
             Ok(_) => deleted += 1,
-            Err(_) => channel = open(conn).await?,
+            Err(_) => channel = amqp::channel(conn).await?,
         }
     }
     for e in &plan.exchanges {
-        match timed(
-            || format!("delete exchange '{}'", e.name),
-            channel.exchange_delete(e.name.as_str().into(), Default::default()),
-        )
-        .await
-        {
+        match amqp::delete_exchange(&channel, &e.name).await {
             Ok(()) => deleted += 1,
-            Err(_) => channel = open(conn).await?,
+            Err(_) => channel = amqp::channel(conn).await?,
         }
     }
-    close(&channel).await;
+    amqp::close_channel(&channel).await;
     Ok(deleted)
 }
 
-async fn open(conn: &Connection) -> Result<Channel, AmqpError> {
-    timed(|| "open a channel", conn.create_channel()).await
-}
-
-async fn close(channel: &Channel) {
-    if channel.status().connected() {
-        let _ = timed(|| "close channel", channel.close(200, "ok".into())).await;
-    }
-}
-
-/// Runs a passive declare on a throwaway channel (a 404 closes the channel it ran on).
-async fn exists<F, Fut>(conn: &Connection, check: F) -> Result<bool, AmqpError>
-where
-    F: FnOnce(Channel) -> Fut,
-    Fut: std::future::Future<Output = lapin::Result<()>>,
-{
-    let ch = open(conn).await?;
-    let result = timed(|| "check existence", check(ch.clone())).await;
-    close(&ch).await;
-    match result {
-        Ok(()) => Ok(true),
-        Err(e) if e.is_not_found() => Ok(false),
-        Err(e) => Err(e),
+/// The broker's reply text when it refused a declare with PRECONDITION_FAILED; other errors pass.
+fn precondition_failed(err: AmqpError) -> Result<String, Error> {
+    match err.reply_text() {
+        Some(text) if text.contains("PRECONDITION_FAILED") => Ok(text),
+        _ => Err(err.into()),
     }
 }
 
@@ -245,31 +144,6 @@ fn item(kind: &'static str, name: &str, existed: bool) -> ApplyItem {
             ItemStatus::Created
         },
     }
-}
-
-fn kind(k: &str) -> ExchangeKind {
-    match k {
-        "topic" => ExchangeKind::Topic,
-        "direct" => ExchangeKind::Direct,
-        "fanout" => ExchangeKind::Fanout,
-        other => ExchangeKind::Custom(other.to_string()),
-    }
-}
-
-/// Plan arguments as an AMQP table, integers as `long` like definitions import.
-pub(crate) fn field_table(args: &BTreeMap<&'static str, Arg>) -> FieldTable {
-    let map: BTreeMap<ShortString, AMQPValue> = args
-        .iter()
-        .map(|(k, v)| {
-            let v = match v {
-                Arg::Str(s) => AMQPValue::LongString(LongString::from(s.as_str())),
-                Arg::Int(n) => AMQPValue::LongLongInt(*n),
-                Arg::Bool(b) => AMQPValue::Boolean(*b),
-            };
-            (ShortString::from(*k), v)
-        })
-        .collect();
-    FieldTable::from(map)
 }
 
 fn strip_code(text: &str) -> &str {

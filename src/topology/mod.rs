@@ -38,6 +38,16 @@ pub enum TopologyError {
     /// The broker holds an object whose arguments differ from the file.
     #[error("{0}")]
     Mismatch(String),
+    /// The broker lacks objects the topology declares.
+    #[error(
+        "{missing} not found on the broker: run `warren topology apply -f {path}` first (with the same --prefix)"
+    )]
+    NotDeclared {
+        /// What is missing.
+        missing: String,
+        /// The topology file.
+        path: String,
+    },
     /// A queue name given on the command line is not in the topology.
     #[error("queue '{name}' is not in {path} (known queues: {known})")]
     UnknownQueue {

@@ -6,28 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{QueueSpec, QueueType, Topology};
-
-/// An argument value as RabbitMQ stores it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
-pub enum Arg {
-    /// A string.
-    Str(String),
-    /// A 64-bit integer (declared as AMQP `long`, as definitions import does).
-    Int(i64),
-    /// A boolean.
-    Bool(bool),
-}
-
-impl std::fmt::Display for Arg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Arg::Str(s) => write!(f, "'{s}'"),
-            Arg::Int(n) => write!(f, "{n}"),
-            Arg::Bool(b) => write!(f, "{b}"),
-        }
-    }
-}
+pub use crate::amqp::Arg;
 
 /// What a queue is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -177,17 +156,18 @@ impl Topology {
     }
 }
 
+/// Retry tiers are always quorum queues with at-least-once dead-lettering, whatever the work
+/// queue's type: a classic queue dead-letters at most once, and a tier's only job is to hand
+/// every message back.
 fn retry_tier_args(q: &QueueSpec, delay: std::time::Duration) -> BTreeMap<&'static str, Arg> {
     let mut a = BTreeMap::new();
-    a.insert("x-queue-type", Arg::Str(q.queue_type.as_str().into()));
+    a.insert("x-queue-type", Arg::Str("quorum".into()));
     a.insert("x-message-ttl", Arg::Int(millis(delay)));
     // Back to the queue that failed, by the default exchange: never through the topic exchange.
     a.insert("x-dead-letter-exchange", Arg::Str(String::new()));
     a.insert("x-dead-letter-routing-key", Arg::Str(q.name.clone()));
-    if q.queue_type == QueueType::Quorum {
-        a.insert("x-dead-letter-strategy", Arg::Str("at-least-once".into()));
-        a.insert("x-overflow", Arg::Str("reject-publish".into()));
-    }
+    a.insert("x-dead-letter-strategy", Arg::Str("at-least-once".into()));
+    a.insert("x-overflow", Arg::Str("reject-publish".into()));
     if let Some(e) = q.expires {
         a.insert("x-expires", Arg::Int(millis(e)));
     }

@@ -24,8 +24,8 @@ pub enum Disposition {
         /// The error, for the failure headers.
         reason: String,
     },
-    /// The message came back from a tier before its `not_before`: park it again unchanged,
-    /// without calling the handler or counting an attempt.
+    /// Park in the tier `delay` unchanged, without counting an attempt: the message came back
+    /// before its `not_before`, or the downstream is unavailable.
     Defer {
         /// The tier's delay.
         delay: Duration,
@@ -39,7 +39,7 @@ pub enum Disposition {
         /// Attempts so far, including this one.
         attempt: u32,
     },
-    /// Put it back untouched (`nack`, `requeue = true`).
+    /// Put it back untouched (`nack`, `requeue = true`): only for shutdown drains.
     Requeue,
 }
 
@@ -57,7 +57,12 @@ pub fn decide(result: &HandlerResult, attempt: u32, queue: &QueueSpec, now_ms: u
             reason: reason.clone(),
             attempt,
         },
-        HandlerError::Unavailable(_) => Disposition::Requeue,
+        // Park it in the shortest tier without counting an attempt: a nack would hand it straight
+        // back, looping hot and burning the delivery limit while the downstream is down.
+        HandlerError::Unavailable(_) => match queue.retry_delays.first() {
+            Some(&delay) => Disposition::Defer { delay },
+            None => Disposition::Requeue,
+        },
         HandlerError::Transient {
             reason,
             retry_after,
@@ -72,7 +77,9 @@ pub fn decide(result: &HandlerResult, attempt: u32, queue: &QueueSpec, now_ms: u
                 Some(delay) if attempt < queue.max_attempts => Disposition::Retry {
                     delay,
                     attempt,
-                    not_before_ms: (wanted > delay).then(|| now_ms + wanted.as_millis() as u64),
+                    not_before_ms: (wanted > delay).then(|| {
+                        now_ms.saturating_add(wanted.as_millis().min(u64::MAX as u128) as u64)
+                    }),
                     reason: reason.clone(),
                 },
                 _ => Disposition::DeadLetter {

@@ -24,8 +24,8 @@ pub enum HandlerError {
     /// Retrying cannot help (400, 422, a payload the handler cannot use): dead-letter now.
     #[error("{0}")]
     Permanent(String),
-    /// The downstream cannot take work right now (circuit open): put the message back on the
-    /// queue untouched, without counting an attempt.
+    /// The downstream cannot take work right now (circuit open): park the message in the
+    /// shortest retry tier untouched, without counting an attempt.
     #[error("{0}")]
     Unavailable(String),
 }

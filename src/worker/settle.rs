@@ -10,6 +10,9 @@ use super::decide::Disposition;
 use crate::amqp::{self, Delivery, ErrorKind, FailureHeaders, Message, Publisher};
 use crate::topology::QueueSpec;
 
+/// The pause before requeueing a message whose republish failed.
+const REQUEUE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What settling did, for counters and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
@@ -90,13 +93,14 @@ pub async fn settle(
         Ok(done) => ack(delivery, done).await,
         Err(error) => {
             tracing::warn!(queue = %queue.name, %error, "Republish failed; requeueing the message instead.");
+            // Not at once: a broker that cannot take the republish now will not a moment later.
+            tokio::time::sleep(REQUEUE_BACKOFF).await;
             requeue(delivery).await
         }
     }
 }
 
-/// Publishes a copy of the delivery with new headers and waits for its confirm. The
-/// `expiration` property is dropped: a live-only event must not vanish from a retry tier or DLQ.
+/// Publishes a copy of the delivery with new headers and waits for its confirm.
 async fn republish(
     delivery: &Delivery,
     publisher: &Publisher,
@@ -104,16 +108,12 @@ async fn republish(
     routing_key: &str,
     headers: FieldTable,
 ) -> Result<(), amqp::AmqpError> {
-    let mut properties = delivery.properties.clone().with_headers(headers);
-    if properties.expiration().is_some() {
-        properties = amqp::without_expiration(properties);
-    }
     publisher
         .publish(Message {
             exchange,
             routing_key,
             body: &delivery.data,
-            properties: properties.with_delivery_mode(2),
+            properties: amqp::republish_properties(&delivery.properties).with_headers(headers),
             mandatory: true,
         })
         .await

@@ -212,9 +212,10 @@ pub async fn publish_events(
 
 /// Ready messages in a queue.
 pub async fn queue_len(conn: &Connection, queue: &str) -> u32 {
-    amqp::queue_depth(conn, queue)
+    amqp::inspect_queue(conn, queue)
         .await
-        .expect("queue exists")
+        .expect("broker answers")
+        .unwrap_or_else(|| panic!("queue {queue} exists"))
         .0
 }
 
@@ -405,3 +406,4 @@ impl Drop for Warren {
 }
 
 pub mod dlq;
+pub mod proxy;

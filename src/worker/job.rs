@@ -1,0 +1,193 @@
+//! One delivery's life: parse, check staleness and not-before, run the handler (panics and
+//! timeouts become transient failures), decide, settle.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::FutureExt;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+
+use super::decide::{Disposition, decide, defer};
+use super::handler::{Context, Handler, HandlerError, HandlerResult};
+use super::metrics::QueueMetrics;
+use super::settle::settle;
+use crate::amqp::{self, Delivery, ErrorKind, Publisher, hdr};
+use crate::envelope::Envelope;
+use crate::topology::QueueSpec;
+
+/// Everything one delivery's task needs.
+pub(super) struct Job<H> {
+    pub handler: Arc<H>,
+    pub spec: Arc<QueueSpec>,
+    pub publisher: Publisher,
+    pub dead_letter_exchange: Arc<str>,
+    pub metrics: QueueMetrics,
+    pub handler_timeout: Duration,
+    pub hard_stop: CancellationToken,
+    pub in_flight: Arc<InFlight>,
+}
+
+impl<H> Clone for Job<H> {
+    fn clone(&self) -> Self {
+        Self {
+            handler: self.handler.clone(),
+            spec: self.spec.clone(),
+            publisher: self.publisher.clone(),
+            dead_letter_exchange: self.dead_letter_exchange.clone(),
+            metrics: self.metrics.clone(),
+            handler_timeout: self.handler_timeout,
+            hard_stop: self.hard_stop.clone(),
+            in_flight: self.in_flight.clone(),
+        }
+    }
+}
+
+impl<H: Handler> Job<H> {
+    /// Handles and settles one delivery. Never leaves it unsettled: if the drain deadline
+    /// stops the handler, the delivery is requeued.
+    pub async fn run(self, delivery: Delivery, permit: Option<OwnedSemaphorePermit>) {
+        let _running = self.in_flight.enter();
+        let disposition = self.disposition(&delivery).await;
+        let settled = settle(
+            &delivery,
+            &disposition,
+            &self.spec,
+            &self.publisher,
+            &self.dead_letter_exchange,
+        )
+        .await;
+        self.metrics.settled(settled);
+        drop(permit);
+    }
+
+    async fn disposition(&self, delivery: &Delivery) -> Disposition {
+        let attempt = amqp::header_u32(&delivery.properties, hdr::ATTEMPT);
+        let event = match Envelope::parse(&delivery.data) {
+            Ok(event) => event,
+            Err(error) => {
+                return Disposition::DeadLetter {
+                    kind: ErrorKind::Invalid,
+                    reason: error.to_string(),
+                    attempt: attempt.saturating_add(1),
+                };
+            }
+        };
+        let now = now_ms();
+        if let Some(ttl) = self.spec.message_ttl {
+            // A live-only event back from a retry tier has a fresh TTL clock; its age does not.
+            let age = now.saturating_sub(event.ts);
+            if age > ttl.as_millis() as u64 {
+                return Disposition::DeadLetter {
+                    kind: ErrorKind::Permanent,
+                    reason: format!(
+                        "stale: the event is {} old, older than the queue's message_ttl of {}",
+                        humantime::format_duration(Duration::from_millis(age / 1000 * 1000)),
+                        humantime::format_duration(ttl)
+                    ),
+                    attempt: attempt.saturating_add(1),
+                };
+            }
+        }
+        let not_before = amqp::header_u64(&delivery.properties, hdr::NOT_BEFORE);
+        if let Some(d) = defer(not_before, &self.spec, now) {
+            return d;
+        }
+        match self.call(&event, delivery, attempt).await {
+            Some(result) => decide(&result, attempt, &self.spec, now_ms()),
+            None => Disposition::Requeue,
+        }
+    }
+
+    /// Runs the handler with its deadline, turning a panic or a timeout into a transient
+    /// failure. `None` when the drain deadline stopped it.
+    async fn call(
+        &self,
+        event: &Envelope,
+        delivery: &Delivery,
+        attempt: u32,
+    ) -> Option<HandlerResult> {
+        let ctx = Context {
+            queue: self.spec.name.clone(),
+            attempt,
+            redelivered: delivery.redelivered,
+            message_ttl: self.spec.message_ttl,
+        };
+        self.metrics
+            .event_lag
+            .observe(now_ms().saturating_sub(event.ts) as f64 / 1000.0);
+        self.metrics.in_flight.inc();
+        let started = Instant::now();
+        let handled = AssertUnwindSafe(self.handler.handle(event, &ctx)).catch_unwind();
+        let result = tokio::select! {
+            r = tokio::time::timeout(self.handler_timeout, handled) => Some(match r {
+                Ok(Ok(result)) => result,
+                Ok(Err(panic)) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    tracing::error!(queue = %self.spec.name, event_id = %event.event_id, panic = %what, "Handler panicked.");
+                    Err(HandlerError::transient(format!("handler panicked: {what}")))
+                }
+                Err(_) => Err(HandlerError::transient(format!(
+                    "handler timed out after {}",
+                    humantime::format_duration(self.handler_timeout)
+                ))),
+            }),
+            _ = self.hard_stop.cancelled() => None,
+        };
+        self.metrics
+            .handler_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.in_flight.dec();
+        result
+    }
+}
+
+/// How many jobs are running, with a way to wait until none is.
+#[derive(Debug, Default)]
+pub(super) struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.clone())
+    }
+
+    /// Returns once no job is running.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+pub(super) struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,155 @@
+//! The worker's counters and histograms, registered for Prometheus and readable by tests.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::settle::Settled;
+
+/// `{queue, outcome}` of a settled delivery.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// The work queue.
+    pub queue: String,
+    /// `ack`, `retry`, `dead`, `requeue` or `lost` (ack not sent; the broker redelivers).
+    pub outcome: &'static str,
+}
+
+/// `{queue}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// The work queue.
+    pub queue: String,
+}
+
+/// Everything the worker counts. Cheap to update from many tasks.
+#[derive(Debug)]
+pub struct WorkerMetrics {
+    /// Settled deliveries by queue and outcome.
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    /// Handler run time in seconds, by queue.
+    pub handler_duration: Family<QueueLabels, Histogram>,
+    /// Handlers running now.
+    pub in_flight: Gauge,
+    /// Now minus the event's `ts`, in seconds, when its handler starts.
+    pub event_lag: Histogram,
+    /// Broker sessions established after the first one.
+    pub reconnects: Counter,
+    /// Broker sessions established.
+    pub sessions: Counter,
+    /// Connected and consuming: what `/readyz` reports.
+    pub ready: std::sync::Arc<crate::metrics::Readiness>,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self {
+            deliveries: Family::default(),
+            handler_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
+            in_flight: Gauge::default(),
+            event_lag: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
+            reconnects: Counter::default(),
+            sessions: Counter::default(),
+            ready: Default::default(),
+        }
+    }
+}
+
+impl WorkerMetrics {
+    /// Registers every metric under the `warren_worker_` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("warren_worker");
+        r.register(
+            "deliveries",
+            "Settled deliveries by queue and outcome (ack, retry, dead, requeue, lost)",
+            self.deliveries.clone(),
+        );
+        r.register(
+            "handler_duration_seconds",
+            "Handler run time",
+            self.handler_duration.clone(),
+        );
+        r.register("in_flight", "Handlers running now", self.in_flight.clone());
+        r.register(
+            "event_lag_seconds",
+            "Now minus the event's ts when its handler starts",
+            self.event_lag.clone(),
+        );
+        r.register(
+            "reconnects",
+            "Broker sessions re-established after a loss",
+            self.reconnects.clone(),
+        );
+    }
+
+    /// Handles on one queue's series, resolved once so the per-message path does not allocate.
+    pub fn for_queue(&self, queue: &str) -> QueueMetrics {
+        let outcome = |outcome| {
+            self.deliveries
+                .get_or_create(&DeliveryLabels {
+                    queue: queue.to_string(),
+                    outcome,
+                })
+                .clone()
+        };
+        QueueMetrics {
+            ack: outcome("ack"),
+            retry: outcome("retry"),
+            dead: outcome("dead"),
+            requeue: outcome("requeue"),
+            lost: outcome("lost"),
+            handler_duration: self
+                .handler_duration
+                .get_or_create(&QueueLabels {
+                    queue: queue.to_string(),
+                })
+                .clone(),
+            in_flight: self.in_flight.clone(),
+            event_lag: self.event_lag.clone(),
+        }
+    }
+
+    /// Deliveries of `queue` settled with `outcome` so far.
+    pub fn count(&self, queue: &str, outcome: &'static str) -> u64 {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                queue: queue.to_string(),
+                outcome,
+            })
+            .get()
+    }
+}
+
+/// One queue's series.
+#[derive(Debug, Clone)]
+pub struct QueueMetrics {
+    ack: Counter,
+    retry: Counter,
+    dead: Counter,
+    requeue: Counter,
+    lost: Counter,
+    /// Handler run time.
+    pub handler_duration: Histogram,
+    /// Handlers running now (shared by all queues).
+    pub in_flight: Gauge,
+    /// Event lag (shared by all queues).
+    pub event_lag: Histogram,
+}
+
+impl QueueMetrics {
+    pub(crate) fn settled(&self, settled: Settled) {
+        match settled {
+            Settled::Acked => &self.ack,
+            Settled::Retried | Settled::Deferred => &self.retry,
+            Settled::DeadLettered => &self.dead,
+            Settled::Requeued => &self.requeue,
+            Settled::Lost => &self.lost,
+        }
+        .inc();
+    }
+}
