@@ -220,9 +220,10 @@ impl FailureHeaders<'_> {
     }
 }
 
-/// For a republished copy (retry tier, DLQ, replay): the original properties, persistent, minus `expiration` (a live-only event must not vanish
-/// from a retry tier or DLQ) and `user_id` (the broker rejects a publish whose user_id is not
-/// the publishing user's).
+/// For a republished copy (retry tier, DLQ, replay): the original properties, persistent,
+/// minus `expiration` (a live-only event must not vanish from a retry tier or DLQ) and
+/// `user_id` (the broker rejects a publish whose user_id is not the publishing user's).
+/// Headers are the caller's to set.
 pub fn republish_properties(p: &BasicProperties) -> BasicProperties {
     let mut out = BasicProperties::default().with_delivery_mode(2);
     if let Some(v) = p.content_type() {

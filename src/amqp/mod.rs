@@ -26,7 +26,7 @@ pub use declare::{
     delete_queue, exchange_exists, field_table, inspect_queue,
 };
 pub use headers::{
-    ErrorKind, FailureHeaders, HeaderValue, XDeath, hdr, header_str, header_u32, header_u64,
+    ErrorKind, FailureHeaders, XDeath, hdr, header_str, header_u32, header_u64,
     is_broker_death_header, republish_properties, set_header, x_death,
 };
 pub use publish::{Confirm, ConfirmWindow, Message, Publisher};
