@@ -95,6 +95,11 @@ pub enum Command {
     /// Simulators for tests and demos.
     #[command(subcommand)]
     Sim(SimCommand),
+    /// See why messages failed and put them back: list, show, stats, replay, purge, export.
+    #[command(subcommand)]
+    Dlq(crate::dlq::DlqCommand),
+    /// Queues of the topology: ready, unacked, consumers, retry tiers and DLQ depth.
+    Status(crate::status::StatusArgs),
 }
 
 /// `warren bridge …`
@@ -286,6 +291,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Worker(args) => worker_command(&cli.global, args).await,
         Command::Bridge(args) => bridge_command(&cli.global, args).await,
         Command::Sim(SimCommand::Upstream(args)) => sim_upstream_command(args).await,
+        Command::Dlq(cmd) => crate::dlq::run(&cli.global, cmd).await,
+        Command::Status(args) => crate::status::run(&cli.global, args).await,
     }
 }
 

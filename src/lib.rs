@@ -11,6 +11,7 @@
 //! - [`bridge`]: upstream WebSocket and webhook ingress onto the events exchange, with confirms
 //!   and a durable resume cursor.
 //! - [`cli`]: the command line (clap), dispatch only.
+//! - [`dlq`]: dead-letter operations: list, show, stats, export, replay, purge.
 //! - [`envelope`]: the upstream event envelope and its validation.
 //! - [`error`]: the crate's error type and exit codes.
 //! - [`handlers`]: the built-in handlers (`log`, `chaos`).
@@ -18,6 +19,7 @@
 //! - [`output`]: tables and JSON on stdout.
 //! - [`shutdown`]: SIGINT/SIGTERM to a cancellation token.
 //! - [`sim`]: simulators for tests and demos: the upstream event stream with fault injection.
+//! - [`status`]: queue depths, unacked and consumers for the whole topology.
 //! - [`telemetry`]: logging to stderr.
 //! - [`topology`]: topology as code: model, validation, plan, declare, export.
 //! - [`worker`]: the consumer loop, the pure `decide()`, the single `settle()`.
@@ -44,6 +46,7 @@ pub mod amqp;
 pub mod backoff;
 pub mod bridge;
 pub mod cli;
+pub mod dlq;
 pub mod envelope;
 pub mod error;
 pub mod handlers;
@@ -51,6 +54,7 @@ pub mod metrics;
 pub mod output;
 pub mod shutdown;
 pub mod sim;
+pub mod status;
 pub mod telemetry;
 pub mod topology;
 pub mod worker;

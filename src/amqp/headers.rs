@@ -220,7 +220,48 @@ impl FailureHeaders<'_> {
     }
 }
 
-fn is_broker_death_header(name: &str) -> bool {
+/// For a republished copy (retry tier, DLQ, replay): the original properties, persistent,
+/// minus `expiration` (a live-only event must not vanish from a retry tier or DLQ) and
+/// `user_id` (the broker rejects a publish whose user_id is not the publishing user's).
+/// Headers are the caller's to set.
+pub fn republish_properties(p: &BasicProperties) -> BasicProperties {
+    let mut out = BasicProperties::default().with_delivery_mode(2);
+    if let Some(v) = p.content_type() {
+        out = out.with_content_type(v.clone());
+    }
+    if let Some(v) = p.content_encoding() {
+        out = out.with_content_encoding(v.clone());
+    }
+    if let Some(v) = p.priority() {
+        out = out.with_priority(*v);
+    }
+    if let Some(v) = p.correlation_id() {
+        out = out.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.reply_to() {
+        out = out.with_reply_to(v.clone());
+    }
+    if let Some(v) = p.message_id() {
+        out = out.with_message_id(v.clone());
+    }
+    if let Some(v) = p.timestamp() {
+        out = out.with_timestamp(*v);
+    }
+    if let Some(v) = p.kind() {
+        out = out.with_type(v.clone());
+    }
+    if let Some(v) = p.app_id() {
+        out = out.with_app_id(v.clone());
+    }
+    if let Some(v) = p.cluster_id() {
+        out = out.with_cluster_id(v.clone());
+    }
+    out
+}
+
+/// True for the headers the broker writes when it dead-letters (`x-death`,
+/// `x-first-death-*`, `x-last-death-*`).
+pub fn is_broker_death_header(name: &str) -> bool {
     name == hdr::X_DEATH || name.starts_with("x-first-death-") || name.starts_with("x-last-death-")
 }
 

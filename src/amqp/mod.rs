@@ -2,6 +2,7 @@
 //! confirms, settling deliveries, and reading warren's headers. Every network await here has
 //! a deadline, because lapin has none of its own.
 
+mod browse;
 mod declare;
 mod headers;
 mod publish;
@@ -19,13 +20,14 @@ pub use lapin::{
     types::FieldTable as Headers,
 };
 
+pub use browse::Snapshot;
 pub use declare::{
     Arg, bind, cancel, channel, close_channel, declare_exchange, declare_queue, delete_exchange,
     delete_queue, exchange_exists, field_table, inspect_queue,
 };
 pub use headers::{
     ErrorKind, FailureHeaders, MAX_ERROR_BYTES, XDeath, hdr, header_str, header_u32, header_u64,
-    set_header, truncate, x_death,
+    is_broker_death_header, republish_properties, set_header, truncate, x_death,
 };
 pub use publish::{Confirm, ConfirmWindow, Message, Publisher};
 pub use url::{AmqpUrl, AmqpUrlError, DEFAULT_AMQP_URL, redact};

@@ -54,6 +54,18 @@ impl AmqpUrl {
         )
     }
 
+    /// The virtual host, decoded (`/` for `%2f`).
+    pub fn vhost(&self) -> &str {
+        &self.uri.vhost
+    }
+
+    /// The user name and password, for a sibling API on the same broker (the management
+    /// plugin). Crate-private: never printed.
+    pub(crate) fn credentials(&self) -> (&str, &str) {
+        let u = &self.uri.authority.userinfo;
+        (&u.username, &u.password)
+    }
+
     /// `host:port`, for messages that should not even show the user.
     pub fn host_port(&self) -> String {
         format!("{}:{}", self.uri.authority.host, self.uri.authority.port)

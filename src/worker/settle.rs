@@ -113,48 +113,10 @@ async fn republish(
             exchange,
             routing_key,
             body: &delivery.data,
-            properties: republish_properties(&delivery.properties).with_headers(headers),
+            properties: amqp::republish_properties(&delivery.properties).with_headers(headers),
             mandatory: true,
         })
         .await
-}
-
-/// The original properties, persistent, minus `expiration` (a live-only event must not vanish
-/// from a retry tier or DLQ) and `user_id` (the broker rejects a publish whose user_id is not
-/// the publishing user's).
-fn republish_properties(p: &amqp::BasicProperties) -> amqp::BasicProperties {
-    let mut out = amqp::BasicProperties::default().with_delivery_mode(2);
-    if let Some(v) = p.content_type() {
-        out = out.with_content_type(v.clone());
-    }
-    if let Some(v) = p.content_encoding() {
-        out = out.with_content_encoding(v.clone());
-    }
-    if let Some(v) = p.priority() {
-        out = out.with_priority(*v);
-    }
-    if let Some(v) = p.correlation_id() {
-        out = out.with_correlation_id(v.clone());
-    }
-    if let Some(v) = p.reply_to() {
-        out = out.with_reply_to(v.clone());
-    }
-    if let Some(v) = p.message_id() {
-        out = out.with_message_id(v.clone());
-    }
-    if let Some(v) = p.timestamp() {
-        out = out.with_timestamp(*v);
-    }
-    if let Some(v) = p.kind() {
-        out = out.with_type(v.clone());
-    }
-    if let Some(v) = p.app_id() {
-        out = out.with_app_id(v.clone());
-    }
-    if let Some(v) = p.cluster_id() {
-        out = out.with_cluster_id(v.clone());
-    }
-    out
 }
 
 async fn ack(delivery: &Delivery, done: Settled) -> Settled {

@@ -405,6 +405,7 @@ impl Drop for Warren {
     }
 }
 
+pub mod dlq;
 pub mod proxy;
 
 pub mod bridge;

@@ -1,0 +1,222 @@
+//! A bounded, non-destructive walk over a queue: take the messages present when the walk starts,
+//! hold them unacked, and put back whatever the caller did not ack, in its original place.
+//!
+//! Classic queues return requeued messages to their original positions and have no delivery
+//! limit, so a walk over a classic DLQ keeps its order and costs nothing. Messages published
+//! after the walk starts are not part of it: the consumer's prefetch never exceeds what is left
+//! of the count taken up front. Consumers take the snapshot in chunks on one channel, so the
+//! client never buffers more than one chunk however long the queue.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Consumer, message::Delivery};
+
+use super::{AmqpError, Connection, inspect_queue, timed};
+
+/// Messages per consumer: the most the client buffers at once.
+const CHUNK: u32 = 10_000;
+
+/// The messages of one queue as they stood when the walk began.
+pub struct Snapshot {
+    queue: String,
+    total: u32,
+    consumers: u32,
+    taken: u32,
+    idle: Duration,
+    incomplete: bool,
+    channel: Option<Channel>,
+    /// The current chunk's consumer, its tag, its prefetch and what is left of it.
+    chunk: Option<(Consumer, String, u16, u32)>,
+}
+
+impl Snapshot {
+    /// Counts `queue`'s ready messages and starts taking them, unacked; `None` if the queue
+    /// does not exist. `idle` bounds the wait for each next message (another consumer may hold
+    /// some).
+    pub async fn open(
+        conn: &Connection,
+        queue: &str,
+        idle: Duration,
+    ) -> Result<Option<Self>, AmqpError> {
+        let Some((total, consumers)) = inspect_queue(conn, queue).await? else {
+            return Ok(None);
+        };
+        let channel = if total == 0 {
+            None
+        } else {
+            Some(timed(|| "open a channel", conn.create_channel()).await?)
+        };
+        Ok(Some(Self {
+            queue: queue.to_string(),
+            total,
+            consumers,
+            taken: 0,
+            idle,
+            incomplete: false,
+            channel,
+            chunk: None,
+        }))
+    }
+
+    /// Messages ready when the walk began.
+    pub fn total(&self) -> u32 {
+        self.total
+    }
+
+    /// Other consumers on the queue when the walk began; they may take messages from under it.
+    pub fn other_consumers(&self) -> u32 {
+        self.consumers
+    }
+
+    /// True while the channel is open (acks can be sent).
+    pub fn is_open(&self) -> bool {
+        self.channel
+            .as_ref()
+            .is_some_and(|c| c.status().connected())
+    }
+
+    /// Messages taken so far.
+    pub fn taken(&self) -> u32 {
+        self.taken
+    }
+
+    /// True when the walk ended before taking [`Snapshot::total`] messages: nothing arrived
+    /// within the idle deadline, because another consumer held them.
+    pub fn incomplete(&self) -> bool {
+        self.incomplete
+    }
+
+    /// The next message of the snapshot, unacked; `None` once every message present at the
+    /// start has been taken (or the idle deadline passed).
+    pub async fn next(&mut self) -> Result<Option<Delivery>, AmqpError> {
+        if self.taken >= self.total || self.incomplete {
+            return Ok(None);
+        }
+        if self.chunk.as_ref().is_none_or(|c| c.3 == 0) {
+            self.next_chunk().await?;
+        }
+        let Some((consumer, _, _, left)) = self.chunk.as_mut() else {
+            return Ok(None);
+        };
+        match tokio::time::timeout(self.idle, consumer.next()).await {
+            Ok(Some(Ok(delivery))) => {
+                self.taken += 1;
+                *left -= 1;
+                Ok(Some(delivery))
+            }
+            Ok(Some(Err(source))) => Err(AmqpError::Broker {
+                op: format!("read queue '{}'", self.queue),
+                source,
+            }),
+            // The broker cancelled the consumer (queue deleted) or the deadline passed.
+            Ok(None) | Err(_) => {
+                self.incomplete = true;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Retires the finished chunk's consumer (its messages stay unacked on the channel) and
+    /// starts one for the next chunk, with a prefetch of exactly what it may take.
+    async fn next_chunk(&mut self) -> Result<(), AmqpError> {
+        let Some(channel) = self.channel.clone() else {
+            return Ok(());
+        };
+        if let Some((consumer, tag, _, _)) = self.chunk.take() {
+            self.cancel(&channel, &tag).await?;
+            drop(consumer);
+        }
+        let n = (self.total - self.taken).min(CHUNK);
+        let prefetch = n as u16;
+        timed(
+            || format!("set prefetch {prefetch} for queue '{}'", self.queue),
+            channel.basic_qos(prefetch, BasicQosOptions { global: false }),
+        )
+        .await?;
+        let tag = format!(
+            "warren-browse-{}-{}",
+            super::identity(),
+            ulid::Ulid::generate()
+        );
+        let consumer = timed(
+            || format!("consume queue '{}'", self.queue),
+            channel.basic_consume(
+                self.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        self.chunk = Some((consumer, tag, prefetch, n));
+        Ok(())
+    }
+
+    async fn cancel(&self, channel: &Channel, tag: &str) -> Result<(), AmqpError> {
+        timed(
+            || format!("cancel the consumer of queue '{}'", self.queue),
+            channel.basic_cancel(tag.into(), BasicCancelOptions::default()),
+        )
+        .await
+    }
+
+    /// Acks `delivery` and waits until the broker has processed the ack: `basic.ack` has no
+    /// reply, so a `basic.qos` round trip on the same channel (processed in order, and a no-op
+    /// for the running consumer) is the barrier. A replay publishes the next message only after
+    /// this, so a kill can leave at most the in-flight window in both queues.
+    pub async fn ack_processed(&self, delivery: &Delivery) -> Result<bool, AmqpError> {
+        if !super::ack(delivery).await? {
+            return Ok(false);
+        }
+        let (Some(channel), Some((_, _, prefetch, _))) =
+            (self.channel.as_ref(), self.chunk.as_ref())
+        else {
+            return Ok(false);
+        };
+        timed(
+            || format!("confirm the ack on queue '{}'", self.queue),
+            channel.basic_qos(*prefetch, BasicQosOptions { global: false }),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Puts every message not acked back in its place (`basic.nack` multiple, requeue, tag 0 =
+    /// all outstanding on the channel) and closes the channel. Dropping a snapshot without
+    /// calling this still requeues everything, when the channel closes.
+    pub async fn release(mut self) -> Result<(), AmqpError> {
+        let Some(channel) = self.channel.take() else {
+            return Ok(());
+        };
+        // Cancelled before it is dropped: a dropped live consumer cancels itself in the
+        // background, racing the channel close below.
+        if let Some((consumer, tag, _, _)) = self.chunk.take()
+            && channel.status().connected()
+        {
+            let _ = self.cancel(&channel, &tag).await;
+            drop(consumer);
+        }
+        let result = timed(
+            || format!("requeue the walked messages of queue '{}'", self.queue),
+            channel.basic_nack(
+                0,
+                BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                },
+            ),
+        )
+        .await;
+        if channel.status().connected() {
+            timed(
+                || format!("close the channel reading queue '{}'", self.queue),
+                channel.close(200, "walk done".into()),
+            )
+            .await?;
+        }
+        result
+    }
+}

@@ -1,0 +1,186 @@
+//! The RabbitMQ management HTTP API, for the one figure AMQP cannot give: unacked messages.
+//! Credentials come from the management URL or else the AMQP URL, and are never printed.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::amqp::{AmqpUrl, redact};
+
+/// Deadline for one management request; stats are a nicety, `status` must not hang on them.
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A client for one broker's management API.
+pub struct Management {
+    client: reqwest::Client,
+    base: url::Url,
+    user: String,
+    password: String,
+    vhost: String,
+}
+
+/// Why the management API gave no figure.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagementError {
+    /// The flag's value is not an http(s) URL.
+    #[error("--management-url / RABBITMQ_MANAGEMENT_URL: {0}")]
+    Url(String),
+    /// The request failed or was refused.
+    #[error("management API at {url}: {reason}")]
+    Unavailable {
+        /// The base URL, password redacted.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct QueueInfo {
+    messages_unacknowledged: Option<u64>,
+}
+
+impl Management {
+    /// A client for `management_url`, authenticating as the URL's user or the AMQP URL's.
+    pub fn new(management_url: &str, amqp: &AmqpUrl) -> Result<Self, ManagementError> {
+        let mut base = url::Url::parse(management_url)
+            .map_err(|e| ManagementError::Url(format!("{}: {e}", redact(management_url))))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(ManagementError::Url(format!(
+                "{}: the scheme must be http or https",
+                redact(management_url)
+            )));
+        }
+        let (amqp_user, amqp_password) = amqp.credentials();
+        let (user, password) = if base.username().is_empty() {
+            (amqp_user.to_string(), amqp_password.to_string())
+        } else {
+            let decode = |s: &str| percent_decode(s);
+            (
+                decode(base.username()),
+                decode(base.password().unwrap_or("")),
+            )
+        };
+        let _ = base.set_username("");
+        let _ = base.set_password(None);
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .build()
+            .map_err(|e| ManagementError::Url(e.to_string()))?;
+        Ok(Self {
+            client,
+            base,
+            user,
+            password,
+            vhost: amqp.vhost().to_string(),
+        })
+    }
+
+    /// The base URL as shown to people (never with credentials).
+    pub fn shown(&self) -> String {
+        self.base.to_string()
+    }
+
+    /// Unacked messages of `queue`; `Ok(None)` when the queue does not exist or the broker has
+    /// no figure yet (stats lag a few seconds).
+    pub async fn unacked(&self, queue: &str) -> Result<Option<u64>, ManagementError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|_| ManagementError::Url(format!("{} cannot be a base URL", self.shown())))?
+            .pop_if_empty()
+            .extend(["api", "queues", &self.vhost, queue]);
+        let fail = |reason: String| ManagementError::Unavailable {
+            url: self.shown(),
+            reason,
+        };
+        let response = self
+            .client
+            .get(url)
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .map_err(|e| fail(plain_reason(&e)))?;
+        match response.status() {
+            s if s.is_success() => {}
+            reqwest::StatusCode::NOT_FOUND => return Ok(None),
+            reqwest::StatusCode::UNAUTHORIZED => {
+                return Err(fail(format!("401 unauthorized for user '{}'", self.user)));
+            }
+            s => return Err(fail(format!("HTTP {s}"))),
+        }
+        let info: QueueInfo = response
+            .json()
+            .await
+            .map_err(|e| fail(format!("unexpected answer: {e}")))?;
+        Ok(info.messages_unacknowledged)
+    }
+}
+
+/// reqwest's messages repeat the full URL; keep the innermost cause.
+fn plain_reason(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return format!("no answer within {}s", TIMEOUT.as_secs());
+    }
+    if e.is_connect() {
+        return "connection refused or unreachable (is the rabbitmq_management plugin enabled?)"
+            .into();
+    }
+    let mut cause = "request failed".to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    cause
+}
+
+/// Decodes `%XX` escapes of a URL's user or password.
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(h << 4 | l);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_come_from_the_management_url_or_the_amqp_url() {
+        let amqp: AmqpUrl = "amqp://bob:s3cr3t@h:5672/%2f".parse().unwrap();
+        let m = Management::new("http://127.0.0.1:15672", &amqp).unwrap();
+        assert_eq!(
+            (m.user.as_str(), m.password.as_str(), m.vhost.as_str()),
+            ("bob", "s3cr3t", "/")
+        );
+        let m = Management::new("https://ops:p%40ss@mgmt.example/rabbit/", &amqp).unwrap();
+        assert_eq!((m.user.as_str(), m.password.as_str()), ("ops", "p@ss"));
+        assert!(
+            !m.shown().contains("p%40ss") && !m.shown().contains("ops"),
+            "{}",
+            m.shown()
+        );
+        let err = Management::new("ftp://x:secret@h/", &amqp)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!err.contains("secret"), "{err}");
+    }
+}
