@@ -167,7 +167,9 @@ mod tests {
             (
                 Err(HandlerError::Unavailable("circuit open".into())),
                 2,
-                Disposition::Requeue,
+                Disposition::Defer {
+                    delay: Duration::from_secs(1),
+                },
             ),
             // Retry-After picks the smallest tier at least that long.
             (
