@@ -11,8 +11,10 @@
 //! - [`cli`]: the command line (clap), dispatch only.
 //! - [`envelope`]: the upstream event envelope and its validation.
 //! - [`error`]: the crate's error type and exit codes.
-//! - [`handlers`]: the built-in handlers (`log`, `chaos`).
+//! - [`handlers`]: the built-in handlers (`log`, `chaos`, `http`, `trader`).
+//! - [`http`]: downstream calls: idempotency keys, the error taxonomy, retries, status checks.
 //! - [`output`]: tables and JSON on stdout.
+//! - [`sim`]: simulated peers: the downstream trading API (`warren sim api`).
 //! - [`shutdown`]: SIGINT/SIGTERM to a cancellation token.
 //! - [`telemetry`]: logging to stderr.
 //! - [`topology`]: topology as code: model, validation, plan, declare, export.
@@ -42,8 +44,10 @@ pub mod cli;
 pub mod envelope;
 pub mod error;
 pub mod handlers;
+pub mod http;
 pub mod output;
 pub mod shutdown;
+pub mod sim;
 pub mod telemetry;
 pub mod topology;
 pub mod worker;

@@ -19,8 +19,7 @@ pub use lapin::{
 };
 
 pub use headers::{
-    ErrorKind, FailureHeaders, XDeath, header_str, header_u32, header_u64, hdr, set_header,
-    x_death,
+    ErrorKind, FailureHeaders, XDeath, hdr, header_str, header_u32, header_u64, set_header, x_death,
 };
 pub use publish::{Confirm, ConfirmWindow, Message, Publisher};
 pub use url::{AmqpUrl, AmqpUrlError, DEFAULT_AMQP_URL, redact};
@@ -93,8 +92,7 @@ impl AmqpError {
 
     /// True when the broker closed the channel with 404 NOT_FOUND.
     pub fn is_not_found(&self) -> bool {
-        self.reply_text()
-            .is_some_and(|t| t.contains("NOT_FOUND"))
+        self.reply_text().is_some_and(|t| t.contains("NOT_FOUND"))
     }
 }
 
@@ -195,7 +193,9 @@ pub async fn consume(
 pub async fn ack(delivery: &Delivery) -> Result<bool, AmqpError> {
     timed(
         || "ack",
-        delivery.acker.ack(lapin::options::BasicAckOptions::default()),
+        delivery
+            .acker
+            .ack(lapin::options::BasicAckOptions::default()),
     )
     .await
 }

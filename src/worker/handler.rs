@@ -75,9 +75,6 @@ pub trait Handler: Send + Sync + 'static {
     fn name(&self) -> &str;
 
     /// Handles one event.
-    fn handle(
-        &self,
-        event: &Envelope,
-        ctx: &Context,
-    ) -> impl Future<Output = HandlerResult> + Send;
+    fn handle(&self, event: &Envelope, ctx: &Context)
+    -> impl Future<Output = HandlerResult> + Send;
 }
