@@ -9,7 +9,7 @@
 //! - `GET /operations/{key}` → 200 `{state: "committed", status, body, …}`, 409 while in
 //!   flight, 404 if the key was never committed
 //! - `GET /ledger` → effects per key: counts, body hashes, event ids, stored responses
-//! - `GET /requests[?key=K]` → every request with its arrival time and answer
+//! - `GET /requests[?key=K]` → every request with its arrival time and answer (the last million)
 //! - `GET /positions` → open positions; `GET /health`
 //!
 //! # Idempotency (IETF `Idempotency-Key` draft)
@@ -89,8 +89,11 @@ pub async fn run(
     let addr = listener.local_addr().ok();
     let app = Arc::new(routes::App::new(settings, shutdown.clone()));
     tracing::info!(addr = ?addr, "Simulated API serving.");
-    axum::serve(listener, routes::router(app))
+    let served = axum::serve(listener, routes::router(app.clone()))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
-        .map_err(|e| Error::Other(format!("simulated API on {addr:?}: {e}")))
+        .map_err(|e| Error::Other(format!("simulated API on {addr:?}: {e}")));
+    let (effects, posts, keys) = app.totals();
+    tracing::info!(effects, posts, keys, "Simulated API stopped.");
+    served
 }

@@ -29,6 +29,12 @@ pub(super) struct App {
 }
 
 impl App {
+    /// (effects, POSTs, keys) so far.
+    pub(super) fn totals(&self) -> (u64, u64, usize) {
+        let l = self.store().ledger();
+        (l.effects, l.posts, l.keys.len())
+    }
+
     pub(super) fn new(settings: ApiSettings, shutdown: CancellationToken) -> Self {
         let faults = FaultPlan::new(
             settings.seed,

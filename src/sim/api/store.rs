@@ -1,7 +1,7 @@
 //! The simulated API's memory: the idempotency store (key → in flight or stored response), the
 //! ledger of committed effects, and a log of every request with its time, for tests to audit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -112,12 +112,16 @@ pub struct Ledger {
     pub keys: Vec<LedgerEntry>,
 }
 
+/// Requests kept in the log; older ones are dropped so a long demo run stays bounded.
+pub const MAX_LOGGED_REQUESTS: usize = 1_000_000;
+
 /// Everything the server remembers, behind one mutex.
 #[derive(Debug)]
 pub struct Store {
     keys: HashMap<String, KeyRecord>,
     book: Book,
-    log: Vec<RequestRecord>,
+    log: VecDeque<RequestRecord>,
+    logged: u64,
     effects: u64,
     posts: u64,
 }
@@ -128,29 +132,37 @@ impl Store {
         Self {
             keys: HashMap::new(),
             book: Book::new(seed),
-            log: Vec::new(),
+            log: VecDeque::new(),
+            logged: 0,
             effects: 0,
             posts: 0,
         }
     }
 
-    /// Logs a request; returns its log index (to record the answer).
-    pub fn arrived(&mut self, method: &'static str, path: &str, key: &str, at_ms: u64) -> usize {
-        let seq = self.log.len() as u64 + 1;
-        self.log.push(RequestRecord {
-            seq,
+    /// Logs a request; returns its sequence number (to record the answer).
+    pub fn arrived(&mut self, method: &'static str, path: &str, key: &str, at_ms: u64) -> u64 {
+        self.logged += 1;
+        if self.log.len() >= MAX_LOGGED_REQUESTS {
+            self.log.pop_front();
+        }
+        self.log.push_back(RequestRecord {
+            seq: self.logged,
             at_ms,
             method,
             path: path.to_string(),
             key: key.to_string(),
             status: 0,
         });
-        self.log.len() - 1
+        self.logged
     }
 
-    /// Records the status answered to request `index`.
-    pub fn answered(&mut self, index: usize, status: u16) {
-        if let Some(r) = self.log.get_mut(index) {
+    /// Records the status answered to request `seq`.
+    pub fn answered(&mut self, seq: u64, status: u16) {
+        let first = self.logged + 1 - self.log.len() as u64;
+        if let Some(r) = seq
+            .checked_sub(first)
+            .and_then(|i| self.log.get_mut(i as usize))
+        {
             r.status = status;
         }
     }
