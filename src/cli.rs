@@ -391,9 +391,13 @@ async fn worker_command(global: &GlobalArgs, args: WorkerArgs) -> Result<u8> {
         (HandlerName::Trader, _) => 1,
         (_, n) => n.unwrap_or(16),
     };
+    let topology = args.topology.load()?;
+    if args.handler == HandlerName::Trader {
+        warn_unfit_for_trading(&topology, &args.queues);
+    }
     let settings = WorkerSettings {
         url: global.url()?,
-        topology: args.topology.load()?,
+        topology,
         queues: args.queues,
         prefetch: args.prefetch,
         concurrency: concurrency as usize,
@@ -408,6 +412,18 @@ async fn worker_command(global: &GlobalArgs, args: WorkerArgs) -> Result<u8> {
     )
     .await?;
     Ok(0)
+}
+
+/// The trader's state is per process: say so when a queue cannot keep ticks in order or stale.
+fn warn_unfit_for_trading(topology: &Topology, queues: &[String]) {
+    for spec in queues.iter().filter_map(|q| topology.queue(q).ok()) {
+        if !spec.single_active_consumer {
+            tracing::warn!(queue = %spec.name, "Trading queue without single_active_consumer: several traders would split each pair's ticks.");
+        }
+        if spec.message_ttl.is_none() {
+            tracing::warn!(queue = %spec.name, "Trading queue without message_ttl: stale ticks cannot be recognised.");
+        }
+    }
 }
 
 fn build_handler(args: &WorkerArgs) -> Result<Builtin> {

@@ -228,6 +228,70 @@ async fn stale_ticks_are_never_traded_on() {
     t.cleanup(&conn).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_when_the_active_trader_dies() {
+    // The standby gets whatever the active one left unacked, then the whole second half.
+    let sim = Sim::start(ApiSettings {
+        latency: Duration::from_millis(30),
+        ..Default::default()
+    })
+    .await;
+    let t = TestTopology::new("trader-standby", TOPOLOGY);
+    let conn = support::connect().await;
+    t.apply(&conn).await;
+    let messages = downstream::envelopes(&TickWalk::new(9, PAIRS).ticks(200));
+    let (first, second) = messages.split_at(messages.len() / 2);
+    let mut active = Warren::spawn(
+        &trader_args(&t, &sim.base),
+        &t.dir().join("active.log"),
+        &[],
+    );
+    downstream::publish_typed(&conn, &t, first).await;
+    // Once the first worker is consuming (and so holds the queue), start the standby.
+    support::eventually(
+        Duration::from_secs(30),
+        "the active trader trades",
+        || async { sim.ledger().await.effects >= 1 },
+    )
+    .await;
+    let standby = Warren::spawn(
+        &trader_args(&t, &sim.base),
+        &t.dir().join("standby.log"),
+        &[],
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    active.kill9();
+    downstream::publish_typed(&conn, &t, second).await;
+    settled(&conn, &t, "trading", Duration::from_secs(60)).await;
+
+    let dlq = t.topology.queue("trading").unwrap().dlq();
+    assert_eq!(
+        support::queue_len(&conn, &dlq).await,
+        0,
+        "nothing dead-lettered"
+    );
+    let ledger = sim.ledger().await;
+    assert!(ledger.keys.iter().all(|k| k.effects <= 1), "no key twice");
+    // Only the standby saw the second half: trades decided by it prove it took over.
+    let later: std::collections::HashSet<&str> = second.iter().map(|(id, _)| id.as_str()).collect();
+    let by_standby = ledger
+        .committed()
+        .iter()
+        .filter(|k| k.event_id.as_deref().is_some_and(|id| later.contains(id)))
+        .count();
+    assert!(
+        by_standby >= 1,
+        "the standby traded after the failover:\n{}",
+        standby.log_text()
+    );
+    eprintln!(
+        "{} ticks, {} effects, {by_standby} decided by the standby",
+        messages.len(),
+        ledger.effects
+    );
+    t.cleanup(&conn).await;
+}
+
 #[test]
 fn the_trader_refuses_concurrency_above_one() {
     let t = TestTopology::new("trader-usage", TOPOLOGY);
