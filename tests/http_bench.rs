@@ -107,7 +107,7 @@ async fn http_handler_throughput() {
     let http = through_worker(
         "bench-http",
         &["--handler", "http", "--url", &sim.url("/events")],
-        || async { sim.ledger().await.effects as usize >= N },
+        || async { sim.effects().await as usize >= N },
     )
     .await;
     assert_eq!(sim.ledger().await.effects as usize, N);

@@ -53,6 +53,7 @@ async fn same_key_same_body_replays_the_stored_response() {
 
     let ledger = sim.ledger().await;
     assert_eq!(ledger.effects, 1);
+    assert_eq!(sim.effects().await, 1, "/stats agrees");
     let k = &ledger.keys[0];
     assert_eq!((k.effects, k.posts, k.path.as_str()), (1, 2, "/trade/open"));
 

@@ -9,6 +9,7 @@
 //! - `GET /operations/{key}` → 200 `{state: "committed", status, body, …}`, 409 while in
 //!   flight, 404 if the key was never committed
 //! - `GET /ledger` → effects per key: counts, body hashes, event ids, stored responses
+//! - `GET /stats` → `{effects, posts, keys, requests}`, cheap to poll
 //! - `GET /requests[?key=K]` → every request with its arrival time and answer (the last million)
 //! - `GET /positions` → open positions; `GET /health`
 //!
@@ -41,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use faults::{Fault, FaultPlan, FaultRates};
 pub use ops::{Endpoint, Position};
-pub use store::{Ledger, LedgerEntry, RequestRecord, Stored};
+pub use store::{Ledger, LedgerEntry, RequestRecord, Stats, Stored};
 
 use crate::error::Error;
 use crate::http::Token;
@@ -93,7 +94,12 @@ pub async fn run(
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .map_err(|e| Error::Other(format!("simulated API on {addr:?}: {e}")));
-    let (effects, posts, keys) = app.totals();
-    tracing::info!(effects, posts, keys, "Simulated API stopped.");
+    let stats = app.stats();
+    tracing::info!(
+        effects = stats.effects,
+        posts = stats.posts,
+        keys = stats.keys,
+        "Simulated API stopped."
+    );
     served
 }

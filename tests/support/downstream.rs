@@ -115,6 +115,13 @@ impl Sim {
         self.get_json("/ledger").await
     }
 
+    /// `GET /stats`: effects so far, cheap enough to poll.
+    pub async fn effects(&self) -> u64 {
+        self.get_json::<serde_json::Value>("/stats").await["effects"]
+            .as_u64()
+            .expect("effects")
+    }
+
     /// `GET /requests[?key=]`.
     pub async fn requests(&self, key: Option<&str>) -> Vec<RequestView> {
         #[derive(Deserialize)]

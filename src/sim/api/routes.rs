@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::ApiSettings;
 use super::faults::{Fault, FaultPlan};
 use super::ops::{Endpoint, Op};
-use super::store::{Begin, Lookup, Store};
+use super::store::{Begin, Lookup, Stats, Store};
 
 /// Shared server state.
 pub(super) struct App {
@@ -29,10 +29,9 @@ pub(super) struct App {
 }
 
 impl App {
-    /// (effects, POSTs, keys) so far.
-    pub(super) fn totals(&self) -> (u64, u64, usize) {
-        let l = self.store().ledger();
-        (l.effects, l.posts, l.keys.len())
+    /// The ledger's totals so far.
+    pub(super) fn stats(&self) -> Stats {
+        self.store().stats()
     }
 
     pub(super) fn new(settings: ApiSettings, shutdown: CancellationToken) -> Self {
@@ -77,6 +76,7 @@ pub(super) fn router(app: Arc<App>) -> Router {
         .route("/events", post(events))
         .route("/operations/{key}", get(operation))
         .route("/ledger", get(ledger))
+        .route("/stats", get(stats))
         .route("/requests", get(requests))
         .route("/positions", get(positions))
         .route("/health", get(|| async { "ok" }))
@@ -245,6 +245,10 @@ async fn operation(
 async fn ledger(State(app): State<Arc<App>>) -> Response {
     let ledger = app.store().ledger();
     reply(200, serde_json::to_value(ledger).unwrap_or_default())
+}
+
+async fn stats(State(app): State<Arc<App>>) -> Response {
+    reply(200, serde_json::to_value(app.stats()).unwrap_or_default())
 }
 
 async fn requests(

@@ -115,6 +115,19 @@ pub struct Ledger {
 /// Requests kept in the log; older ones are dropped so a long demo run stays bounded.
 pub const MAX_LOGGED_REQUESTS: usize = 1_000_000;
 
+/// `GET /stats`: the ledger's totals, cheap to poll.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Stats {
+    /// Effects committed, all keys.
+    pub effects: u64,
+    /// POSTs received, all keys.
+    pub posts: u64,
+    /// Keys seen.
+    pub keys: usize,
+    /// Requests received (POSTs and status checks).
+    pub requests: u64,
+}
+
 /// Everything the server remembers, behind one mutex.
 #[derive(Debug)]
 pub struct Store {
@@ -250,6 +263,16 @@ impl Store {
             KeyState::Committed(s) => Lookup::Committed(s.clone(), record.event_id.clone()),
             KeyState::InFlight => Lookup::InFlight,
             KeyState::Open => Lookup::NotFound,
+        }
+    }
+
+    /// `GET /stats`.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            effects: self.effects,
+            posts: self.posts,
+            keys: self.keys.len(),
+            requests: self.logged,
         }
     }
 
