@@ -290,16 +290,10 @@ async fn topology_command(global: &GlobalArgs, cmd: TopologyCommand) -> Result<u
                         status: format!("{:?}", i.status).to_lowercase(),
                     })))
                     .map_err(stdout_error)?;
-                    tracing::info!(
-                        created = report.created(),
-                        total = report.items.len(),
-                        "Topology applied."
-                    );
+                    tracing::info!(created = report.created(), total = report.items.len(), "Topology applied.");
                 }
                 OutputFormat::Json => output::print_json(&report).map_err(stdout_error)?,
-                OutputFormat::Ndjson => {
-                    output::print_ndjson(&report.items).map_err(stdout_error)?
-                }
+                OutputFormat::Ndjson => output::print_ndjson(&report.items).map_err(stdout_error)?,
             }
             Ok(0)
         }
@@ -316,23 +310,15 @@ async fn topology_command(global: &GlobalArgs, cmd: TopologyCommand) -> Result<u
                             details: e.kind.to_string(),
                         })
                         .collect();
-                    rows.extend(plan.queues.iter().map(|q| {
-                        ShowRow {
-                            object: format!(
-                                "queue ({})",
-                                serde_json::to_value(q.role)
-                                    .ok()
-                                    .and_then(|v| v.as_str().map(str::to_string))
-                                    .unwrap_or_default()
-                            ),
-                            name: q.name.clone(),
-                            details: q
-                                .arguments
-                                .iter()
-                                .map(|(k, v)| format!("{k}={v}"))
-                                .collect::<Vec<_>>()
-                                .join("\n"),
-                        }
+                    rows.extend(plan.queues.iter().map(|q| ShowRow {
+                        object: format!("queue ({})", serde_json::to_value(q.role).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
+                        name: q.name.clone(),
+                        details: q
+                            .arguments
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join("\n"),
                     }));
                     rows.extend(plan.bindings.iter().map(|b| ShowRow {
                         object: "binding".into(),
@@ -352,11 +338,9 @@ async fn topology_command(global: &GlobalArgs, cmd: TopologyCommand) -> Result<u
             out,
         } => {
             let defs = topology.load()?.plan().definitions(&vhost);
-            let text =
-                serde_json::to_string_pretty(&defs).map_err(|e| Error::Other(e.to_string()))?;
+            let text = serde_json::to_string_pretty(&defs).map_err(|e| Error::Other(e.to_string()))?;
             match out {
-                Some(path) => std::fs::write(&path, text + "\n")
-                    .map_err(|source| Error::Io { path, source })?,
+                Some(path) => std::fs::write(&path, text + "\n").map_err(|source| Error::Io { path, source })?,
                 None => output::print_text(&text).map_err(stdout_error)?,
             }
             Ok(0)
@@ -364,8 +348,7 @@ async fn topology_command(global: &GlobalArgs, cmd: TopologyCommand) -> Result<u
         TopologyCommand::Delete { topology, yes } => {
             if !yes {
                 return Err(Error::Usage(
-                    "topology delete removes every queue with its messages; pass -y to confirm"
-                        .into(),
+                    "topology delete removes every queue with its messages; pass -y to confirm".into(),
                 ));
             }
             let t = topology.load()?;
@@ -404,13 +387,7 @@ async fn worker_command(global: &GlobalArgs, args: WorkerArgs) -> Result<u8> {
         drain_timeout: args.drain_timeout,
     };
     let shutdown: CancellationToken = crate::shutdown::on_signals();
-    worker::run(
-        settings,
-        handler,
-        Arc::new(worker::Stats::default()),
-        shutdown,
-    )
-    .await?;
+    worker::run(settings, handler, Arc::new(worker::Stats::default()), shutdown).await?;
     Ok(0)
 }
 

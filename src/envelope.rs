@@ -83,10 +83,7 @@ impl Envelope {
 
         let event_id: String = field(raw.event_id, "eventId")?;
         if ulid::Ulid::from_string(&event_id).is_err() {
-            return Err(invalid(
-                "eventId",
-                format!("'{}' is not a ULID", clip(&event_id)),
-            ));
+            return Err(invalid("eventId", format!("'{}' is not a ULID", clip(&event_id))));
         }
         let event_type: String = field(raw.event_type, "type")?;
         if !is_event_type(&event_type) {
@@ -105,10 +102,7 @@ impl Envelope {
         }
         let ts: u64 = field(raw.ts, "ts")?;
         if ts == 0 {
-            return Err(invalid(
-                "ts",
-                "must be a positive epoch-milliseconds integer".into(),
-            ));
+            return Err(invalid("ts", "must be a positive epoch-milliseconds integer".into()));
         }
         Ok(Envelope {
             event_id,
@@ -164,8 +158,12 @@ fn field<'a, T: Deserialize<'a>>(
     name: &'static str,
 ) -> Result<T, EnvelopeError> {
     let raw = raw.ok_or(EnvelopeError::Missing(name))?;
-    serde_json::from_str(raw.get())
-        .map_err(|_| invalid(name, format!("unexpected value {}", clip(raw.get()))))
+    serde_json::from_str(raw.get()).map_err(|_| {
+        invalid(
+            name,
+            format!("unexpected value {}", clip(raw.get())),
+        )
+    })
 }
 
 fn invalid(field: &'static str, reason: String) -> EnvelopeError {
@@ -198,10 +196,7 @@ mod tests {
     #[test]
     fn each_defect_names_its_field() {
         let cases: &[(&str, &str)] = &[
-            (
-                r#"{"type":"a.b","agentId":"x","payload":{},"ts":1}"#,
-                "eventId",
-            ),
+            (r#"{"type":"a.b","agentId":"x","payload":{},"ts":1}"#, "eventId"),
             (
                 r#"{"eventId":"nope","type":"a.b","agentId":"x","payload":{},"ts":1}"#,
                 "eventId",
@@ -235,37 +230,19 @@ mod tests {
 
     #[test]
     fn rejects_non_json_non_utf8_and_oversized_frames() {
-        assert!(matches!(
-            Envelope::parse(b"hello"),
-            Err(EnvelopeError::NotJson(_))
-        ));
-        assert_eq!(
-            Envelope::parse(&[0xff, 0xfe]).unwrap_err(),
-            EnvelopeError::NotUtf8
-        );
+        assert!(matches!(Envelope::parse(b"hello"), Err(EnvelopeError::NotJson(_))));
+        assert_eq!(Envelope::parse(&[0xff, 0xfe]).unwrap_err(), EnvelopeError::NotUtf8);
         let big = vec![b' '; MAX_ENVELOPE_BYTES + 1];
-        assert!(matches!(
-            Envelope::parse(&big),
-            Err(EnvelopeError::TooLarge(_))
-        ));
+        assert!(matches!(Envelope::parse(&big), Err(EnvelopeError::TooLarge(_))));
     }
 
     #[test]
     fn idempotency_keys_are_deterministic_and_distinct() {
         let k = idempotency_key("01HZ9K3M2Q7WB5VN8PXCT4YRDJ", "http", "post");
-        assert_eq!(
-            k,
-            idempotency_key("01HZ9K3M2Q7WB5VN8PXCT4YRDJ", "http", "post")
-        );
+        assert_eq!(k, idempotency_key("01HZ9K3M2Q7WB5VN8PXCT4YRDJ", "http", "post"));
         assert_eq!(k.len(), 64);
-        assert_ne!(
-            k,
-            idempotency_key("01HZ9K3M2Q7WB5VN8PXCT4YRDJ", "http", "close")
-        );
-        assert_ne!(
-            idempotency_key("ab", "c", ""),
-            idempotency_key("a", "bc", "")
-        );
+        assert_ne!(k, idempotency_key("01HZ9K3M2Q7WB5VN8PXCT4YRDJ", "http", "close"));
+        assert_ne!(idempotency_key("ab", "c", ""), idempotency_key("a", "bc", ""));
     }
 
     #[test]
@@ -273,15 +250,7 @@ mod tests {
         for ok in ["market.tick", "wallet.low_balance", "job.failed2"] {
             assert!(is_event_type(ok), "{ok}");
         }
-        for bad in [
-            "market",
-            "market.",
-            ".tick",
-            "Market.tick",
-            "a.b.c",
-            "a.b c",
-            "",
-        ] {
+        for bad in ["market", "market.", ".tick", "Market.tick", "a.b.c", "a.b c", ""] {
             assert!(!is_event_type(bad), "{bad}");
         }
     }

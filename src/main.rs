@@ -8,10 +8,7 @@ use warren::cli::{self, Cli};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     warren::telemetry::init(cli.global.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -33,9 +33,7 @@ pub fn print_json<T: Serialize + ?Sized>(value: &T) -> std::io::Result<()> {
 }
 
 /// Writes each value as one JSON line to stdout.
-pub fn print_ndjson<'a, T: Serialize + 'a>(
-    values: impl IntoIterator<Item = &'a T>,
-) -> std::io::Result<()> {
+pub fn print_ndjson<'a, T: Serialize + 'a>(values: impl IntoIterator<Item = &'a T>) -> std::io::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for v in values {
         serde_json::to_writer(&mut out, v)?;

@@ -129,11 +129,7 @@ fn value_u64(v: &AMQPValue) -> Option<u64> {
 }
 
 /// Sets one header in a map, as a long string or a 64-bit integer.
-pub fn set_header(
-    map: &mut BTreeMap<ShortString, AMQPValue>,
-    name: &str,
-    value: impl Into<HeaderValue>,
-) {
+pub fn set_header(map: &mut BTreeMap<ShortString, AMQPValue>, name: &str, value: impl Into<HeaderValue>) {
     let v = match value.into() {
         HeaderValue::Str(s) => AMQPValue::LongString(LongString::from(s)),
         HeaderValue::Int(n) => AMQPValue::LongLongInt(n),
@@ -290,10 +286,7 @@ mod tests {
         let mut map = BTreeMap::new();
         set_header(&mut map, hdr::TRACEPARENT, "00-abc-def-01");
         set_header(&mut map, hdr::FIRST_FAILED_AT, "2026-01-01T00:00:00.000Z");
-        map.insert(
-            hdr::X_DEATH.into(),
-            AMQPValue::FieldArray(Default::default()),
-        );
+        map.insert(hdr::X_DEATH.into(), AMQPValue::FieldArray(Default::default()));
         set_header(&mut map, "x-first-death-queue", "q");
         let existing = FieldTable::from(map);
 
@@ -305,21 +298,12 @@ mod tests {
             attempt: 2,
             not_before_ms: None,
         }
-        .apply(
-            Some(&existing),
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1),
-        );
+        .apply(Some(&existing), SystemTime::UNIX_EPOCH + Duration::from_secs(1));
         let props = BasicProperties::default().with_headers(out);
 
         assert_eq!(header_str(&props, hdr::TRACEPARENT), Some("00-abc-def-01"));
-        assert_eq!(
-            header_str(&props, hdr::FIRST_FAILED_AT),
-            Some("2026-01-01T00:00:00.000Z")
-        );
-        assert_eq!(
-            header_str(&props, hdr::LAST_FAILED_AT),
-            Some("1970-01-01T00:00:01.000Z")
-        );
+        assert_eq!(header_str(&props, hdr::FIRST_FAILED_AT), Some("2026-01-01T00:00:00.000Z"));
+        assert_eq!(header_str(&props, hdr::LAST_FAILED_AT), Some("1970-01-01T00:00:01.000Z"));
         assert_eq!(header_u32(&props, hdr::ATTEMPT), 2);
         assert_eq!(header_str(&props, hdr::ERROR_KIND), Some("transient"));
         assert_eq!(header_str(&props, hdr::ORIGIN_QUEUE), Some("pf.trading"));
@@ -346,12 +330,7 @@ mod tests {
 
     #[test]
     fn error_kinds_round_trip() {
-        for k in [
-            ErrorKind::Transient,
-            ErrorKind::Permanent,
-            ErrorKind::Exhausted,
-            ErrorKind::Invalid,
-        ] {
+        for k in [ErrorKind::Transient, ErrorKind::Permanent, ErrorKind::Exhausted, ErrorKind::Invalid] {
             assert_eq!(k.as_str().parse::<ErrorKind>().unwrap(), k);
         }
         assert!("bogus".parse::<ErrorKind>().unwrap_err().contains("bogus"));

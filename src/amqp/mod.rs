@@ -19,7 +19,8 @@ pub use lapin::{
 };
 
 pub use headers::{
-    ErrorKind, FailureHeaders, XDeath, hdr, header_str, header_u32, header_u64, set_header, x_death,
+    ErrorKind, FailureHeaders, XDeath, header_str, header_u32, header_u64, hdr, set_header,
+    x_death,
 };
 pub use publish::{Confirm, ConfirmWindow, Message, Publisher};
 pub use url::{AmqpUrl, AmqpUrlError, DEFAULT_AMQP_URL, redact};
@@ -92,7 +93,8 @@ impl AmqpError {
 
     /// True when the broker closed the channel with 404 NOT_FOUND.
     pub fn is_not_found(&self) -> bool {
-        self.reply_text().is_some_and(|t| t.contains("NOT_FOUND"))
+        self.reply_text()
+            .is_some_and(|t| t.contains("NOT_FOUND"))
     }
 }
 
@@ -193,9 +195,7 @@ pub async fn consume(
 pub async fn ack(delivery: &Delivery) -> Result<bool, AmqpError> {
     timed(
         || "ack",
-        delivery
-            .acker
-            .ack(lapin::options::BasicAckOptions::default()),
+        delivery.acker.ack(lapin::options::BasicAckOptions::default()),
     )
     .await
 }

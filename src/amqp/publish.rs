@@ -67,13 +67,7 @@ impl Publisher {
 
     /// Sends a message and returns its pending confirm without waiting for it.
     pub async fn send(&self, msg: Message<'_>) -> Result<Confirm, AmqpError> {
-        let target = || {
-            format!(
-                "'{}' with routing key '{}'",
-                exchange_name(msg.exchange),
-                msg.routing_key
-            )
-        };
+        let target = || format!("'{}' with routing key '{}'", exchange_name(msg.exchange), msg.routing_key);
         let confirm = timed(
             || format!("publish to {}", target()),
             self.channel.basic_publish(
@@ -108,11 +102,7 @@ impl Publisher {
 }
 
 fn exchange_name(e: &str) -> &str {
-    if e.is_empty() {
-        "(default exchange)"
-    } else {
-        e
-    }
+    if e.is_empty() { "(default exchange)" } else { e }
 }
 
 /// A sent message whose confirm has not been checked yet.

@@ -122,11 +122,7 @@ mod tests {
     #[test]
     fn password_never_shows() {
         let url: AmqpUrl = "amqp://bob:s3cr3t-canary@broker:5672/%2f".parse().unwrap();
-        for shown in [
-            format!("{url}"),
-            format!("{url:?}"),
-            url.redacted().to_string(),
-        ] {
+        for shown in [format!("{url}"), format!("{url:?}"), url.redacted().to_string()] {
             assert!(!shown.contains("s3cr3t-canary"), "{shown}");
             assert!(shown.contains("bob:***@broker"), "{shown}");
         }

@@ -68,10 +68,7 @@ impl Handler for ChaosHandler {
     }
 
     async fn handle(&self, event: &Envelope, ctx: &Context) -> HandlerResult {
-        let directive = event
-            .payload_as::<Payload>()
-            .map(|p| p.chaos)
-            .unwrap_or_default();
+        let directive = event.payload_as::<Payload>().map(|p| p.chaos).unwrap_or_default();
         if directive.sleep_ms > 0 {
             tokio::time::sleep(Duration::from_millis(directive.sleep_ms)).await;
         }
@@ -86,18 +83,14 @@ impl Handler for ChaosHandler {
             "ok" => Ok(()),
             "transient" => Err(HandlerError::transient("chaos: transient failure")),
             "permanent" => Err(HandlerError::permanent("chaos: permanent failure")),
-            "unavailable" => Err(HandlerError::Unavailable(
-                "chaos: downstream unavailable".into(),
-            )),
+            "unavailable" => Err(HandlerError::Unavailable("chaos: downstream unavailable".into())),
             "retry_after" => Err(HandlerError::retry_after(
                 Duration::from_millis(directive.retry_after_ms.unwrap_or(1000)),
                 "chaos: throttled",
             )),
             "panic" => panic!("chaos: handler panic for {}", event.event_id),
             "abort" => std::process::abort(),
-            other => Err(HandlerError::permanent(format!(
-                "chaos: unknown action '{other}'"
-            ))),
+            other => Err(HandlerError::permanent(format!("chaos: unknown action '{other}'"))),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Downstream HTTP calls done safely: idempotency keys, the error taxonomy, in-process retries
 //! with full jitter, and status checks by key.
 //!
-//! [`classify`] is the taxonomy as pure tables; [`client`] is the pooled client that applies it.
+//! [`mod@classify`] is the taxonomy as pure tables; [`client`] is the pooled client that applies it.
 
 pub mod classify;
 pub mod client;

@@ -4,15 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use lapin::options::{
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 use serde::Serialize;
 
-use super::TopologyError;
 use super::plan::{Arg, Plan};
+use super::TopologyError;
 use crate::amqp::{AmqpError, timed};
 use crate::error::Error;
 
@@ -68,10 +66,7 @@ pub async fn apply(conn: &Connection, plan: &Plan) -> Result<ApplyReport, Error>
             ch.exchange_declare(
                 e.name.as_str().into(),
                 kind(e.kind),
-                ExchangeDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
+                ExchangeDeclareOptions { passive: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await
@@ -82,10 +77,7 @@ pub async fn apply(conn: &Connection, plan: &Plan) -> Result<ApplyReport, Error>
             channel.exchange_declare(
                 e.name.as_str().into(),
                 kind(e.kind),
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
                 FieldTable::default(),
             ),
         )
@@ -113,10 +105,7 @@ pub async fn apply(conn: &Connection, plan: &Plan) -> Result<ApplyReport, Error>
         let existed = exists(conn, |ch| async move {
             ch.queue_declare(
                 q.name.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
+                QueueDeclareOptions { passive: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await
@@ -127,10 +116,7 @@ pub async fn apply(conn: &Connection, plan: &Plan) -> Result<ApplyReport, Error>
             || format!("declare queue '{}'", q.name),
             channel.queue_declare(
                 q.name.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
+                QueueDeclareOptions { durable: true, ..Default::default() },
                 field_table(&q.arguments),
             ),
         )
@@ -154,12 +140,7 @@ pub async fn apply(conn: &Connection, plan: &Plan) -> Result<ApplyReport, Error>
 
     for b in &plan.bindings {
         timed(
-            || {
-                format!(
-                    "bind queue '{}' to '{}' with '{}'",
-                    b.queue, b.exchange, b.routing_key
-                )
-            },
+            || format!("bind queue '{}' to '{}' with '{}'", b.queue, b.exchange, b.routing_key),
             channel.queue_bind(
                 b.queue.as_str().into(),
                 b.exchange.as_str().into(),
@@ -239,11 +220,7 @@ fn item(kind: &'static str, name: &str, existed: bool) -> ApplyItem {
     ApplyItem {
         kind,
         name: name.to_string(),
-        status: if existed {
-            ItemStatus::Unchanged
-        } else {
-            ItemStatus::Created
-        },
+        status: if existed { ItemStatus::Unchanged } else { ItemStatus::Created },
     }
 }
 
@@ -298,13 +275,7 @@ fn describe_mismatch(queue: &str, wanted: &BTreeMap<&'static str, Arg>, reply: &
         .unwrap_or_else(|| "not set".into());
     let via_policy = matches!(
         arg,
-        "x-message-ttl"
-            | "x-max-length"
-            | "x-delivery-limit"
-            | "x-expires"
-            | "x-overflow"
-            | "x-dead-letter-exchange"
-            | "x-dead-letter-routing-key"
+        "x-message-ttl" | "x-max-length" | "x-delivery-limit" | "x-expires" | "x-overflow" | "x-dead-letter-exchange" | "x-dead-letter-routing-key"
     );
     let mut msg = format!(
         "queue '{queue}': argument '{arg}' is {in_file} in the topology file but {current} on the broker. \
@@ -331,9 +302,7 @@ fn humanize_value(v: &str) -> String {
     if v.starts_with("none") {
         return "not set".into();
     }
-    between(v, "'", "'")
-        .map(str::to_string)
-        .unwrap_or_else(|| v.to_string())
+    between(v, "'", "'").map(str::to_string).unwrap_or_else(|| v.to_string())
 }
 
 #[cfg(test)]
@@ -347,10 +316,7 @@ mod tests {
         let reply = "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'pf.trading' in vhost '/': received the value '5' of type 'long' but current is the value '10' of type 'long'";
         let m = describe_mismatch("pf.trading", &wanted, reply);
         assert!(m.contains("queue 'pf.trading'"), "{m}");
-        assert!(
-            m.contains("'x-delivery-limit' is 5 in the topology file but 10 on the broker"),
-            "{m}"
-        );
+        assert!(m.contains("'x-delivery-limit' is 5 in the topology file but 10 on the broker"), "{m}");
         assert!(m.contains("rabbitmqctl delete_queue pf.trading"), "{m}");
         assert!(!m.contains("PRECONDITION_FAILED"), "{m}");
     }
@@ -361,9 +327,6 @@ mod tests {
         wanted.insert("x-max-length", Arg::Int(7));
         let reply = "PRECONDITION_FAILED - inequivalent arg 'x-max-length' for queue 'q' in vhost '/': received the value '7' of type 'long' but current is none";
         let m = describe_mismatch("q", &wanted, reply);
-        assert!(
-            m.contains("is 7 in the topology file but not set on the broker"),
-            "{m}"
-        );
+        assert!(m.contains("is 7 in the topology file but not set on the broker"), "{m}");
     }
 }

@@ -229,10 +229,7 @@ impl Topology {
                 .try_into()
                 .map_err(|e: toml::de::Error| invalid(format!("{label}: {}", toml_message(&e))))?;
             validate_options(&q.options, &label).map_err(invalid)?;
-            queues.push(
-                resolve_queue(q, &model.defaults, prefix)
-                    .map_err(|m| invalid(format!("{label}: {m}")))?,
-            );
+            queues.push(resolve_queue(q, &model.defaults, prefix).map_err(|m| invalid(format!("{label}: {m}")))?);
         }
         if queues.is_empty() {
             return Err(invalid("no [[queues]] declared".into()));
@@ -251,10 +248,7 @@ impl Topology {
                     "events.live_only: '{t}' is not an event type (domain.name)"
                 )));
             }
-            if !queues
-                .iter()
-                .any(|q| q.bind.iter().any(|p| topic_matches(p, t)))
-            {
+            if !queues.iter().any(|q| q.bind.iter().any(|p| topic_matches(p, t))) {
                 return Err(invalid(format!(
                     "events.live_only: '{t}' is not bound to any queue"
                 )));
@@ -269,14 +263,9 @@ impl Topology {
         let topology = Topology {
             source: path.to_path_buf(),
             prefix: prefix.to_string(),
-            events_exchange: prefixed(prefix, &model.exchanges.events, "exchanges.events")
+            events_exchange: prefixed(prefix, &model.exchanges.events, "exchanges.events").map_err(invalid)?,
+            dead_letter_exchange: prefixed(prefix, &model.exchanges.dead_letter, "exchanges.dead_letter")
                 .map_err(invalid)?,
-            dead_letter_exchange: prefixed(
-                prefix,
-                &model.exchanges.dead_letter,
-                "exchanges.dead_letter",
-            )
-            .map_err(invalid)?,
             live_only: model.events.live_only.into_iter().collect(),
             live_ttl,
             queues,
@@ -315,11 +304,8 @@ impl Topology {
 
     /// Every DLQ in the topology, with the origin it collects from.
     pub fn dlqs(&self) -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = self
-            .queues
-            .iter()
-            .map(|q| (q.name.clone(), q.dlq()))
-            .collect();
+        let mut v: Vec<(String, String)> =
+            self.queues.iter().map(|q| (q.name.clone(), q.dlq())).collect();
         v.push((self.events_exchange.clone(), self.ingress_dlq()));
         v
     }
@@ -421,9 +407,8 @@ fn validate_options(o: &QueueOptions, label: &str) -> Result<(), String> {
 }
 
 fn parse_duration(s: &str, field: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| {
-        format!("field '{field}': '{s}' is not a duration like 500ms, 10s or 1m ({e})")
-    })?;
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("field '{field}': '{s}' is not a duration like 500ms, 10s or 1m ({e})"))?;
     if d < Duration::from_millis(1) {
         return Err(format!("field '{field}': must be at least 1ms"));
     }
@@ -440,14 +425,10 @@ fn prefixed(prefix: &str, name: &str, field: &str) -> Result<String, String> {
     let full = format!("{prefix}{name}");
     // Leave room for the longest derived suffix (".retry.<delay>", ".dlq").
     if full.len() > 200 {
-        return Err(format!(
-            "field '{field}': '{full}' is longer than 200 bytes"
-        ));
+        return Err(format!("field '{field}': '{full}' is longer than 200 bytes"));
     }
     if name.starts_with("amq.") {
-        return Err(format!(
-            "field '{field}': names starting with 'amq.' are reserved by RabbitMQ"
-        ));
+        return Err(format!("field '{field}': names starting with 'amq.' are reserved by RabbitMQ"));
     }
     Ok(full)
 }
@@ -456,9 +437,7 @@ fn prefixed(prefix: &str, name: &str, field: &str) -> Result<String, String> {
 pub fn is_topic_pattern(p: &str) -> bool {
     !p.is_empty()
         && p.split('.').all(|w| {
-            w == "*"
-                || w == "#"
-                || (!w.is_empty() && !w.contains(['*', '#']) && !w.contains(char::is_whitespace))
+            w == "*" || w == "#" || (!w.is_empty() && !w.contains(['*', '#']) && !w.contains(char::is_whitespace))
         })
 }
 

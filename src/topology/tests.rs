@@ -33,10 +33,7 @@ fn the_shipped_topology_is_valid() {
     let trading = t.queue("pf.trading").unwrap();
     assert!(trading.single_active_consumer);
     assert_eq!(trading.message_ttl, Some(Duration::from_secs(30)));
-    assert_eq!(
-        trading.retry_queue(Duration::from_secs(60)),
-        "pf.trading.retry.1m"
-    );
+    assert_eq!(trading.retry_queue(Duration::from_secs(60)), "pf.trading.retry.1m");
 }
 
 #[test]
@@ -53,10 +50,7 @@ fn defaults_apply_and_queues_override_them() {
     let other = &t.queues[1];
     assert_eq!(other.max_attempts, 2);
     assert_eq!(other.retry_delays, [Duration::from_millis(500)]);
-    assert_eq!(
-        other.retry_queue(Duration::from_millis(500)),
-        "other.retry.500ms"
-    );
+    assert_eq!(other.retry_queue(Duration::from_millis(500)), "other.retry.500ms");
 }
 
 #[test]
@@ -99,20 +93,13 @@ fn bad_values_name_the_field() {
 
 #[test]
 fn duplicate_and_dangling_names_are_errors() {
-    let e = err(&format!(
-        "{MINIMAL}\n[[queues]]\nname = \"work\"\nbind = [\"b\"]\n"
-    ));
+    let e = err(&format!("{MINIMAL}\n[[queues]]\nname = \"work\"\nbind = [\"b\"]\n"));
     assert!(e.contains("'work' is used twice"), "{e}");
-    let e = err(&format!(
-        "[events]\nlive_only = [\"x.y\"]\nlive_ttl = \"1s\"\n{MINIMAL}"
-    ));
+    let e = err(&format!("[events]\nlive_only = [\"x.y\"]\nlive_ttl = \"1s\"\n{MINIMAL}"));
     assert!(e.contains("'x.y' is not bound to any queue"), "{e}");
     let t = parse(MINIMAL).unwrap();
     let e = t.queue("nope").unwrap_err().to_string();
-    assert!(
-        e.contains("queue 'nope' is not in topology/test.toml (known queues: work)"),
-        "{e}"
-    );
+    assert!(e.contains("queue 'nope' is not in topology/test.toml (known queues: work)"), "{e}");
 }
 
 #[test]
@@ -124,44 +111,21 @@ fn the_prefix_applies_to_every_name_but_not_to_binding_keys() {
     let plan = t.plan();
     assert!(plan.queues.iter().all(|q| q.name.starts_with("t1.")));
     assert!(plan.bindings.iter().any(|b| b.routing_key == "a.*"));
-    assert!(
-        plan.bindings
-            .iter()
-            .any(|b| b.routing_key == "t1.work" && b.queue == "t1.work.dlq")
-    );
+    assert!(plan.bindings.iter().any(|b| b.routing_key == "t1.work" && b.queue == "t1.work.dlq"));
 }
 
 #[test]
 fn work_queues_always_carry_a_dead_letter_exchange_and_a_delivery_limit() {
     let plan = parse(MINIMAL).unwrap().plan();
     let work = plan.queues.iter().find(|q| q.name == "work").unwrap();
-    assert_eq!(
-        work.arguments["x-dead-letter-exchange"],
-        Arg::Str("ev.dlx".into())
-    );
+    assert_eq!(work.arguments["x-dead-letter-exchange"], Arg::Str("ev.dlx".into()));
     assert_eq!(work.arguments["x-delivery-limit"], Arg::Int(10));
-    assert_eq!(
-        work.arguments["x-dead-letter-strategy"],
-        Arg::Str("at-least-once".into())
-    );
-    assert_eq!(
-        work.arguments["x-overflow"],
-        Arg::Str("reject-publish".into())
-    );
-    let tier = plan
-        .queues
-        .iter()
-        .find(|q| q.name == "work.retry.10s")
-        .unwrap();
+    assert_eq!(work.arguments["x-dead-letter-strategy"], Arg::Str("at-least-once".into()));
+    assert_eq!(work.arguments["x-overflow"], Arg::Str("reject-publish".into()));
+    let tier = plan.queues.iter().find(|q| q.name == "work.retry.10s").unwrap();
     assert_eq!(tier.arguments["x-message-ttl"], Arg::Int(10_000));
-    assert_eq!(
-        tier.arguments["x-dead-letter-exchange"],
-        Arg::Str(String::new())
-    );
-    assert_eq!(
-        tier.arguments["x-dead-letter-routing-key"],
-        Arg::Str("work".into())
-    );
+    assert_eq!(tier.arguments["x-dead-letter-exchange"], Arg::Str(String::new()));
+    assert_eq!(tier.arguments["x-dead-letter-routing-key"], Arg::Str("work".into()));
     let dlq = plan.queues.iter().find(|q| q.name == "work.dlq").unwrap();
     assert_eq!(dlq.arguments["x-queue-type"], Arg::Str("classic".into()));
     assert!(plan.queues.iter().any(|q| q.name == "ev.dlq"));
@@ -172,14 +136,8 @@ fn tiers_are_chosen_by_requested_delay() {
     let t = parse(MINIMAL).unwrap();
     let q = &t.queues[0];
     assert_eq!(q.tier_for(Duration::ZERO), Some(Duration::from_secs(1)));
-    assert_eq!(
-        q.tier_for(Duration::from_secs(2)),
-        Some(Duration::from_secs(10))
-    );
-    assert_eq!(
-        q.tier_for(Duration::from_secs(600)),
-        Some(Duration::from_secs(60))
-    );
+    assert_eq!(q.tier_for(Duration::from_secs(2)), Some(Duration::from_secs(10)));
+    assert_eq!(q.tier_for(Duration::from_secs(600)), Some(Duration::from_secs(60)));
 }
 
 #[test]
@@ -188,10 +146,7 @@ fn topic_matching_follows_rabbitmq() {
     assert!(!topic_matches("market.*", "market.tick.x"));
     assert!(topic_matches("escrow.#", "escrow.released"));
     assert!(topic_matches("#", "a.b"));
-    assert!(topic_matches(
-        "wallet.balance_changed",
-        "wallet.balance_changed"
-    ));
+    assert!(topic_matches("wallet.balance_changed", "wallet.balance_changed"));
     assert!(!topic_matches("job.#", "jobs.x"));
 }
 

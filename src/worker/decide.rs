@@ -157,11 +157,7 @@ mod tests {
                     attempt: 1,
                 },
             ),
-            (
-                Err(HandlerError::Unavailable("circuit open".into())),
-                2,
-                Disposition::Requeue,
-            ),
+            (Err(HandlerError::Unavailable("circuit open".into())), 2, Disposition::Requeue),
             // Retry-After picks the smallest tier at least that long.
             (
                 Err(HandlerError::retry_after(Duration::from_secs(5), "boom")),
@@ -176,11 +172,7 @@ mod tests {
             ),
         ];
         for (result, attempt, want) in cases {
-            assert_eq!(
-                decide(&result, attempt, &q, now),
-                want,
-                "{result:?} at attempt {attempt}"
-            );
+            assert_eq!(decide(&result, attempt, &q, now), want, "{result:?} at attempt {attempt}");
         }
     }
 
@@ -189,14 +181,7 @@ mod tests {
         let mut q = queue();
         q.max_attempts = 1;
         let d = decide(&Err(HandlerError::transient("x")), 0, &q, 0);
-        assert!(matches!(
-            d,
-            Disposition::DeadLetter {
-                kind: ErrorKind::Exhausted,
-                attempt: 1,
-                ..
-            }
-        ));
+        assert!(matches!(d, Disposition::DeadLetter { kind: ErrorKind::Exhausted, attempt: 1, .. }));
     }
 
     #[test]
@@ -204,15 +189,11 @@ mod tests {
         let q = queue();
         assert_eq!(
             defer(Some(10_000 + 240_000), &q, 10_000),
-            Some(Disposition::Defer {
-                delay: Duration::from_secs(60)
-            })
+            Some(Disposition::Defer { delay: Duration::from_secs(60) })
         );
         assert_eq!(
             defer(Some(10_000 + 5_000), &q, 10_000),
-            Some(Disposition::Defer {
-                delay: Duration::from_secs(10)
-            })
+            Some(Disposition::Defer { delay: Duration::from_secs(10) })
         );
         assert_eq!(defer(Some(9_000), &q, 10_000), None);
         assert_eq!(defer(None, &q, 10_000), None);

@@ -75,6 +75,9 @@ pub trait Handler: Send + Sync + 'static {
     fn name(&self) -> &str;
 
     /// Handles one event.
-    fn handle(&self, event: &Envelope, ctx: &Context)
-    -> impl Future<Output = HandlerResult> + Send;
+    fn handle(
+        &self,
+        event: &Envelope,
+        ctx: &Context,
+    ) -> impl Future<Output = HandlerResult> + Send;
 }

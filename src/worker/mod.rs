@@ -95,9 +95,7 @@ pub async fn run<H: Handler>(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     if settings.queues.is_empty() {
-        return Err(Error::Usage(
-            "worker: give at least one queue with -q".into(),
-        ));
+        return Err(Error::Usage("worker: give at least one queue with -q".into()));
     }
     let specs = settings
         .queues
@@ -202,12 +200,7 @@ impl<H: Handler> Worker<H> {
     /// Starts (or restarts) the consumer for queue `i`; QoS is set before `basic.consume`.
     async fn subscribe(&self, s: &mut Session, i: usize) -> Result<(), Error> {
         let spec = &self.specs[i];
-        let tag = format!(
-            "warren-{}-{}-{}",
-            amqp::identity(),
-            spec.name,
-            ulid::Ulid::generate()
-        );
+        let tag = format!("warren-{}-{}-{}", amqp::identity(), spec.name, ulid::Ulid::generate());
         let (channel, consumer) =
             amqp::consume(&s.consume_conn, &spec.name, self.prefetch(spec), &tag).await?;
         let stream = consumer
@@ -317,12 +310,7 @@ impl<H: Handler> Worker<H> {
 
     /// Runs a redelivered message alone: pause every consumer, let everything else settle,
     /// then handle the suspects one by one, then resume.
-    async fn isolate(
-        &self,
-        s: &mut Session,
-        first_queue: usize,
-        first: Delivery,
-    ) -> Result<(), Error> {
+    async fn isolate(&self, s: &mut Session, first_queue: usize, first: Delivery) -> Result<(), Error> {
         tracing::debug!(queue = %self.specs[first_queue].name, "Redelivered message; running it alone.");
         let mut suspects = VecDeque::from([(first_queue, first)]);
         self.pause_all(s, &mut suspects).await?;
@@ -369,9 +357,7 @@ impl<H: Handler> Worker<H> {
                     }
                 }
                 Item::Delivery(_, Err(error)) => {
-                    return Err(Error::Other(format!(
-                        "consumer failed while pausing: {error}"
-                    )));
+                    return Err(Error::Other(format!("consumer failed while pausing: {error}")));
                 }
                 Item::Ended(_) => {}
             }
@@ -488,12 +474,7 @@ impl<H: Handler> Job<H> {
 
     /// Runs the handler, turning a panic into a transient failure. `None` when the drain
     /// deadline stopped it.
-    async fn call(
-        &self,
-        event: &Envelope,
-        delivery: &Delivery,
-        attempt: u32,
-    ) -> Option<HandlerResult> {
+    async fn call(&self, event: &Envelope, delivery: &Delivery, attempt: u32) -> Option<HandlerResult> {
         let ctx = Context {
             queue: self.spec.name.clone(),
             attempt,

@@ -75,15 +75,9 @@ pub async fn settle(
                 not_before_ms: None,
             }
             .apply(delivery.properties.headers().as_ref(), SystemTime::now());
-            republish(
-                delivery,
-                publisher,
-                dead_letter_exchange,
-                &queue.name,
-                headers,
-            )
-            .await
-            .map(|()| Settled::DeadLettered)
+            republish(delivery, publisher, dead_letter_exchange, &queue.name, headers)
+                .await
+                .map(|()| Settled::DeadLettered)
         }
     };
     match republished {
@@ -158,10 +152,7 @@ async fn ack(delivery: &Delivery, done: Settled) -> Settled {
     match amqp::ack(delivery).await {
         Ok(true) => done,
         Ok(false) => {
-            tracing::warn!(
-                delivery_tag = delivery.delivery_tag,
-                "Ack not sent (channel closed); the broker will redeliver."
-            );
+            tracing::warn!(delivery_tag = delivery.delivery_tag, "Ack not sent (channel closed); the broker will redeliver.");
             Settled::Lost
         }
         Err(error) => {
@@ -176,10 +167,7 @@ pub(crate) async fn requeue(delivery: &Delivery) -> Settled {
     match amqp::requeue(delivery).await {
         Ok(true) => Settled::Requeued,
         Ok(false) => {
-            tracing::warn!(
-                delivery_tag = delivery.delivery_tag,
-                "Nack not sent (channel closed); the broker will redeliver."
-            );
+            tracing::warn!(delivery_tag = delivery.delivery_tag, "Nack not sent (channel closed); the broker will redeliver.");
             Settled::Lost
         }
         Err(error) => {

@@ -26,17 +26,12 @@ pub fn url() -> AmqpUrl {
 
 /// A connection for the test itself.
 pub async fn connect() -> Connection {
-    amqp::connect(&url(), "test", "driver")
-        .await
-        .expect("broker reachable")
+    amqp::connect(&url(), "test", "driver").await.expect("broker reachable")
 }
 
 /// A prefix no other test (or earlier run) uses, e.g. `t-retry-01J….`.
 pub fn unique_prefix(test: &str) -> String {
-    format!(
-        "t-{test}-{}.",
-        ulid::Ulid::generate().to_string().to_lowercase()
-    )
+    format!("t-{test}-{}.", ulid::Ulid::generate().to_string().to_lowercase())
 }
 
 /// A test topology: fast retry tiers, short expiry, two queues bound to overlapping keys.
@@ -98,11 +93,7 @@ impl TestTopology {
 
     /// The full name of a queue from the file.
     pub fn queue(&self, name: &str) -> String {
-        self.topology
-            .queue(name)
-            .expect("queue in test topology")
-            .name
-            .clone()
+        self.topology.queue(name).expect("queue in test topology").name.clone()
     }
 
     /// `-f <file> --prefix <prefix>`, for the binary.
@@ -150,16 +141,9 @@ pub fn now_ms() -> u64 {
 }
 
 /// Publishes raw bodies with confirms, as the bridge would (persistent, message_id = id).
-pub async fn publish(
-    conn: &Connection,
-    exchange: &str,
-    routing_key: &str,
-    messages: &[(String, Vec<u8>)],
-) {
+pub async fn publish(conn: &Connection, exchange: &str, routing_key: &str, messages: &[(String, Vec<u8>)]) {
     let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
     for (id, body) in messages {
         let confirm = ch
             .basic_publish(
@@ -179,10 +163,7 @@ pub async fn publish(
             .expect("publish");
         let c = confirm.await.expect("confirm");
         assert!(c.is_ack(), "broker nacked a test publish");
-        assert!(
-            c.take_message().is_none(),
-            "test publish to {exchange}/{routing_key} was unroutable"
-        );
+        assert!(c.take_message().is_none(), "test publish to {exchange}/{routing_key} was unroutable");
     }
     let _ = ch.close(200, "ok".into()).await;
 }
@@ -195,19 +176,14 @@ pub async fn publish_events(
     payload: serde_json::Value,
     n: usize,
 ) -> Vec<String> {
-    let msgs: Vec<_> = (0..n)
-        .map(|_| envelope(event_type, payload.clone()))
-        .collect();
+    let msgs: Vec<_> = (0..n).map(|_| envelope(event_type, payload.clone())).collect();
     publish(conn, &t.topology.events_exchange, event_type, &msgs).await;
     msgs.into_iter().map(|(id, _)| id).collect()
 }
 
 /// Ready messages in a queue.
 pub async fn queue_len(conn: &Connection, queue: &str) -> u32 {
-    amqp::queue_depth(conn, queue)
-        .await
-        .expect("queue exists")
-        .0
+    amqp::queue_depth(conn, queue).await.expect("queue exists").0
 }
 
 /// Takes every message out of a queue (acking each) and returns them in order.
@@ -219,11 +195,7 @@ pub async fn drain(conn: &Connection, queue: &str) -> Vec<lapin::message::Delive
         .await
         .expect("basic.get")
     {
-        m.delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .expect("ack");
+        m.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
         out.push(m.delivery);
     }
     let _ = ch.close(200, "ok".into()).await;
@@ -248,45 +220,26 @@ where
 
 /// Runs `rabbitmqctl` and returns stdout.
 pub fn rabbitmqctl(args: &[&str]) -> String {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl runs");
+    assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `messages_unacknowledged` of one queue, straight from the queue process.
 pub fn unacked(queue: &str) -> u64 {
-    rabbitmqctl(&[
-        "list_queues",
-        "-q",
-        "--no-table-headers",
-        "name",
-        "messages_unacknowledged",
-    ])
-    .lines()
-    .filter_map(|l| l.split_once('\t'))
-    .find(|(name, _)| *name == queue)
-    .and_then(|(_, n)| n.trim().parse().ok())
-    .unwrap_or(0)
+    rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name", "messages_unacknowledged"])
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .find(|(name, _)| *name == queue)
+        .and_then(|(_, n)| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Closes every broker connection opened by OS process `pid` (its connection names carry
 /// `host:pid`), leaving other tests' connections alone.
 pub fn close_connections_of(pid: u32) -> usize {
     let needle = format!(":{pid} ");
-    let listing = rabbitmqctl(&[
-        "list_connections",
-        "-q",
-        "--no-table-headers",
-        "pid",
-        "name",
-    ]);
+    let listing = rabbitmqctl(&["list_connections", "-q", "--no-table-headers", "pid", "name"]);
     let mut closed = 0;
     for line in listing.lines() {
         if let Some((conn_pid, name)) = line.split_once('\t')
@@ -353,10 +306,7 @@ impl Warren {
             }
             if start.elapsed() > timeout {
                 self.kill9();
-                panic!(
-                    "warren did not exit within {timeout:?}; log:\n{}",
-                    self.log_text()
-                );
+                panic!("warren did not exit within {timeout:?}; log:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
