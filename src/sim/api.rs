@@ -87,13 +87,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     settings.rates.validate().map_err(Error::Usage)?;
-    let addr = listener.local_addr().ok();
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let app = Arc::new(routes::App::new(settings, shutdown.clone()));
-    tracing::info!(addr = ?addr, "Simulated API serving.");
+    tracing::info!(addr = %addr, "Simulated API serving.");
     let served = axum::serve(listener, routes::router(app.clone()))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
-        .map_err(|e| Error::Other(format!("simulated API on {addr:?}: {e}")));
+        .map_err(|e| Error::Other(format!("simulated API on {addr}: {e}")));
     let stats = app.stats();
     tracing::info!(
         effects = stats.effects,
