@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{self, AmqpUrl};
 use crate::error::{Error, Result};
-use crate::handlers::{Builtin, ChaosHandler, LogHandler};
+use crate::handlers::{Builtin, ChaosHandler, HttpHandler, LogHandler, TraderHandler};
+use crate::http::{ClientSettings, HttpClient, StatusUrl, Token};
 use crate::output::{self, OutputFormat};
 use crate::telemetry::LogFormat;
 use crate::topology::{self, DEFAULT_TOPOLOGY_FILE, Topology};
@@ -83,6 +84,8 @@ impl TopologyArgs {
 }
 
 /// The nouns.
+// Parsed once per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Declare, print or export the exchanges, queues and bindings in the topology file.
@@ -155,6 +158,51 @@ pub struct BridgeArgs {
 pub enum SimCommand {
     /// A simulated upstream: WebSocket event stream with replay and fault injection.
     Upstream(SimUpstreamArgs),
+    /// A simulated downstream trading API with idempotency keys and deterministic faults.
+    ///
+    /// Prints `listening on ADDR` as its first stdout line. Set WARREN_SIM_API_TOKEN to require
+    /// `Authorization: Bearer <token>`.
+    Api(SimApiArgs),
+}
+
+/// `warren sim api …`
+#[derive(Debug, Args)]
+pub struct SimApiArgs {
+    /// Address to listen on; port 0 picks a free port (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Seeds every fault decision, position id and P&L: the same seed, the same run.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Share of requests answered 500 before doing anything.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Share of requests answered 429 with Retry-After before doing anything.
+    #[arg(long, default_value_t = 0.0)]
+    pub throttle_rate: f64,
+    /// The Retry-After sent with a 429 (rounded up to whole seconds).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub retry_after: Duration,
+    /// Share of requests whose effect is committed, then answered 504 (or left hanging, see
+    /// --hang-ms).
+    #[arg(long, default_value_t = 0.0)]
+    pub ambiguous_rate: f64,
+    /// How long half of the ambiguous requests hang before their 504 (make it longer than the
+    /// client's timeout); 0: never hang.
+    #[arg(long, default_value_t = 0)]
+    pub hang_ms: u64,
+    /// Share of requests answered 409 while a duplicate of them is processed in the background.
+    #[arg(long, default_value_t = 0.0)]
+    pub conflict_rate: f64,
+    /// Share of idempotency keys whose every request is rejected with 422.
+    #[arg(long, default_value_t = 0.0)]
+    pub reject_rate: f64,
+    /// Processing time of every POST, during which its key is in flight.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Only a key's first N requests can be faulted, so no key fails forever.
+    #[arg(long, default_value_t = 3)]
+    pub max_faults_per_key: u32,
 }
 
 /// `warren sim upstream …`
@@ -251,6 +299,12 @@ pub enum HandlerName {
     Log,
     /// Test/demo handler driven by the event's `payload.chaos` (sleep, fail, panic, abort).
     Chaos,
+    /// POST each event's envelope to --url with an idempotency key; map the answer with the
+    /// error taxonomy. Bearer token from WARREN_HTTP_TOKEN.
+    Http,
+    /// The momentum trader against the trading API at --api (needs --concurrency 1 and a
+    /// single-active-consumer queue).
+    Trader,
 }
 
 /// `warren worker …`
@@ -264,9 +318,9 @@ pub struct WorkerArgs {
     /// Unacked deliveries per consumer [default: the queue's prefetch in the topology].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: Option<u16>,
-    /// Handlers running at once, across all queues.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub concurrency: u32,
+    /// Handlers running at once, across all queues [default: 16; 1 for the trader].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: Option<u32>,
     /// The handler to run.
     #[arg(long, value_enum, default_value_t = HandlerName::Log)]
     pub handler: HandlerName,
@@ -282,6 +336,52 @@ pub struct WorkerArgs {
     /// chaos handler: append `<eventId> <attempt> <start|outcome> <epoch_ms>` lines to this file.
     #[arg(long)]
     pub record: Option<PathBuf>,
+    #[command(flatten)]
+    pub downstream: DownstreamArgs,
+}
+
+/// Where the `http` and `trader` handlers send their calls, and how patiently.
+#[derive(Debug, Clone, Args)]
+pub struct DownstreamArgs {
+    /// http handler: the URL each event is POSTed to.
+    #[arg(long)]
+    pub url: Option<url::Url>,
+    /// trader handler: the trading API's base URL (`<api>/trade/open`, `<api>/trade/close`).
+    #[arg(long)]
+    pub api: Option<url::Url>,
+    /// Status-check URL template; `{key}` becomes the idempotency key. A 200 means committed,
+    /// a 404 unknown [default: <origin of --url or --api>/operations/{key}].
+    #[arg(long)]
+    pub status_url: Option<String>,
+    /// Time allowed to connect to the downstream.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// Time allowed for one downstream request; longer is an ambiguous outcome (status check).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Downstream calls per delivery (short, jittered) before the queue's retry tiers take over.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub http_tries: u32,
+}
+
+impl DownstreamArgs {
+    /// The pooled client for a downstream at `base`.
+    fn client(&self, base: &url::Url) -> Result<HttpClient> {
+        let status = match &self.status_url {
+            Some(t) => {
+                StatusUrl::parse(t).map_err(|e| Error::Usage(format!("--status-url: {e}")))?
+            }
+            None => StatusUrl::for_api(base),
+        };
+        let settings = ClientSettings {
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            tries: self.http_tries,
+            ..ClientSettings::default()
+        };
+        let token = Token::from_env(crate::handlers::http::TOKEN_ENV);
+        HttpClient::new(settings, status, token).map_err(Error::Other)
+    }
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -293,6 +393,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Sim(SimCommand::Upstream(args)) => sim_upstream_command(args).await,
         Command::Dlq(cmd) => crate::dlq::run(&cli.global, cmd).await,
         Command::Status(args) => crate::status::run(&cli.global, args).await,
+        Command::Sim(SimCommand::Api(args)) => sim_api_command(args).await,
     }
 }
 
@@ -496,16 +597,27 @@ async fn topology_command(global: &GlobalArgs, cmd: TopologyCommand) -> Result<u
 }
 
 async fn worker_command(global: &GlobalArgs, args: WorkerArgs) -> Result<u8> {
-    let handler = match args.handler {
-        HandlerName::Log => Builtin::Log(LogHandler),
-        HandlerName::Chaos => Builtin::Chaos(ChaosHandler::new(args.record.clone())),
+    let handler = build_handler(&args)?;
+    let concurrency = match (args.handler, args.concurrency) {
+        (HandlerName::Trader, Some(n)) if n > 1 => {
+            return Err(Error::Usage(
+                "--handler trader decides ticks in delivery order: run it with --concurrency 1"
+                    .into(),
+            ));
+        }
+        (HandlerName::Trader, _) => 1,
+        (_, n) => n.unwrap_or(16),
     };
+    let topology = args.topology.load()?;
+    if args.handler == HandlerName::Trader {
+        warn_unfit_for_trading(&topology, &args.queues);
+    }
     let settings = WorkerSettings {
         url: global.url()?,
-        topology: args.topology.load()?,
+        topology,
         queues: args.queues.clone(),
         prefetch: args.prefetch,
-        concurrency: args.concurrency as usize,
+        concurrency: concurrency as usize,
         drain_timeout: args.drain_timeout,
         handler_timeout: args.handler_timeout,
     };
@@ -519,6 +631,82 @@ async fn worker_command(global: &GlobalArgs, args: WorkerArgs) -> Result<u8> {
             .map_err(|e| Error::Usage(format!("--metrics-listen {addr}: {e}")))?;
     }
     worker::run(settings, handler, metrics, shutdown).await?;
+    Ok(0)
+}
+
+/// The trader's state is per process: say so when a queue cannot keep ticks in order or stale.
+fn warn_unfit_for_trading(topology: &Topology, queues: &[String]) {
+    for spec in queues.iter().filter_map(|q| topology.queue(q).ok()) {
+        if !spec.single_active_consumer {
+            tracing::warn!(queue = %spec.name, "Trading queue without single_active_consumer: several traders would split each pair's ticks.");
+        }
+        if spec.message_ttl.is_none() {
+            tracing::warn!(queue = %spec.name, "Trading queue without message_ttl: stale ticks cannot be recognised.");
+        }
+    }
+}
+
+fn build_handler(args: &WorkerArgs) -> Result<Builtin> {
+    let d = &args.downstream;
+    Ok(match args.handler {
+        HandlerName::Log => Builtin::Log(LogHandler),
+        HandlerName::Chaos => Builtin::Chaos(ChaosHandler::new(args.record.clone())),
+        HandlerName::Http => {
+            let url = d
+                .url
+                .clone()
+                .ok_or_else(|| Error::Usage("--handler http needs --url URL".into()))?;
+            let client = d.client(&url)?;
+            tracing::info!(url = %crate::http::shown(&url), status_url = %client.status_url(), "Forwarding events over HTTP.");
+            Builtin::Http(HttpHandler::new(client, url))
+        }
+        HandlerName::Trader => {
+            let api = d
+                .api
+                .clone()
+                .ok_or_else(|| Error::Usage("--handler trader needs --api URL".into()))?;
+            let client = d.client(&api)?;
+            tracing::info!(api = %crate::http::shown(&api), status_url = %client.status_url(), "Trading.");
+            let trader = TraderHandler::new(
+                client,
+                &api,
+                crate::handlers::trader::strategy::Params::default(),
+            )
+            .map_err(Error::Usage)?;
+            Builtin::Trader(trader)
+        }
+    })
+}
+
+async fn sim_api_command(args: SimApiArgs) -> Result<u8> {
+    use std::io::Write;
+    let settings = crate::sim::api::ApiSettings {
+        seed: args.seed,
+        rates: crate::sim::api::FaultRates {
+            fail: args.fail_rate,
+            throttle: args.throttle_rate,
+            ambiguous: args.ambiguous_rate,
+            conflict: args.conflict_rate,
+            reject: args.reject_rate,
+        },
+        retry_after: args.retry_after,
+        latency: Duration::from_millis(args.latency_ms),
+        hang: Duration::from_millis(args.hang_ms),
+        max_faults_per_key: args.max_faults_per_key,
+        token: Token::from_env("WARREN_SIM_API_TOKEN"),
+    };
+    settings.rates.validate().map_err(Error::Usage)?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| Error::Usage(format!("--listen {}: {e}", args.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Other(format!("--listen {}: {e}", args.listen)))?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "listening on {addr}")
+        .and_then(|()| stdout.flush())
+        .map_err(stdout_error)?;
+    crate::sim::api::run(listener, settings, crate::shutdown::on_signals()).await?;
     Ok(0)
 }
 

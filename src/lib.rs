@@ -14,11 +14,12 @@
 //! - [`dlq`]: dead-letter operations: list, show, stats, export, replay, purge.
 //! - [`envelope`]: the upstream event envelope and its validation.
 //! - [`error`]: the crate's error type and exit codes.
-//! - [`handlers`]: the built-in handlers (`log`, `chaos`).
+//! - [`handlers`]: the built-in handlers (`log`, `chaos`, `http`, `trader`).
+//! - [`http`]: downstream calls: idempotency keys, the error taxonomy, retries, status checks.
 //! - [`metrics`]: `/metrics`, `/healthz`, `/readyz` for `--metrics-listen`.
 //! - [`output`]: tables and JSON on stdout.
 //! - [`shutdown`]: SIGINT/SIGTERM to a cancellation token.
-//! - [`sim`]: simulators for tests and demos: the upstream event stream with fault injection.
+//! - [`sim`]: simulators for tests and demos: the upstream event stream and the downstream API.
 //! - [`status`]: queue depths, unacked and consumers for the whole topology.
 //! - [`telemetry`]: logging to stderr.
 //! - [`topology`]: topology as code: model, validation, plan, declare, export.
@@ -50,6 +51,7 @@ pub mod dlq;
 pub mod envelope;
 pub mod error;
 pub mod handlers;
+pub mod http;
 pub mod metrics;
 pub mod output;
 pub mod shutdown;

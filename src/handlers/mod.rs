@@ -1,21 +1,31 @@
 //! The built-in handlers, selected by `warren worker --handler NAME`.
 
 mod chaos;
+pub mod http;
 mod log;
+pub mod trader;
 
 pub use chaos::ChaosHandler;
+pub use http::HttpHandler;
 pub use log::LogHandler;
+pub use trader::TraderHandler;
 
 use crate::envelope::Envelope;
 use crate::worker::{Context, Handler, HandlerResult};
 
 /// One of the built-in handlers; dispatches statically to the chosen one.
+// One per process, behind an Arc: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Builtin {
     /// Logs each event.
     Log(LogHandler),
     /// Test and demo handler driven by the event's payload.
     Chaos(ChaosHandler),
+    /// Forwards each event to a URL with an idempotency key.
+    Http(HttpHandler),
+    /// The momentum trader.
+    Trader(TraderHandler),
 }
 
 impl Handler for Builtin {
@@ -23,6 +33,8 @@ impl Handler for Builtin {
         match self {
             Builtin::Log(h) => h.name(),
             Builtin::Chaos(h) => h.name(),
+            Builtin::Http(h) => h.name(),
+            Builtin::Trader(h) => h.name(),
         }
     }
 
@@ -30,6 +42,8 @@ impl Handler for Builtin {
         match self {
             Builtin::Log(h) => h.handle(event, ctx).await,
             Builtin::Chaos(h) => h.handle(event, ctx).await,
+            Builtin::Http(h) => h.handle(event, ctx).await,
+            Builtin::Trader(h) => h.handle(event, ctx).await,
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Simulators for tests and demos, deterministic from a seed: the upstream event stream
-//! (`warren sim upstream`) and its event catalog.
+//! (`warren sim upstream`) with its event catalog, and the downstream trading API
+//! (`warren sim api`).
 
+pub mod api;
 pub mod catalog;
 pub mod upstream;

@@ -269,6 +269,23 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `messages_unacknowledged` of one queue as `rabbitmqctl list_queues` reports it. For quorum
+/// queues this comes from periodic stats and can lag; use [`unacked_of`] for exact counts.
+pub fn unacked(queue: &str) -> u64 {
+    rabbitmqctl(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "messages_unacknowledged",
+    ])
+    .lines()
+    .filter_map(|l| l.split_once('\t'))
+    .find(|(name, _)| *name == queue)
+    .and_then(|(_, n)| n.trim().parse().ok())
+    .unwrap_or(0)
+}
+
 /// Broker-side pids of the connections opened by OS process `pid` (their client-provided
 /// names, `warren <component> <host:pid> <role>`, carry the OS pid).
 pub fn connections_of(pid: u32) -> Vec<String> {
@@ -405,7 +422,7 @@ impl Drop for Warren {
     }
 }
 
-pub mod dlq;
-pub mod proxy;
-
 pub mod bridge;
+pub mod dlq;
+pub mod downstream;
+pub mod proxy;

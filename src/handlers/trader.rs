@@ -1,0 +1,246 @@
+//! `trader`: the seeds' momentum strategy ([`strategy`]) driving a trading API through the
+//! idempotent client. Its state is per process, so a trading queue must run with
+//! single-active-consumer and the worker with `--concurrency 1`: ticks then reach one worker,
+//! in order, and a standby takes over (with empty state) when it dies.
+//!
+//! Every trade's key derives from the deciding event, so a redelivery or a replay repeats the
+//! keys and the API replays its stored responses instead of trading again. Trades decided for
+//! an event are kept until they all succeed, so a retry re-issues exactly those trades even
+//! though the tick itself is not windowed twice.
+
+pub mod strategy;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use self::strategy::{Direction, Input, Params, Strategy, Trade, open_key};
+use crate::envelope::Envelope;
+use crate::http::HttpClient;
+use crate::worker::{Context, Handler, HandlerError, HandlerResult};
+
+/// Decided-but-unfinished events kept for retries, at most (oldest dropped first).
+const MAX_PENDING: usize = 1024;
+
+/// The momentum trader.
+#[derive(Debug)]
+pub struct TraderHandler {
+    client: HttpClient,
+    open_url: Url,
+    close_url: Url,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    strategy: Strategy,
+    /// Trades decided per eventId, until they all succeed.
+    pending: BTreeMap<String, Vec<Trade>>,
+    /// Position ids learnt from opens, by the open's key.
+    position_ids: HashMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct OpenBody<'a> {
+    pair: &'a str,
+    direction: Direction,
+    size_usdc: f64,
+    leverage: f64,
+}
+
+#[derive(Serialize)]
+struct CloseBody<'a> {
+    position_id: &'a str,
+}
+
+#[derive(Deserialize)]
+struct Opened {
+    position_id: String,
+}
+
+#[derive(Deserialize)]
+struct Closed {
+    #[serde(default)]
+    realised_pnl_usdc: Option<f64>,
+}
+
+impl TraderHandler {
+    /// A trader calling the API at `api` (`<api>/trade/open`, `<api>/trade/close`).
+    pub fn new(client: HttpClient, api: &Url, params: Params) -> Result<Self, String> {
+        let mut base = api.clone();
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        let join = |p: &str| {
+            base.join(p)
+                .map_err(|e| format!("--api: cannot derive {p}: {e}"))
+        };
+        Ok(Self {
+            client,
+            open_url: join("trade/open")?,
+            close_url: join("trade/close")?,
+            state: Mutex::new(State {
+                strategy: Strategy::new(params),
+                ..Default::default()
+            }),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The trades to run for this event: those still pending from an earlier attempt, or the
+    /// strategy's fresh decision.
+    fn decide(&self, event: &Envelope, input: &Input) -> Vec<Trade> {
+        let mut s = self.state();
+        if let Some(trades) = s.pending.get(&event.event_id) {
+            return trades.clone();
+        }
+        let trades = s.strategy.on_event(&event.event_id, input);
+        if !trades.is_empty() {
+            s.pending.insert(event.event_id.clone(), trades.clone());
+            while s.pending.len() > MAX_PENDING {
+                s.pending.pop_first();
+            }
+        }
+        trades
+    }
+
+    async fn execute(&self, trade: &Trade) -> HandlerResult {
+        match trade {
+            Trade::Open {
+                pair,
+                direction,
+                event_id,
+            } => {
+                let id = self.open(pair, *direction, event_id).await?;
+                tracing::info!(pair = %pair, direction = direction.as_str(), position_id = %id, event_id = %event_id, "Position opened.");
+                Ok(())
+            }
+            Trade::Close {
+                pair,
+                direction,
+                event_id,
+                opened_by,
+            } => {
+                let known = self.state().position_ids.get(&open_key(opened_by)).cloned();
+                let position_id = match known {
+                    Some(id) => id,
+                    // Unknown here (a retry after a restart): the open's own key returns its id.
+                    None => self.open(pair, *direction, opened_by).await?,
+                };
+                let body = json_body(&CloseBody {
+                    position_id: &position_id,
+                })?;
+                let response = self
+                    .client
+                    .post_idempotent(
+                        &self.close_url,
+                        &trade.key(),
+                        body,
+                        &headers(event_id, "trader.close"),
+                    )
+                    .await?;
+                let closed: Closed = response.json()?;
+                self.state().position_ids.remove(&open_key(opened_by));
+                tracing::info!(pair = %pair, position_id = %position_id, pnl_usdc = closed.realised_pnl_usdc, event_id = %event_id, "Position closed.");
+                Ok(())
+            }
+        }
+    }
+
+    /// `POST /trade/open` with the key of the open decided by `event_id`; returns the position id.
+    async fn open(
+        &self,
+        pair: &str,
+        direction: Direction,
+        event_id: &str,
+    ) -> Result<String, HandlerError> {
+        let params = self.state().strategy.params().clone();
+        let body = json_body(&OpenBody {
+            pair,
+            direction,
+            size_usdc: params.size_usdc,
+            leverage: params.leverage,
+        })?;
+        let key = open_key(event_id);
+        let response = self
+            .client
+            .post_idempotent(
+                &self.open_url,
+                &key,
+                body,
+                &headers(event_id, "trader.open"),
+            )
+            .await?;
+        let opened: Opened = response.json()?;
+        self.state()
+            .position_ids
+            .insert(key, opened.position_id.clone());
+        Ok(opened.position_id)
+    }
+}
+
+impl Handler for TraderHandler {
+    fn name(&self) -> &str {
+        "trader"
+    }
+
+    async fn handle(&self, event: &Envelope, ctx: &Context) -> HandlerResult {
+        let input = Input::from_event(event).map_err(|e| HandlerError::permanent(e.to_string()))?;
+        if let Input::Tick { at_ms, pair, .. } = &input
+            && let Some(ttl) = ctx.message_ttl
+            && now_ms().saturating_sub(*at_ms) > ttl.as_millis() as u64
+        {
+            tracing::debug!(event_id = %event.event_id, pair = %pair, "Stale tick ignored.");
+            return Ok(());
+        }
+        let trades = self.decide(event, &input);
+        for trade in &trades {
+            if let Err(error) = self.execute(trade).await {
+                if matches!(error, HandlerError::Permanent(_)) {
+                    // The API refused for good: the pair is flat as far as we can tell.
+                    let mut s = self.state();
+                    s.pending.remove(&event.event_id);
+                    s.strategy.forget(trade.pair());
+                }
+                return Err(error);
+            }
+        }
+        if !trades.is_empty() {
+            self.state().pending.remove(&event.event_id);
+        }
+        Ok(())
+    }
+}
+
+/// The `X-Warren-*` headers for a trade decided by `event_id`.
+fn headers(event_id: &str, kind: &'static str) -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    if let Ok(v) = reqwest::header::HeaderValue::from_str(event_id) {
+        h.insert("x-warren-event-id", v);
+    }
+    h.insert(
+        "x-warren-event-type",
+        reqwest::header::HeaderValue::from_static(kind),
+    );
+    h
+}
+
+fn json_body<T: Serialize>(value: &T) -> Result<Bytes, HandlerError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| HandlerError::permanent(format!("cannot encode the request: {e}")))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,464 @@
+//! The seeds' momentum strategy as a pure state machine: events in, trade decisions out. No
+//! I/O and no clock, so a test can compute the expected trades of a stream by running it.
+//!
+//! Per pair, a rolling window of the last 20 prices; when the window is full and the last price
+//! is more than 0.3% above (below) the first, the signal is long (short). A signal opens a
+//! position if none is open for the pair and fewer than 3 are open; a signal against the open
+//! position closes it, then opens the other way (cap permitting). `wallet.low_balance` pauses
+//! (ticks are ignored, not even windowed); `wallet.balance_changed` and `escrow.released` resume.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{Envelope, EnvelopeError, idempotency_key};
+
+/// The strategy's knobs; [`Params::default`] is the seeds'.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params {
+    /// Ticks per window.
+    pub window: usize,
+    /// Relative move across the window that makes a signal.
+    pub threshold: f64,
+    /// Open positions at most, across pairs.
+    pub max_open: usize,
+    /// Stake per trade.
+    pub size_usdc: f64,
+    /// Leverage per trade.
+    pub leverage: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            window: 20,
+            threshold: 0.003,
+            max_open: 3,
+            size_usdc: 50.0,
+            leverage: 3.0,
+        }
+    }
+}
+
+/// A position's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Price expected to rise.
+    Long,
+    /// Price expected to fall.
+    Short,
+}
+
+impl Direction {
+    /// `long` or `short`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Long => "long",
+            Direction::Short => "short",
+        }
+    }
+}
+
+/// What an event means to the strategy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// `market.tick`.
+    Tick {
+        /// The pair, e.g. `BTC-USD`.
+        pair: String,
+        /// The price.
+        price: f64,
+        /// When the price was observed (`payload.timestamp_ms`, else the event's `ts`).
+        at_ms: u64,
+    },
+    /// `wallet.low_balance`.
+    Pause,
+    /// `wallet.balance_changed`, `escrow.released`.
+    Resume,
+    /// Anything else.
+    Ignore,
+}
+
+#[derive(Deserialize)]
+struct TickPayload {
+    pair: String,
+    price: f64,
+    #[serde(default)]
+    timestamp_ms: Option<u64>,
+}
+
+impl Input {
+    /// Reads an event; a tick whose payload lacks `pair` or `price` is an error naming it.
+    pub fn from_event(event: &Envelope) -> Result<Input, EnvelopeError> {
+        Ok(match event.event_type.as_str() {
+            "market.tick" => {
+                let t: TickPayload = event.payload_as()?;
+                if t.pair.is_empty() || !(t.price.is_finite() && t.price > 0.0) {
+                    return Err(EnvelopeError::Invalid {
+                        field: "payload",
+                        reason: "a tick needs a non-empty 'pair' and a positive 'price'".into(),
+                    });
+                }
+                Input::Tick {
+                    pair: t.pair,
+                    price: t.price,
+                    at_ms: t.timestamp_ms.unwrap_or(event.ts),
+                }
+            }
+            "wallet.low_balance" => Input::Pause,
+            "wallet.balance_changed" | "escrow.released" => Input::Resume,
+            _ => Input::Ignore,
+        })
+    }
+}
+
+/// A decided trade. Keys derive from the deciding event, so a replay decides the same keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Trade {
+    /// Open a position.
+    Open {
+        /// The pair.
+        pair: String,
+        /// The side.
+        direction: Direction,
+        /// The deciding event.
+        event_id: String,
+    },
+    /// Close the position opened by `opened_by`.
+    Close {
+        /// The pair.
+        pair: String,
+        /// The side of the position being closed.
+        direction: Direction,
+        /// The deciding event.
+        event_id: String,
+        /// The event that opened the position.
+        opened_by: String,
+    },
+}
+
+impl Trade {
+    /// The idempotency key of this trade's call.
+    pub fn key(&self) -> String {
+        match self {
+            Trade::Open { event_id, .. } => open_key(event_id),
+            Trade::Close { event_id, .. } => idempotency_key(event_id, "trader", "close"),
+        }
+    }
+
+    /// The pair.
+    pub fn pair(&self) -> &str {
+        match self {
+            Trade::Open { pair, .. } | Trade::Close { pair, .. } => pair,
+        }
+    }
+}
+
+/// The key of the open decided by `event_id`.
+pub fn open_key(event_id: &str) -> String {
+    idempotency_key(event_id, "trader", "open")
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    direction: Direction,
+    opened_by: String,
+}
+
+/// The strategy's state: windows, open positions, pause flag, last tick seen per pair.
+#[derive(Debug, Default)]
+pub struct Strategy {
+    params: Params,
+    windows: HashMap<String, VecDeque<f64>>,
+    last_seen: HashMap<String, String>,
+    open: BTreeMap<String, Held>,
+    paused: bool,
+}
+
+impl Strategy {
+    /// A fresh strategy: empty windows, nothing open, not paused.
+    pub fn new(params: Params) -> Self {
+        Self {
+            params,
+            ..Default::default()
+        }
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// Feeds one event; returns the trades it decides, in the order to execute them. A tick
+    /// whose eventId is not after the last one seen for its pair (a redelivery) is ignored.
+    pub fn on_event(&mut self, event_id: &str, input: &Input) -> Vec<Trade> {
+        match input {
+            Input::Pause => {
+                self.paused = true;
+                vec![]
+            }
+            Input::Resume => {
+                self.paused = false;
+                vec![]
+            }
+            Input::Ignore => vec![],
+            Input::Tick { pair, price, .. } => self.on_tick(event_id, pair, *price),
+        }
+    }
+
+    fn on_tick(&mut self, event_id: &str, pair: &str, price: f64) -> Vec<Trade> {
+        if self.paused {
+            return vec![];
+        }
+        if self
+            .last_seen
+            .get(pair)
+            .is_some_and(|last| event_id <= last.as_str())
+        {
+            return vec![];
+        }
+        self.last_seen
+            .insert(pair.to_string(), event_id.to_string());
+        let window = self.windows.entry(pair.to_string()).or_default();
+        window.push_back(price);
+        if window.len() > self.params.window {
+            window.pop_front();
+        }
+        let Some(signal) = signal(window, &self.params) else {
+            return vec![];
+        };
+        let mut trades = vec![];
+        if let Some(held) = self.open.get(pair) {
+            if held.direction == signal {
+                return trades;
+            }
+            trades.push(Trade::Close {
+                pair: pair.to_string(),
+                direction: held.direction,
+                event_id: event_id.to_string(),
+                opened_by: held.opened_by.clone(),
+            });
+            self.open.remove(pair);
+        }
+        if self.open.len() < self.params.max_open {
+            trades.push(Trade::Open {
+                pair: pair.to_string(),
+                direction: signal,
+                event_id: event_id.to_string(),
+            });
+            self.open.insert(
+                pair.to_string(),
+                Held {
+                    direction: signal,
+                    opened_by: event_id.to_string(),
+                },
+            );
+        }
+        trades
+    }
+
+    /// Drops what the strategy believes is open on `pair` (after a trade failed for good).
+    pub fn forget(&mut self, pair: &str) {
+        self.open.remove(pair);
+    }
+
+    /// True after `wallet.low_balance` until a resume event.
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Positions the strategy believes open, by pair.
+    pub fn open_positions(&self) -> Vec<(String, Direction)> {
+        self.open
+            .iter()
+            .map(|(p, h)| (p.clone(), h.direction))
+            .collect()
+    }
+}
+
+/// `long` if the window is full and rose more than the threshold, `short` if it fell more.
+fn signal(window: &VecDeque<f64>, params: &Params) -> Option<Direction> {
+    if window.len() < params.window {
+        return None;
+    }
+    let (first, last) = (*window.front()?, *window.back()?);
+    let change = (last - first) / first;
+    if change > params.threshold {
+        Some(Direction::Long)
+    } else if change < -params.threshold {
+        Some(Direction::Short)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tick(pair: &str, price: f64) -> Input {
+        Input::Tick {
+            pair: pair.into(),
+            price,
+            at_ms: 1,
+        }
+    }
+
+    /// Feeds prices for `pair` with ids `<prefix><nnn>`; returns every trade decided.
+    fn feed(s: &mut Strategy, pair: &str, prefix: &str, prices: &[f64]) -> Vec<Trade> {
+        prices
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| s.on_event(&format!("{prefix}{i:03}"), &tick(pair, *p)))
+            .collect()
+    }
+
+    fn ramp(from: f64, step: f64, n: usize) -> Vec<f64> {
+        (0..n).map(|i| from + step * i as f64).collect()
+    }
+
+    #[test]
+    fn no_signal_until_the_window_is_full() {
+        let mut s = Strategy::new(Params::default());
+        // 19 ticks rising 1% in all: not a full window yet.
+        assert!(feed(&mut s, "BTC", "a", &ramp(100.0, 1.0 / 18.0, 19)).is_empty());
+        // The 20th tick completes it: 100 -> 101.05 is above 0.3%.
+        let t = s.on_event("a019", &tick("BTC", 101.05));
+        assert_eq!(
+            t,
+            vec![Trade::Open {
+                pair: "BTC".into(),
+                direction: Direction::Long,
+                event_id: "a019".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_move_within_the_threshold_is_no_signal() {
+        let mut s = Strategy::new(Params::default());
+        // 100 -> 100.29 is 0.29%: no signal.
+        assert!(feed(&mut s, "BTC", "a", &ramp(100.0, 0.29 / 19.0, 20)).is_empty());
+    }
+
+    #[test]
+    fn same_direction_holds_a_flip_closes_then_opens() {
+        let mut s = Strategy::new(Params::default());
+        let up = feed(&mut s, "BTC", "a", &ramp(100.0, 0.1, 25));
+        assert_eq!(up.len(), 1, "one open, then holding: {up:?}");
+        // Fall hard: the window turns short, closing the long and opening a short.
+        let down = feed(&mut s, "BTC", "b", &ramp(102.4, -0.2, 20));
+        let kinds: Vec<_> = down
+            .iter()
+            .map(|t| match t {
+                Trade::Open { direction, .. } => format!("open {}", direction.as_str()),
+                Trade::Close {
+                    direction,
+                    opened_by,
+                    ..
+                } => {
+                    assert_eq!(opened_by, "a019");
+                    format!("close {}", direction.as_str())
+                }
+            })
+            .collect();
+        assert_eq!(kinds, ["close long", "open short"]);
+        // Both trades come from one deciding event and have distinct keys.
+        let Trade::Close { event_id, .. } = &down[0] else {
+            unreachable!()
+        };
+        assert_eq!(down[0].key(), idempotency_key(event_id, "trader", "close"));
+        assert_eq!(down[1].key(), open_key(event_id));
+    }
+
+    #[test]
+    fn at_most_three_positions() {
+        let mut s = Strategy::new(Params::default());
+        let mut opened = 0;
+        for pair in ["A", "B", "C", "D"] {
+            opened += feed(&mut s, pair, &format!("{pair}-"), &ramp(100.0, 0.1, 20)).len();
+        }
+        assert_eq!(opened, 3);
+        assert_eq!(s.open_positions().len(), 3);
+    }
+
+    #[test]
+    fn paused_ticks_are_ignored_until_resume() {
+        let mut s = Strategy::new(Params::default());
+        s.on_event("p", &Input::Pause);
+        assert!(s.paused());
+        assert!(feed(&mut s, "BTC", "a", &ramp(100.0, 0.1, 30)).is_empty());
+        s.on_event("r", &Input::Resume);
+        // The paused ticks never entered the window: it takes 20 fresh ones to signal again.
+        assert!(feed(&mut s, "BTC", "b", &ramp(100.0, 0.1, 19)).is_empty());
+        assert_eq!(s.on_event("b019", &tick("BTC", 102.0)).len(), 1);
+    }
+
+    #[test]
+    fn a_redelivered_tick_is_not_windowed_twice() {
+        let mut a = Strategy::new(Params::default());
+        let mut b = Strategy::new(Params::default());
+        let prices = ramp(100.0, 0.02, 20);
+        let mut with_dups = vec![];
+        for (i, p) in prices.iter().enumerate() {
+            let id = format!("a{i:03}");
+            with_dups.extend(a.on_event(&id, &tick("BTC", *p)));
+            // Every tick arrives twice, and an old one again.
+            with_dups.extend(a.on_event(&id, &tick("BTC", *p)));
+            with_dups.extend(a.on_event("a000", &tick("BTC", 1.0)));
+        }
+        let once = feed(&mut b, "BTC", "a", &prices);
+        assert_eq!(with_dups, once);
+    }
+
+    #[test]
+    fn events_map_to_inputs_and_bad_ticks_name_the_field() {
+        let ev = |t: &str, payload: &str| {
+            Envelope::parse(
+                format!(
+                    r#"{{"eventId":"01HZ9K3M2Q7WB5VN8PXCT4YRDJ","type":"{t}","agentId":"a","payload":{payload},"ts":5}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            Input::from_event(&ev("market.tick", r#"{"pair":"X","price":2.5}"#)).unwrap(),
+            Input::Tick {
+                pair: "X".into(),
+                price: 2.5,
+                at_ms: 5
+            }
+        );
+        assert!(matches!(
+            Input::from_event(&ev(
+                "market.tick",
+                r#"{"pair":"X","price":2.5,"timestamp_ms":9}"#
+            ))
+            .unwrap(),
+            Input::Tick { at_ms: 9, .. }
+        ));
+        assert_eq!(
+            Input::from_event(&ev("wallet.low_balance", "{}")).unwrap(),
+            Input::Pause
+        );
+        assert_eq!(
+            Input::from_event(&ev("escrow.released", "{}")).unwrap(),
+            Input::Resume
+        );
+        assert_eq!(
+            Input::from_event(&ev("wallet.balance_changed", "{}")).unwrap(),
+            Input::Resume
+        );
+        assert_eq!(
+            Input::from_event(&ev("job.completed", "{}")).unwrap(),
+            Input::Ignore
+        );
+        let err = Input::from_event(&ev("market.tick", r#"{"pair":"X"}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("price"), "{err}");
+    }
+}

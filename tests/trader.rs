@@ -1,0 +1,303 @@
+//! The `trader` handler in a real worker, against the simulated API with faults on: it trades
+//! exactly as the strategy says on a seeded tick stream, stops on low balance, never trades on
+//! stale ticks, and a replay of the whole stream (to the same worker, then to a fresh one)
+//! causes no new trade.
+
+mod support;
+
+use std::time::Duration;
+
+use support::downstream::{self, Sim, Step, TickWalk, settled};
+use support::{TestTopology, Warren};
+use warren::envelope::Envelope;
+use warren::handlers::trader::strategy::{Input, Params, Strategy, Trade};
+use warren::sim::api::{ApiSettings, FaultRates};
+
+const TOPOLOGY: &str = r#"
+[exchanges]
+events = "ev"
+dead_letter = "ev.dlx"
+
+[defaults]
+queue_type = "quorum"
+prefetch = 50
+max_attempts = 5
+retry_delays = ["200ms", "500ms"]
+delivery_limit = 20
+expires = "10m"
+
+[[queues]]
+name = "trading"
+bind = ["market.tick", "wallet.*", "escrow.released"]
+message_ttl = "60s"
+single_active_consumer = true
+"#;
+
+const PAIRS: &[(&str, f64)] = &[
+    ("BTC-USD", 60000.0),
+    ("ETH-USD", 3000.0),
+    ("SOL-USD", 150.0),
+    ("DOGE-USD", 0.12),
+];
+
+fn trader_args(t: &TestTopology, api: &str) -> Vec<String> {
+    let mut args = vec!["worker".to_string()];
+    args.extend(t.args());
+    args.extend(
+        [
+            "-q",
+            "trading",
+            "--handler",
+            "trader",
+            "--api",
+            api,
+            "--request-timeout",
+            "1s",
+        ]
+        .map(String::from),
+    );
+    args
+}
+
+/// Trades the strategy decides over `messages`, with their deciding event's index.
+fn expected(messages: &[(String, Vec<u8>)]) -> Vec<(usize, Trade)> {
+    let mut s = Strategy::new(Params::default());
+    let mut out = vec![];
+    for (i, (_, body)) in messages.iter().enumerate() {
+        let e = Envelope::parse(body).expect("valid envelope");
+        let input = Input::from_event(&e).expect("valid input");
+        out.extend(s.on_event(&e.event_id, &input).into_iter().map(|t| (i, t)));
+    }
+    out
+}
+
+fn path(t: &Trade) -> &'static str {
+    match t {
+        Trade::Open { .. } => "/trade/open",
+        Trade::Close { .. } => "/trade/close",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trades_as_the_strategy_says_pauses_on_low_balance_and_replays_trade_nothing() {
+    // 500s and ambiguous commits, at most two per key: the client's three tries always get
+    // through within one delivery, so the order of trades is the order of ticks.
+    let sim = Sim::start(ApiSettings {
+        seed: 5,
+        rates: FaultRates {
+            fail: 0.2,
+            ambiguous: 0.1,
+            ..Default::default()
+        },
+        max_faults_per_key: 2,
+        ..Default::default()
+    })
+    .await;
+    let mut walk = TickWalk::new(42, PAIRS);
+    let mut steps: Vec<Step> = walk.ticks(90);
+    let pause_at = steps.len();
+    steps.push((
+        "wallet.low_balance",
+        serde_json::json!({"balance_usdc": 4.2}),
+    ));
+    steps.extend(walk.ticks(60));
+    let resume_at = steps.len();
+    steps.push((
+        "wallet.balance_changed",
+        serde_json::json!({"new_balance_usdc": 500.0}),
+    ));
+    steps.extend(walk.ticks(90));
+    let messages = downstream::envelopes(&steps);
+
+    let want = expected(&messages);
+    let opens = want
+        .iter()
+        .filter(|(_, t)| matches!(t, Trade::Open { .. }))
+        .count();
+    let closes = want.len() - opens;
+    assert!(
+        opens >= 4 && closes >= 2,
+        "the stream must exercise the strategy: {opens} opens, {closes} closes"
+    );
+    assert!(want.iter().any(|(i, _)| *i < pause_at) && want.iter().any(|(i, _)| *i > resume_at));
+    assert!(
+        want.iter().all(|(i, _)| *i < pause_at || *i > resume_at),
+        "nothing while paused"
+    );
+    eprintln!(
+        "{} events decide {opens} opens and {closes} closes",
+        messages.len()
+    );
+    // Without the pause the same stream would have traded in that stretch: the pause matters.
+    let mut unpaused = messages.clone();
+    unpaused.remove(pause_at);
+    assert!(
+        expected(&unpaused)
+            .iter()
+            .any(|(i, _)| (pause_at..resume_at - 1).contains(i)),
+        "the paused stretch must hold signals"
+    );
+
+    let t = TestTopology::new("trader", TOPOLOGY);
+    let conn = support::connect().await;
+    t.apply(&conn).await;
+    let mut worker = Warren::spawn(&trader_args(&t, &sim.base), &t.dir().join("w1.log"), &[]);
+    downstream::publish_typed(&conn, &t, &messages).await;
+    support::eventually(
+        Duration::from_secs(60),
+        "every decided trade in the ledger",
+        || async { sim.ledger().await.effects as usize >= want.len() },
+    )
+    .await;
+    settled(&conn, &t, "trading", Duration::from_secs(30)).await;
+
+    // The ledger holds exactly the decided trades, in order, each once.
+    let ledger = sim.ledger().await;
+    let committed = ledger.committed();
+    let got: Vec<(String, String)> = committed
+        .iter()
+        .map(|k| (k.path.clone(), k.key.clone()))
+        .collect();
+    let wanted: Vec<(String, String)> = want
+        .iter()
+        .map(|(_, t)| (path(t).to_string(), t.key()))
+        .collect();
+    assert_eq!(got, wanted, "{}", worker.log_text());
+    for (k, (_, t)) in committed.iter().zip(&want) {
+        let body = &k.stored.as_ref().expect("stored").body;
+        assert_eq!(body["pair"], t.pair());
+        if let Trade::Open { direction, .. } = t {
+            assert_eq!(body["direction"], direction.as_str());
+        }
+    }
+    let dlq = t.topology.queue("trading").unwrap().dlq();
+    assert_eq!(support::queue_len(&conn, &dlq).await, 0);
+    let posts_before = ledger.posts;
+
+    // Replay 1: the same worker has seen every eventId; nothing is traded or even called.
+    downstream::publish_typed(&conn, &t, &messages).await;
+    settled(&conn, &t, "trading", Duration::from_secs(30)).await;
+    let again = sim.ledger().await;
+    assert_eq!(again.effects as usize, want.len());
+    assert_eq!(again.posts, posts_before, "a seen tick is not traded again");
+
+    // Replay 2: a fresh worker with empty state decides the same trades with the same keys;
+    // the API replays its stored responses and nothing new happens.
+    worker.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(worker.wait_exit(Duration::from_secs(30)), Some(0));
+    let _fresh = Warren::spawn(&trader_args(&t, &sim.base), &t.dir().join("w2.log"), &[]);
+    downstream::publish_typed(&conn, &t, &messages).await;
+    settled(&conn, &t, "trading", Duration::from_secs(60)).await;
+    let replayed = sim.ledger().await;
+    assert_eq!(replayed.effects as usize, want.len(), "no new effect");
+    assert!(replayed.keys.iter().all(|k| k.effects <= 1));
+    assert!(
+        replayed.posts > posts_before,
+        "the fresh worker did call again, and got replays"
+    );
+    assert_eq!(support::queue_len(&conn, &dlq).await, 0);
+    t.cleanup(&conn).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_ticks_are_never_traded_on() {
+    let sim = Sim::start(ApiSettings::default()).await;
+    let t = TestTopology::new("trader-stale", TOPOLOGY);
+    let conn = support::connect().await;
+    t.apply(&conn).await;
+    let _w = Warren::spawn(&trader_args(&t, &sim.base), &t.dir().join("w.log"), &[]);
+    // A 2% climb that would open a long, observed two minutes ago (the queue's TTL is 60 s).
+    let old = support::now_ms() - 120_000;
+    let stale: Vec<Step> = (0..30)
+        .map(|i| ("market.tick", serde_json::json!({"pair": "BTC-USD", "price": 100.0 + i as f64 * 0.07, "timestamp_ms": old})))
+        .collect();
+    downstream::publish_typed(&conn, &t, &downstream::envelopes(&stale)).await;
+    settled(&conn, &t, "trading", Duration::from_secs(30)).await;
+    assert_eq!(sim.ledger().await.posts, 0, "no call for a stale tick");
+    // The same climb, fresh: traded.
+    let fresh: Vec<Step> = (0..30)
+        .map(|i| ("market.tick", serde_json::json!({"pair": "BTC-USD", "price": 100.0 + i as f64 * 0.07, "timestamp_ms": support::now_ms()})))
+        .collect();
+    downstream::publish_typed(&conn, &t, &downstream::envelopes(&fresh)).await;
+    support::eventually(
+        Duration::from_secs(30),
+        "a fresh climb opens a long",
+        || async { sim.ledger().await.effects == 1 },
+    )
+    .await;
+    t.cleanup(&conn).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_when_the_active_trader_dies() {
+    // The standby gets whatever the active one left unacked, then the whole second half.
+    let sim = Sim::start(ApiSettings {
+        latency: Duration::from_millis(30),
+        ..Default::default()
+    })
+    .await;
+    let t = TestTopology::new("trader-standby", TOPOLOGY);
+    let conn = support::connect().await;
+    t.apply(&conn).await;
+    let messages = downstream::envelopes(&TickWalk::new(9, PAIRS).ticks(200));
+    let (first, second) = messages.split_at(messages.len() / 2);
+    let mut active = Warren::spawn(
+        &trader_args(&t, &sim.base),
+        &t.dir().join("active.log"),
+        &[],
+    );
+    downstream::publish_typed(&conn, &t, first).await;
+    // Once the first worker is consuming (and so holds the queue), start the standby.
+    support::eventually(
+        Duration::from_secs(30),
+        "the active trader trades",
+        || async { sim.ledger().await.effects >= 1 },
+    )
+    .await;
+    let standby = Warren::spawn(
+        &trader_args(&t, &sim.base),
+        &t.dir().join("standby.log"),
+        &[],
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    active.kill9();
+    downstream::publish_typed(&conn, &t, second).await;
+    settled(&conn, &t, "trading", Duration::from_secs(60)).await;
+
+    let dlq = t.topology.queue("trading").unwrap().dlq();
+    assert_eq!(
+        support::queue_len(&conn, &dlq).await,
+        0,
+        "nothing dead-lettered"
+    );
+    let ledger = sim.ledger().await;
+    assert!(ledger.keys.iter().all(|k| k.effects <= 1), "no key twice");
+    // Only the standby saw the second half: trades decided by it prove it took over.
+    let later: std::collections::HashSet<&str> = second.iter().map(|(id, _)| id.as_str()).collect();
+    let by_standby = ledger
+        .committed()
+        .iter()
+        .filter(|k| k.event_id.as_deref().is_some_and(|id| later.contains(id)))
+        .count();
+    assert!(
+        by_standby >= 1,
+        "the standby traded after the failover:\n{}",
+        standby.log_text()
+    );
+    eprintln!(
+        "{} ticks, {} effects, {by_standby} decided by the standby",
+        messages.len(),
+        ledger.effects
+    );
+    t.cleanup(&conn).await;
+}
+
+#[test]
+fn the_trader_refuses_concurrency_above_one() {
+    let t = TestTopology::new("trader-usage", TOPOLOGY);
+    let mut args = trader_args(&t, "http://127.0.0.1:9");
+    args.extend(["--concurrency", "4"].map(String::from));
+    let mut w = Warren::spawn(&args, &t.dir().join("w.log"), &[]);
+    assert_eq!(w.wait_exit(Duration::from_secs(10)), Some(2));
+    assert!(w.log_text().contains("--concurrency 1"), "{}", w.log_text());
+}
