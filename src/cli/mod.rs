@@ -1,0 +1,129 @@
+//! The command line: `warren <noun> <verb>`, clap derive, dispatch only.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::amqp::{self, AmqpUrl};
+use crate::error::{Error, Result};
+use crate::telemetry::LogFormat;
+use crate::topology::{DEFAULT_TOPOLOGY_FILE, Topology};
+
+mod bridge;
+mod sim;
+mod topology;
+mod worker;
+
+pub use bridge::BridgeArgs;
+pub use sim::{SimApiArgs, SimCommand, SimUpstreamArgs};
+pub use topology::TopologyCommand;
+pub use worker::{DownstreamArgs, HandlerName, WorkerArgs};
+
+/// warren: a RabbitMQ task-queue worker fleet for event-driven trading agents.
+#[derive(Debug, Parser)]
+#[command(name = "warren", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Args)]
+pub struct GlobalArgs {
+    /// RabbitMQ URL, amqp:// or amqps://. Add ?heartbeat=N to change the 10 s heartbeat. The
+    /// password is never printed. [default: amqp://guest:***@127.0.0.1:5672/%2f]
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        global = true,
+        hide_env_values = true,
+        hide_default_value = true,
+        default_value = amqp::DEFAULT_AMQP_URL
+    )]
+    pub amqp_url: String,
+
+    /// Log format on stderr; RUST_LOG sets the level (default info).
+    #[arg(long, value_enum, env = "WARREN_LOG_FORMAT", global = true, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Shows the URL with its password redacted.
+impl std::fmt::Debug for GlobalArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GlobalArgs")
+            .field("amqp_url", &amqp::redact(&self.amqp_url))
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+impl GlobalArgs {
+    /// The parsed broker URL.
+    pub fn url(&self) -> Result<AmqpUrl> {
+        self.amqp_url
+            .parse()
+            .map_err(|e: amqp::AmqpUrlError| Error::Usage(format!("--amqp-url / AMQP_URL: {e}")))
+    }
+}
+
+/// Where the topology comes from.
+#[derive(Debug, Clone, Args)]
+pub struct TopologyArgs {
+    /// The topology file.
+    #[arg(short = 'f', long = "topology", env = "WARREN_TOPOLOGY", default_value = DEFAULT_TOPOLOGY_FILE)]
+    pub file: PathBuf,
+    /// A prefix added to every exchange and queue name, to run an isolated copy (tests, demos).
+    #[arg(long, env = "WARREN_PREFIX", default_value = "")]
+    pub prefix: String,
+}
+
+impl TopologyArgs {
+    /// Loads and validates the topology.
+    pub fn load(&self) -> Result<Topology> {
+        Ok(Topology::load(&self.file, &self.prefix)?)
+    }
+}
+
+/// The nouns.
+// Parsed once per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Declare, print or export the exchanges, queues and bindings in the topology file.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
+    /// Consume work queues and run a handler on each event.
+    Worker(WorkerArgs),
+    /// Publish upstream WebSocket events (and signed webhooks) onto the events exchange.
+    Bridge(BridgeArgs),
+    /// Simulators for tests and demos.
+    #[command(subcommand)]
+    Sim(SimCommand),
+    /// See why messages failed and put them back: list, show, stats, replay, purge, export.
+    #[command(subcommand)]
+    Dlq(crate::dlq::DlqCommand),
+    /// Queues of the topology: ready, unacked, consumers, retry tiers and DLQ depth.
+    Status(crate::status::StatusArgs),
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Topology(cmd) => topology::topology_command(&cli.global, cmd).await,
+        Command::Worker(args) => worker::worker_command(&cli.global, args).await,
+        Command::Bridge(args) => bridge::bridge_command(&cli.global, args).await,
+        Command::Sim(SimCommand::Upstream(args)) => sim::sim_upstream_command(args).await,
+        Command::Dlq(cmd) => crate::dlq::run(&cli.global, cmd).await,
+        Command::Status(args) => crate::status::run(&cli.global, args).await,
+        Command::Sim(SimCommand::Api(args)) => sim::sim_api_command(args).await,
+    }
+}
+
+pub(crate) fn stdout_error(e: std::io::Error) -> Error {
+    Error::Io {
+        path: PathBuf::from("<stdout>"),
+        source: e,
+    }
+}
