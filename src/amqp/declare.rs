@@ -47,7 +47,12 @@ pub async fn close_channel(channel: &Channel) {
 }
 
 /// Declares a durable exchange of `kind` (`topic`, `direct`, `fanout` or a plugin type).
-pub async fn declare_exchange(channel: &Channel, name: &str, kind: &str) -> Result<(), AmqpError> {
+pub async fn declare_exchange(
+    channel: &Channel,
+    name: &str,
+    kind: &str,
+    arguments: &BTreeMap<&'static str, Arg>,
+) -> Result<(), AmqpError> {
     timed(
         || format!("declare exchange '{name}'"),
         channel.exchange_declare(
@@ -57,7 +62,7 @@ pub async fn declare_exchange(channel: &Channel, name: &str, kind: &str) -> Resu
                 durable: true,
                 ..Default::default()
             },
-            FieldTable::default(),
+            field_table(arguments),
         ),
     )
     .await

@@ -69,6 +69,9 @@ pub enum AmqpError {
     Nacked {
         /// `exchange/routing-key`.
         target: String,
+        /// Set when a returned (unroutable) message came with this nack: `Some(message_id)`
+        /// of that message, which, as with [`AmqpError::Returned`], may be another publish's.
+        returned: Option<Option<String>>,
     },
     /// A mandatory publish matched no queue.
     #[error("publish to {target}: unroutable ({reply})")]

@@ -168,17 +168,25 @@ impl Confirm {
             Confirmation::Ack(Some(returned)) => Err(AmqpError::Returned {
                 target: target(),
                 reply: format!("{} {}", returned.reply_code, returned.reply_text),
-                message_id: returned
-                    .delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|id| id.to_string()),
+                message_id: returned_id(&returned),
             }),
-            Confirmation::Nack(_) => Err(AmqpError::Nacked { target: target() }),
+            Confirmation::Nack(returned) => Err(AmqpError::Nacked {
+                target: target(),
+                returned: returned.map(|r| returned_id(&r)),
+            }),
             Confirmation::NotRequested => Err(AmqpError::NotConfirmed { target: target() }),
         }
     }
+}
+
+/// The `message_id` of a message the broker returned.
+fn returned_id(returned: &lapin::message::BasicReturnMessage) -> Option<String> {
+    returned
+        .delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.to_string())
 }
 
 type Pending<T> = Pin<Box<dyn Future<Output = (T, Result<(), AmqpError>)> + Send>>;

@@ -35,6 +35,9 @@ pub enum Kind {
     Maxlen,
     /// The broker: a consumer rejected it without requeue.
     Rejected,
+    /// The bridge published it and no queue binds its routing key: the events exchange's
+    /// alternate exchange kept it in `<events>.unrouted`.
+    Unroutable,
     /// Neither warren's headers nor `x-death` explain it.
     Unknown,
 }
@@ -51,6 +54,7 @@ impl Kind {
             Kind::Expired => "expired",
             Kind::Maxlen => "maxlen",
             Kind::Rejected => "rejected",
+            Kind::Unroutable => "unroutable",
             Kind::Unknown => "unknown",
         }
     }

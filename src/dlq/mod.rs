@@ -44,8 +44,12 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct DlqRef {
     /// The DLQ's name.
     pub name: String,
-    /// The work queue whose failures land here; `None` for the bridge's invalid frames.
+    /// The work queue whose failures land here; `None` for the bridge's invalid frames and
+    /// for unrouted events.
     pub origin: Option<String>,
+    /// True for `<events>.unrouted`: events no queue bound, replayed through the events
+    /// exchange with their routing key.
+    pub unrouted: bool,
 }
 
 /// The DLQs named by `-q` (a work queue from the topology, or a DLQ's name), or every DLQ of
@@ -54,9 +58,13 @@ pub fn resolve(topology: &Topology, queues: &[String]) -> Result<Vec<DlqRef>, To
     let all: Vec<DlqRef> = topology
         .dlqs()
         .into_iter()
-        .map(|(origin, name)| DlqRef {
-            origin: (name != topology.ingress_dlq()).then_some(origin),
-            name,
+        .map(|(origin, name)| {
+            let unrouted = name == topology.unrouted_queue();
+            DlqRef {
+                origin: (name != topology.ingress_dlq() && !unrouted).then_some(origin),
+                unrouted,
+                name,
+            }
         })
         .collect();
     if queues.is_empty() {
@@ -129,13 +137,20 @@ impl Walk {
     ) -> Result<Option<(Delivery, DeadLetter)>, AmqpError> {
         while let Some(delivery) = self.snapshot.next().await? {
             self.position += 1;
-            let letter = explain(
+            let mut letter = explain(
                 &self.dlq.name,
                 self.position,
                 &delivery.properties,
                 &delivery.data,
                 self.dlq.origin.as_deref(),
             );
+            if self.dlq.unrouted {
+                letter.kind = explain::Kind::Unroutable;
+                letter.error = format!(
+                    "no queue binds routing key '{}' on exchange '{}'",
+                    delivery.routing_key, delivery.exchange
+                );
+            }
             if filter.matches(&letter, &delivery.data) {
                 return Ok(Some((delivery, letter)));
             }
@@ -218,9 +233,12 @@ mod tests {
         );
         assert_eq!(names(&["pf.events"]), ["x.pf.events.dlq"]);
         let all = resolve(&t, &[]).unwrap();
-        assert_eq!(all.len(), 4);
+        assert_eq!(all.len(), 5);
         assert_eq!(all[0].origin.as_deref(), Some("x.pf.trading"));
         assert_eq!(all[3].origin, None, "the bridge's DLQ has no origin queue");
+        assert_eq!(all[4].name, "x.pf.events.unrouted");
+        assert!(all[4].unrouted && all[4].origin.is_none());
+        assert_eq!(names(&["pf.events.unrouted"]), ["x.pf.events.unrouted"]);
         let err = resolve(&t, &["nope".into()]).unwrap_err().to_string();
         assert!(
             err.contains("'nope'") && err.contains("x.pf.jobs.dlq"),

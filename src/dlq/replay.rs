@@ -116,7 +116,7 @@ impl Run<'_> {
             self.matched += 1;
             let idx = self.report.items.len();
             self.report.items.push(item(&letter));
-            let target = match target(self.topology, &letter) {
+            let target = match target(self.topology, &letter, walk.dlq(), &delivery) {
                 Ok(t) => t,
                 Err(why) => {
                     self.fail(idx, why);
@@ -133,8 +133,8 @@ impl Run<'_> {
             let sent = self
                 .publisher
                 .send(Message {
-                    exchange: "",
-                    routing_key: &target,
+                    exchange: &target.0,
+                    routing_key: &target.1,
                     body: &delivery.data,
                     properties: replay_properties(&delivery.properties),
                     mandatory: true,
@@ -175,8 +175,13 @@ impl Run<'_> {
         }
         let mut returned: Vec<Option<String>> = vec![];
         for (_, result) in &settled {
-            if let Err(AmqpError::Returned { message_id, .. }) = result {
-                returned.push(message_id.clone());
+            match result {
+                Err(AmqpError::Returned { message_id, .. }) => returned.push(message_id.clone()),
+                Err(AmqpError::Nacked {
+                    returned: Some(message_id),
+                    ..
+                }) => returned.push(message_id.clone()),
+                _ => {}
             }
         }
         let unattributed = returned.iter().any(Option::is_none);
@@ -246,12 +251,25 @@ fn item(letter: &DeadLetter) -> Item {
     }
 }
 
-/// The queue a dead letter goes back to: its origin, which must be a work queue of the
-/// topology (a stale or foreign header must not route a message anywhere else).
-fn target(topology: &Topology, letter: &DeadLetter) -> Result<String, String> {
+/// Where a dead letter goes back to, as (exchange, routing key): its origin queue by the
+/// default exchange, which must be a work queue of the topology (a stale or foreign header
+/// must not route a message anywhere else); an unrouted event goes through the events exchange
+/// with its own routing key, to whatever binds it now.
+fn target(
+    topology: &Topology,
+    letter: &DeadLetter,
+    dlq: &DlqRef,
+    delivery: &Delivery,
+) -> Result<(String, String), String> {
+    if dlq.unrouted {
+        return Ok((
+            topology.events_exchange.clone(),
+            delivery.routing_key.to_string(),
+        ));
+    }
     match letter.origin.as_deref() {
         None => Err("no origin queue: a frame the bridge could not parse has nowhere to go back to; fix the producer and export it instead".into()),
-        Some(q) if topology.queues.iter().any(|s| s.name == q) => Ok(q.to_string()),
+        Some(q) if topology.queues.iter().any(|s| s.name == q) => Ok((String::new(), q.to_string())),
         Some(q) => Err(format!(
             "origin queue '{q}' is not a work queue of {} (check -f/--prefix)",
             topology.source.display()

@@ -89,6 +89,8 @@ pub struct Status {
     pub queues: Vec<QueueStatus>,
     /// The bridge's DLQ for frames it could not parse.
     pub ingress_dlq: Depth,
+    /// Events no queue bound, kept by the events exchange's alternate exchange.
+    pub unrouted: Depth,
 }
 
 /// Reads every figure. Management failures are returned beside the status, not as an error.
@@ -136,6 +138,7 @@ pub async fn collect(
         management: management.is_some() && problem.is_none(),
         queues,
         ingress_dlq: ready_of(conn, topology.ingress_dlq()).await?,
+        unrouted: ready_of(conn, topology.unrouted_queue()).await?,
     };
     Ok((status, problem))
 }
@@ -195,6 +198,14 @@ pub fn render(s: &Status) -> String {
         consumers: "-".into(),
         retry: "-".into(),
         dlq: figure(s.ingress_dlq.ready, "missing"),
+    });
+    rows.push(Row {
+        queue: format!("{} (no binding)", s.unrouted.queue),
+        ready: "-".into(),
+        unacked: "-".into(),
+        consumers: "-".into(),
+        retry: "-".into(),
+        dlq: figure(s.unrouted.ready, "missing"),
     });
     output::table(rows)
 }

@@ -60,16 +60,20 @@ pub async fn apply(conn: &Connection, plan: &Plan) -> Result<ApplyReport, Error>
 
     for e in &plan.exchanges {
         let existed = amqp::exchange_exists(conn, &e.name).await?;
-        match amqp::declare_exchange(&channel, &e.name, e.kind).await {
+        match amqp::declare_exchange(&channel, &e.name, e.kind, &e.arguments).await {
             Ok(()) => report.items.push(item("exchange", &e.name, existed)),
             Err(err) => {
                 let text = precondition_failed(err)?;
                 mismatches.push(format!(
-                    "exchange '{}' exists with different settings ({}); it must be a durable {} exchange. \
+                    "exchange '{}' exists with different settings ({}); it must be a durable {} exchange{}. \
                      Delete it (management UI or `rabbitmqadmin delete exchange name={}`) after moving its bindings, then apply again.",
                     e.name,
                     strip_code(&text),
                     e.kind,
+                    e.arguments
+                        .iter()
+                        .map(|(k, v)| format!(" with {k} = {v:?}"))
+                        .collect::<String>(),
                     e.name
                 ));
                 channel = amqp::channel(conn).await?;

@@ -318,6 +318,12 @@ impl Topology {
         dlq_name(&self.events_exchange)
     }
 
+    /// Where events no queue binds go: `<events exchange>.unrouted`, the name of both the
+    /// fanout exchange set as the events exchange's `alternate-exchange` and its one queue.
+    pub fn unrouted_queue(&self) -> String {
+        format!("{}.unrouted", self.events_exchange)
+    }
+
     /// True if `event_type` is published transient with an expiration.
     pub fn is_live_only(&self, event_type: &str) -> bool {
         self.live_only.contains(event_type)
@@ -331,20 +337,21 @@ impl Topology {
             .map(|q| (q.name.clone(), q.dlq()))
             .collect();
         v.push((self.events_exchange.clone(), self.ingress_dlq()));
+        v.push((self.events_exchange.clone(), self.unrouted_queue()));
         v
     }
 
     fn check_unique_names(&self) -> Result<(), String> {
-        let mut seen = BTreeSet::new();
+        // Queues and exchanges are separate namespaces (`<events>.unrouted` is both).
         let plan = self.plan();
-        for name in plan
-            .queues
-            .iter()
-            .map(|q| &q.name)
-            .chain(plan.exchanges.iter().map(|e| &e.name))
-        {
-            if !seen.insert(name.clone()) {
-                return Err(format!("the name '{name}' is used twice"));
+        let queues = plan.queues.iter().map(|q| &q.name);
+        let exchanges = plan.exchanges.iter().map(|e| &e.name);
+        for names in [queues.collect::<Vec<_>>(), exchanges.collect()] {
+            let mut seen = BTreeSet::new();
+            for name in names {
+                if !seen.insert(name) {
+                    return Err(format!("the name '{name}' is used twice"));
+                }
             }
         }
         Ok(())

@@ -25,8 +25,10 @@ pub enum QueueRole {
 pub struct ExchangePlan {
     /// Name.
     pub name: String,
-    /// `topic` or `direct`.
+    /// `topic`, `direct` or `fanout`.
     pub kind: &'static str,
+    /// Arguments (the events exchange's `alternate-exchange`).
+    pub arguments: BTreeMap<&'static str, Arg>,
 }
 
 /// One queue to declare.
@@ -56,7 +58,8 @@ pub struct BindingPlan {
 pub struct Plan {
     /// Exchanges first.
     pub exchanges: Vec<ExchangePlan>,
-    /// Then queues: each work queue, its retry tiers, its DLQ; then the ingress DLQ.
+    /// Then queues: each work queue, its retry tiers, its DLQ; then the ingress DLQ and the
+    /// unrouted queue.
     pub queues: Vec<QueuePlan>,
     /// Then bindings.
     pub bindings: Vec<BindingPlan>,
@@ -109,15 +112,37 @@ impl Topology {
             queue: self.ingress_dlq(),
             routing_key: self.events_exchange.clone(),
         });
+        // An event type no queue binds is kept, not dropped: the events exchange's alternate
+        // exchange routes it to `<events>.unrouted`, where `warren dlq` shows and replays it.
+        let unrouted = self.unrouted_queue();
+        queues.push(QueuePlan {
+            name: unrouted.clone(),
+            role: QueueRole::DeadLetter,
+            arguments: dlq_args(ingress_expires),
+        });
+        bindings.push(BindingPlan {
+            exchange: unrouted.clone(),
+            queue: unrouted.clone(),
+            routing_key: String::new(),
+        });
+        let mut events_args = BTreeMap::new();
+        events_args.insert("alternate-exchange", Arg::Str(unrouted.clone()));
         Plan {
             exchanges: vec![
                 ExchangePlan {
                     name: self.events_exchange.clone(),
                     kind: "topic",
+                    arguments: events_args,
                 },
                 ExchangePlan {
                     name: self.dead_letter_exchange.clone(),
                     kind: "direct",
+                    arguments: BTreeMap::new(),
+                },
+                ExchangePlan {
+                    name: unrouted,
+                    kind: "fanout",
+                    arguments: BTreeMap::new(),
                 },
             ],
             queues,
@@ -196,7 +221,7 @@ impl Plan {
             "rabbitmq_version": "3.13.0",
             "exchanges": self.exchanges.iter().map(|e| json!({
                 "name": e.name, "vhost": vhost, "type": e.kind,
-                "durable": true, "auto_delete": false, "internal": false, "arguments": {},
+                "durable": true, "auto_delete": false, "internal": false, "arguments": e.arguments,
             })).collect::<Vec<_>>(),
             "queues": self.queues.iter().map(|q| json!({
                 "name": q.name, "vhost": vhost, "durable": true, "auto_delete": false,

@@ -199,7 +199,19 @@ fn topic_matching_follows_rabbitmq() {
 fn definitions_export_lists_every_object() {
     let plan = parse(MINIMAL).unwrap().plan();
     let d = plan.definitions("/");
-    assert_eq!(d["exchanges"].as_array().unwrap().len(), 2);
+    assert_eq!(d["exchanges"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        d["exchanges"][0]["arguments"]["alternate-exchange"],
+        "ev.unrouted"
+    );
+    assert_eq!(d["exchanges"][2]["type"], "fanout");
+    assert!(
+        d["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["name"] == "ev.unrouted")
+    );
     assert_eq!(d["queues"].as_array().unwrap().len(), plan.queues.len());
     assert_eq!(d["queues"][0]["arguments"]["x-delivery-limit"], 10);
     assert_eq!(d["bindings"].as_array().unwrap().len(), plan.bindings.len());
