@@ -5,10 +5,14 @@
 //! limit, so a walk over a classic DLQ keeps its order and costs nothing. Messages published
 //! after the walk starts are not part of it: the consumer's prefetch never exceeds what is left
 //! of the count taken up front. Consumers take the snapshot in chunks on one channel, so the
-//! client never buffers more than one chunk however long the queue.
+//! client never buffers more than one chunk however long the queue. A caller that acks as it
+//! goes (replay, purge) frees prefetch, so the broker tops the chunk's consumer up past its
+//! share: those deliveries are kept, in order, and handed out before the next chunk's.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -17,7 +21,7 @@ use lapin::{Channel, Consumer, message::Delivery};
 use super::{AmqpError, Connection, inspect_queue, timed};
 
 /// Messages per consumer: the most the client buffers at once.
-const CHUNK: u32 = 10_000;
+pub const CHUNK: u32 = 10_000;
 
 /// The messages of one queue as they stood when the walk began.
 pub struct Snapshot {
@@ -28,8 +32,13 @@ pub struct Snapshot {
     idle: Duration,
     incomplete: bool,
     channel: Option<Channel>,
-    /// The current chunk's consumer, its tag, its prefetch and what is left of it.
-    chunk: Option<(Consumer, String, u16, u32)>,
+    chunk_size: u32,
+    /// The prefetch last set on the channel.
+    prefetch: u16,
+    /// The current chunk's consumer, its tag and what is left of it.
+    chunk: Option<(Consumer, String, u32)>,
+    /// Deliveries a retired consumer received past its share, in queue order.
+    carry: VecDeque<Delivery>,
 }
 
 impl Snapshot {
@@ -40,6 +49,17 @@ impl Snapshot {
         conn: &Connection,
         queue: &str,
         idle: Duration,
+    ) -> Result<Option<Self>, AmqpError> {
+        Self::open_chunked(conn, queue, idle, CHUNK).await
+    }
+
+    /// [`Snapshot::open`] with consumers of `chunk_size` messages (at least 1, at most
+    /// [`CHUNK`]).
+    pub async fn open_chunked(
+        conn: &Connection,
+        queue: &str,
+        idle: Duration,
+        chunk_size: u32,
     ) -> Result<Option<Self>, AmqpError> {
         let Some((total, consumers)) = inspect_queue(conn, queue).await? else {
             return Ok(None);
@@ -57,7 +77,10 @@ impl Snapshot {
             idle,
             incomplete: false,
             channel,
+            chunk_size: chunk_size.clamp(1, CHUNK),
+            prefetch: 0,
             chunk: None,
+            carry: VecDeque::new(),
         }))
     }
 
@@ -95,10 +118,14 @@ impl Snapshot {
         if self.taken >= self.total || self.incomplete {
             return Ok(None);
         }
-        if self.chunk.as_ref().is_none_or(|c| c.3 == 0) {
+        if self.carry.is_empty() && self.chunk.as_ref().is_none_or(|c| c.2 == 0) {
             self.next_chunk().await?;
         }
-        let Some((consumer, _, _, left)) = self.chunk.as_mut() else {
+        if let Some(delivery) = self.carry.pop_front() {
+            self.taken += 1;
+            return Ok(Some(delivery));
+        }
+        let Some((consumer, _, left)) = self.chunk.as_mut() else {
             return Ok(None);
         };
         match tokio::time::timeout(self.idle, consumer.next()).await {
@@ -120,16 +147,25 @@ impl Snapshot {
     }
 
     /// Retires the finished chunk's consumer (its messages stay unacked on the channel) and
-    /// starts one for the next chunk, with a prefetch of exactly what it may take.
+    /// starts one for the next chunk, with a prefetch of exactly what it may take. What the
+    /// retired consumer received past its share (acks freed its prefetch) is carried over.
     async fn next_chunk(&mut self) -> Result<(), AmqpError> {
         let Some(channel) = self.channel.clone() else {
             return Ok(());
         };
-        if let Some((consumer, tag, _, _)) = self.chunk.take() {
+        if let Some((mut consumer, tag, _)) = self.chunk.take() {
             self.cancel(&channel, &tag).await?;
+            // cancel-ok follows every delivery sent to this consumer on the channel, so they
+            // are all buffered by now.
+            while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
+                self.carry.push_back(delivery);
+            }
             drop(consumer);
+            if !self.carry.is_empty() {
+                return Ok(());
+            }
         }
-        let n = (self.total - self.taken).min(CHUNK);
+        let n = (self.total - self.taken).min(self.chunk_size);
         let prefetch = n as u16;
         timed(
             || format!("set prefetch {prefetch} for queue '{}'", self.queue),
@@ -151,7 +187,8 @@ impl Snapshot {
             ),
         )
         .await?;
-        self.chunk = Some((consumer, tag, prefetch, n));
+        self.prefetch = prefetch;
+        self.chunk = Some((consumer, tag, n));
         Ok(())
     }
 
@@ -171,14 +208,12 @@ impl Snapshot {
         if !super::ack(delivery).await? {
             return Ok(false);
         }
-        let (Some(channel), Some((_, _, prefetch, _))) =
-            (self.channel.as_ref(), self.chunk.as_ref())
-        else {
+        let Some(channel) = self.channel.as_ref() else {
             return Ok(false);
         };
         timed(
             || format!("confirm the ack on queue '{}'", self.queue),
-            channel.basic_qos(*prefetch, BasicQosOptions { global: false }),
+            channel.basic_qos(self.prefetch, BasicQosOptions { global: false }),
         )
         .await?;
         Ok(true)
@@ -193,7 +228,7 @@ impl Snapshot {
         };
         // Cancelled before it is dropped: a dropped live consumer cancels itself in the
         // background, racing the channel close below.
-        if let Some((consumer, tag, _, _)) = self.chunk.take()
+        if let Some((consumer, tag, _)) = self.chunk.take()
             && channel.status().connected()
         {
             let _ = self.cancel(&channel, &tag).await;
