@@ -31,6 +31,9 @@ const CONFIRM_WAIT: Duration = Duration::from_secs(30);
 /// Webhook ids remembered for duplicate detection.
 const SEEN_CAPACITY: usize = 100_000;
 
+/// Requests handled at once; more are answered 503 with `Retry-After` (each holds its body).
+const MAX_IN_FLIGHT: usize = 1024;
+
 /// How the webhook ingress runs.
 pub struct WebhookSettings {
     /// A bound listener (tests bind port 0).
@@ -83,6 +86,7 @@ struct App {
     jobs: mpsc::Sender<WebhookJob>,
     seen: Mutex<SeenIds>,
     stats: Arc<Stats>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// Starts serving; stops accepting when `shutdown` is cancelled and finishes open requests.
@@ -98,6 +102,7 @@ pub fn spawn(
         jobs,
         seen: Mutex::new(SeenIds::default()),
         stats,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
     });
     let router = Router::new()
         .route(PATH, post(receive))
@@ -126,6 +131,16 @@ fn reply(status: StatusCode, what: &str, detail: &str) -> Response {
 }
 
 async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(_permit) = app.in_flight.clone().try_acquire_owned() else {
+        let mut busy = reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "retry",
+            "too many webhook requests in flight",
+        );
+        busy.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, "1".parse().expect("valid"));
+        return busy;
+    };
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let signed = SignedHeaders {
         id: get("webhook-id"),
@@ -189,11 +204,23 @@ async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
         traceparent,
         reply: tx,
     };
-    let published = match app.jobs.send(job).await {
-        Ok(()) => matches!(tokio::time::timeout(CONFIRM_WAIT, rx).await, Ok(Ok(()))),
-        Err(_) => false,
-    };
-    app.finish(&key, published, done);
+    // The hand-off and the wait run in their own task, so a sender that hangs up mid-wait
+    // cannot leave its id in flight forever: the outcome is recorded either way, and a
+    // publish confirmed after the hang-up makes the sender's retry a duplicate, not a second
+    // publish.
+    let task = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let handed = tokio::time::timeout(CONFIRM_WAIT, app.jobs.send(job)).await;
+            let published = match handed {
+                Ok(Ok(())) => matches!(tokio::time::timeout(CONFIRM_WAIT, rx).await, Ok(Ok(()))),
+                Ok(Err(_)) | Err(_) => false,
+            };
+            app.finish(&key, published, done);
+            published
+        }
+    });
+    let published = task.await.unwrap_or(false);
     if published {
         app.stats.webhooks_published.fetch_add(1, Ordering::Relaxed);
         reply(StatusCode::OK, "published", "")

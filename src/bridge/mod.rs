@@ -24,12 +24,14 @@
 //! - [`dedup`]: the eventId window that drops replays and duplicates.
 //! - [`upstream`]: WebSocket connect, bearer handshake, subscribe with `resumeFrom`.
 //! - [`ingress`] and [`webhook`]: the webhook HTTP endpoint and its signature checks.
+//! - [`metrics`]: `--metrics-listen`: the counters, gauges and histograms below, for Prometheus.
 //! - [`bench`]: sim → bridge → broker throughput against a raw publisher.
 
 pub mod bench;
 pub mod cursor;
 pub mod dedup;
 pub mod ingress;
+pub mod metrics;
 pub mod outbox;
 mod pump;
 pub mod route;
@@ -45,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
 pub use ingress::WebhookSettings;
+pub use metrics::BridgeMetrics;
 pub use upstream::UpstreamSettings;
 
 use crate::amqp::AmqpUrl;
@@ -102,6 +105,8 @@ impl BridgeSettings {
 pub struct Stats {
     /// Frames read from the upstream.
     pub received: AtomicU64,
+    /// Valid upstream events, not duplicates, handed to the publisher.
+    pub accepted: AtomicU64,
     /// Publishes sent, republishes included.
     pub published: AtomicU64,
     /// Publishes confirmed by the broker (events, dead letters, webhooks).
@@ -128,6 +133,12 @@ pub struct Stats {
     pub cursor_ms: AtomicU64,
     /// When the cursor was last persisted, epoch ms.
     pub cursor_persisted_at_ms: AtomicU64,
+    /// Publishes not yet confirmed (the outbox length).
+    pub in_flight: AtomicU64,
+    /// Broker connected and, with an upstream, subscribed: what `/readyz` reports.
+    pub ready: Arc<crate::metrics::Readiness>,
+    /// Confirm latency and event lag.
+    pub latency: metrics::Latencies,
     cursor: std::sync::Mutex<Option<Ulid>>,
 }
 

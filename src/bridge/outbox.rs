@@ -11,6 +11,9 @@ use ulid::Ulid;
 
 use crate::amqp::BasicProperties;
 
+/// The longest wait before a nacked event is published again.
+pub const MAX_NACK_DELAY: Duration = Duration::from_secs(60);
+
 /// One message to publish, kept until confirmed so it can be sent again.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -133,12 +136,15 @@ impl Outbox {
         true
     }
 
-    /// Marks `seq` nacked: it is republished after a growing delay. Returns the delay.
+    /// Marks `seq` nacked: it is republished after a delay that doubles per nack, from 100 ms
+    /// up to [`MAX_NACK_DELAY`]. A nack may come from one full queue while the other queues
+    /// bound to the event took it, and each retry gives those a duplicate: the growing delay
+    /// bounds how many. Returns the delay.
     pub fn nack(&mut self, seq: u64, now: Instant) -> Option<Duration> {
         let slot = self.slot_mut(seq)?;
         slot.nacks = slot.nacks.saturating_add(1);
-        let delay = Duration::from_millis(50u64.saturating_mul(1 << slot.nacks.min(7)))
-            .min(Duration::from_secs(5));
+        let delay = Duration::from_millis(50u64.saturating_mul(1 << slot.nacks.min(11)))
+            .min(MAX_NACK_DELAY);
         slot.state = State::RetryAt(now + delay);
         Some(delay)
     }

@@ -55,6 +55,10 @@ pub struct BridgeArgs {
     /// Accepted skew of `webhook-timestamp` from our clock.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub webhook_tolerance: Duration,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:9090); the
+    /// bound address is logged as `Serving /metrics… addr=…` (use port 0 to pick a free one).
+    #[arg(long, env = "WARREN_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 pub(super) async fn bridge_command(global: &GlobalArgs, args: BridgeArgs) -> Result<u8> {
@@ -99,11 +103,14 @@ pub(super) async fn bridge_command(global: &GlobalArgs, args: BridgeArgs) -> Res
     settings.cursor_flush_interval = args.cursor_flush_interval;
     settings.shutdown_timeout = args.shutdown_timeout;
     let shutdown = crate::shutdown::on_signals();
-    crate::bridge::run(
-        settings,
-        Arc::new(crate::bridge::Stats::default()),
-        shutdown,
-    )
-    .await?;
+    let stats = Arc::new(crate::bridge::Stats::default());
+    if let Some(addr) = &args.metrics_listen {
+        let mut registry = prometheus_client::registry::Registry::default();
+        crate::bridge::BridgeMetrics::new(stats.clone()).register(&mut registry);
+        crate::metrics::spawn(addr, registry, stats.ready.clone(), shutdown.clone())
+            .await
+            .map_err(|e| Error::Usage(format!("--metrics-listen {addr}: {e}")))?;
+    }
+    crate::bridge::run(settings, stats, shutdown).await?;
     Ok(0)
 }

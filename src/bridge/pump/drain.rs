@@ -2,6 +2,7 @@
 //! cursor; and the background task that persists the cursor while running.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -40,16 +41,18 @@ impl Pump {
                 let window = &mut self.window;
                 tokio::select! {
                     _ = self.stop.cancelled() => Wake::Stop,
-                    Some((seq, r)) = window.next(), if !window.is_empty() => Wake::Confirm(seq, r),
+                    Some((tag, r)) = window.next(), if !window.is_empty() => Wake::Confirm(tag, r),
                     _ = tick.tick() => Wake::Tick,
                 }
             };
             match wake {
-                Wake::Confirm(seq, r) => self.on_confirm(seq, r),
+                Wake::Confirm(tag, r) => self.on_confirm(tag, r),
                 Wake::Tick => self.check_broker(),
                 _ => {}
             }
             self.advance_cursor();
+            let in_flight = self.outbox.len() as u64;
+            self.stats.in_flight.store(in_flight, Ordering::Relaxed);
         }
         timer.abort();
         if !self.outbox.is_empty() {
@@ -86,7 +89,7 @@ impl Pump {
             Ok(Ok(())) => {
                 self.stats
                     .cursor_persisted_at_ms
-                    .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+                    .store(now_ms(), Ordering::Relaxed);
                 Ok(())
             }
             Ok(Err(source)) => Err(Error::Io { path, source }),
@@ -113,7 +116,7 @@ pub(super) async fn write_cursor(
         match tokio::task::spawn_blocking(move || f.store(id)).await {
             Ok(Ok(())) => stats
                 .cursor_persisted_at_ms
-                .store(now_ms(), std::sync::atomic::Ordering::Relaxed),
+                .store(now_ms(), Ordering::Relaxed),
             Ok(Err(error)) => {
                 tracing::error!(path = %file.path().display(), %error, "Cannot persist the cursor.");
             }

@@ -7,6 +7,7 @@ mod connect;
 mod drain;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
@@ -51,7 +52,7 @@ struct Broker {
 /// What woke the loop.
 enum Wake {
     Stop,
-    Confirm(u64, Result<(), AmqpError>),
+    Confirm((u64, Instant), Result<(), AmqpError>),
     Frame(Option<Result<WsMessage, WsError>>),
     Job(Option<WebhookJob>),
     Ping,
@@ -92,7 +93,8 @@ pub(super) struct Pump {
     window_size: usize,
 
     outbox: Outbox,
-    window: ConfirmWindow<u64>,
+    /// Outstanding confirms, tagged with the outbox slot and when the publish went out.
+    window: ConfirmWindow<(u64, Instant)>,
     /// Some slot is unsent or waiting for a retry.
     dirty: bool,
     broker: Option<Broker>,
@@ -229,7 +231,7 @@ impl Pump {
                 tokio::select! {
                     biased;
                     _ = self.shutdown.cancelled() => Wake::Stop,
-                    Some((seq, r)) = window.next(), if !window.is_empty() => Wake::Confirm(seq, r),
+                    Some((tag, r)) = window.next(), if !window.is_empty() => Wake::Confirm(tag, r),
                     f = next_frame(ws), if reading => Wake::Frame(f),
                     j = next_job(jobs), if reading => Wake::Job(j),
                     _ = ping.tick() => Wake::Ping,
@@ -239,8 +241,8 @@ impl Pump {
             };
             match wake {
                 Wake::Stop => break,
-                Wake::Confirm(seq, r) => {
-                    self.on_confirm(seq, r);
+                Wake::Confirm(tag, r) => {
+                    self.on_confirm(tag, r);
                     self.take_ready_confirms();
                 }
                 Wake::Frame(f) => {
@@ -257,7 +259,9 @@ impl Pump {
                 }
             }
             self.advance_cursor();
+            self.report_state();
         }
+        self.stats.ready.set(false);
         self.finish().await
     }
 
@@ -279,7 +283,7 @@ impl Pump {
     fn take_ready_confirms(&mut self) {
         for _ in 0..BURST {
             match self.window.next().now_or_never() {
-                Some(Some((seq, r))) => self.on_confirm(seq, r),
+                Some(Some((tag, r))) => self.on_confirm(tag, r),
                 _ => return,
             }
         }
@@ -350,6 +354,8 @@ impl Pump {
             Stats::add(&self.stats.duplicates, 1);
             return;
         }
+        Stats::add(&self.stats.accepted, 1);
+        self.observe_lag(event.ts);
         let traceparent = route::frame_traceparent(frame).unwrap_or_else(route::new_traceparent);
         let out = self.event_message(&event, frame.to_vec(), &traceparent);
         let seq = self.outbox.push(out, Origin::Stream(id));
@@ -357,6 +363,7 @@ impl Pump {
     }
 
     async fn on_job(&mut self, job: WebhookJob) {
+        self.observe_lag(job.event.ts);
         let traceparent = job
             .traceparent
             .clone()
@@ -381,11 +388,7 @@ impl Pump {
     }
 
     async fn dead_letter(&mut self, body: Vec<u8>, error: &str, original_size: Option<usize>) {
-        let n = self
-            .stats
-            .invalid
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
+        let n = self.stats.invalid.fetch_add(1, Ordering::Relaxed) + 1;
         if self.warn_invalid.ready() {
             tracing::warn!(%error, invalid_total = n, "Invalid frame; dead-lettering it.");
         }
@@ -427,7 +430,7 @@ impl Pump {
         match sent {
             Ok(confirm) => {
                 Stats::add(&self.stats.published, 1);
-                self.window.push(seq, confirm);
+                self.window.push((seq, Instant::now()), confirm);
             }
             Err(error) => self.broker_failed(&error.to_string()),
         }
@@ -436,7 +439,13 @@ impl Pump {
     async fn publish_due(&mut self) {
         self.dirty = false;
         for seq in self.outbox.due(Instant::now()) {
-            if self.broker.is_none() {
+            // A blocked connection (memory or disk alarm) takes no publishes: writing would
+            // park this loop on the socket, and with it confirms, acks and shutdown.
+            if self
+                .broker
+                .as_ref()
+                .is_none_or(|b| b.conn.status().blocked())
+            {
                 self.dirty = true;
                 return;
             }
@@ -445,7 +454,14 @@ impl Pump {
         self.dirty |= self.outbox.has_waiting();
     }
 
-    fn on_confirm(&mut self, seq: u64, result: Result<(), AmqpError>) {
+    fn on_confirm(&mut self, (seq, sent): (u64, Instant), result: Result<(), AmqpError>) {
+        if matches!(
+            result,
+            Ok(()) | Err(AmqpError::Returned { .. } | AmqpError::Nacked { .. })
+        ) {
+            let latency = &self.stats.latency.confirm;
+            latency.observe(sent.elapsed().as_secs_f64());
+        }
         match result {
             Ok(()) => {
                 if self.outbox.confirm(seq) {
@@ -454,13 +470,9 @@ impl Pump {
                 }
             }
             Err(error @ AmqpError::Returned { .. }) => {
-                let n = self
-                    .stats
-                    .unroutable
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                    + 1;
+                let n = self.stats.unroutable.fetch_add(1, Ordering::Relaxed) + 1;
                 if self.warn_unroutable.ready() {
-                    tracing::warn!(%error, unroutable_total = n, "Event matched no queue; counted and dropped by the broker.");
+                    tracing::warn!(%error, unroutable_total = n, "Event matched no queue and the events exchange has no alternate exchange (apply the topology again); dropped by the broker.");
                 }
                 if self.outbox.confirm(seq) {
                     Stats::add(&self.stats.confirmed, 1);
@@ -468,11 +480,7 @@ impl Pump {
                 }
             }
             Err(error @ AmqpError::Nacked { .. }) => {
-                let n = self
-                    .stats
-                    .nacked
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                    + 1;
+                let n = self.stats.nacked.fetch_add(1, Ordering::Relaxed) + 1;
                 if let Some(delay) = self.outbox.nack(seq, Instant::now())
                     && self.warn_nacked.ready()
                 {
@@ -487,6 +495,22 @@ impl Pump {
             }
             Err(error) => self.broker_failed(&error.to_string()),
         }
+    }
+
+    /// Now minus the event's own timestamp, at its first publish.
+    fn observe_lag(&self, ts_ms: u64) {
+        let lag = now_ms().saturating_sub(ts_ms) as f64 / 1000.0;
+        self.stats.latency.event_lag.observe(lag);
+    }
+
+    /// Publishes the loop's state for `/metrics` and `/readyz`: two relaxed stores.
+    fn report_state(&self) {
+        let stats = &self.stats;
+        stats
+            .in_flight
+            .store(self.outbox.len() as u64, Ordering::Relaxed);
+        let subscribed = self.upstream.is_none() || self.ws.is_some();
+        stats.ready.set(self.broker.is_some() && subscribed);
     }
 
     fn advance_cursor(&mut self) {
