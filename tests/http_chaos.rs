@@ -99,8 +99,8 @@ async fn kill9_mid_call_with_every_fault_on_loses_nothing_and_doubles_nothing() 
 
     // Reconcile the ledger and the DLQ against what was published.
     let ledger = sim.ledger().await;
-    let doubled: Vec<_> = ledger.keys.iter().filter(|k| k.effects > 1).collect();
-    assert!(doubled.is_empty(), "keys with two effects: {doubled:?}");
+    // The sim never commits a key twice by construction; two effects for one event would mean
+    // warren sent it under two keys. `effects_by_event` below catches that.
     let effects = ledger.effects_by_event();
     let dead = dead_letters(&conn, &dlq).await;
     let mut parked: BTreeMap<&str, usize> = BTreeMap::new();

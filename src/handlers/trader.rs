@@ -5,8 +5,10 @@
 //!
 //! Every trade's key derives from the deciding event, so a redelivery or a replay repeats the
 //! keys and the API replays its stored responses instead of trading again. Trades decided for
-//! an event are kept until they all succeed, so a retry re-issues exactly those trades even
-//! though the tick itself is not windowed twice.
+//! an event are kept until each succeeds (and dropped one by one as they do), so a retry
+//! re-issues exactly the unfinished ones even though the tick itself is not windowed twice.
+//! A worker (a standby taking over, a restart) first loads the open positions from the API, so
+//! it never opens a second position on a pair it inherited.
 
 pub mod strategy;
 
@@ -32,6 +34,8 @@ pub struct TraderHandler {
     client: HttpClient,
     open_url: Url,
     close_url: Url,
+    positions_url: Url,
+    loaded: tokio::sync::OnceCell<()>,
     state: Mutex<State>,
 }
 
@@ -63,6 +67,18 @@ struct Opened {
 }
 
 #[derive(Deserialize)]
+struct Positions {
+    positions: Vec<HeldPosition>,
+}
+
+#[derive(Deserialize)]
+struct HeldPosition {
+    position_id: String,
+    pair: String,
+    direction: Direction,
+}
+
+#[derive(Deserialize)]
 struct Closed {
     #[serde(default)]
     realised_pnl_usdc: Option<f64>,
@@ -83,6 +99,8 @@ impl TraderHandler {
             client,
             open_url: join("trade/open")?,
             close_url: join("trade/close")?,
+            positions_url: join("positions")?,
+            loaded: tokio::sync::OnceCell::new(),
             state: Mutex::new(State {
                 strategy: Strategy::new(params),
                 ..Default::default()
@@ -131,8 +149,15 @@ impl TraderHandler {
                 let known = self.state().position_ids.get(&open_key(opened_by)).cloned();
                 let position_id = match known {
                     Some(id) => id,
-                    // Unknown here (a retry after a restart): the open's own key returns its id.
-                    None => self.open(pair, *direction, opened_by).await?,
+                    // Unknown here: ask for the open's stored outcome by its key. Never POST the
+                    // open again to learn its id: if it never happened, that would open it now.
+                    None => match self.client.lookup(&open_key(opened_by)).await? {
+                        Some(stored) => stored.json::<Opened>()?.position_id,
+                        None => {
+                            tracing::warn!(pair = %pair, direction = direction.as_str(), event_id = %event_id, "The position to close was never opened; nothing to close.");
+                            return Ok(());
+                        }
+                    },
                 };
                 let body = json_body(&CloseBody {
                     position_id: &position_id,
@@ -152,6 +177,46 @@ impl TraderHandler {
                 Ok(())
             }
         }
+    }
+
+    /// Drops a trade that succeeded from the event's pending list, so a retry does not run it
+    /// again.
+    fn finished(&self, event_id: &str, trade: &Trade) {
+        let mut s = self.state();
+        if let Some(left) = s.pending.get_mut(event_id) {
+            left.retain(|t| t.key() != trade.key());
+            if left.is_empty() {
+                s.pending.remove(event_id);
+            }
+        }
+    }
+
+    /// `GET <api>/positions` once, before the first event: positions opened by another worker
+    /// (the one this standby replaces) count towards the cap and are closed on a flip. A 404
+    /// means the API has no such endpoint: start empty.
+    async fn load_positions(&self) -> Result<(), HandlerError> {
+        let Some(list) = self
+            .client
+            .get_json::<Positions>(&self.positions_url)
+            .await?
+        else {
+            tracing::warn!(url = %crate::http::shown(&self.positions_url), "No positions endpoint; starting with no open positions.");
+            return Ok(());
+        };
+        let mut s = self.state();
+        for p in &list.positions {
+            let opened_by = format!("loaded:{}", p.position_id);
+            s.position_ids
+                .insert(open_key(&opened_by), p.position_id.clone());
+            s.strategy.adopt(&p.pair, p.direction, &opened_by);
+        }
+        if !list.positions.is_empty() {
+            tracing::info!(
+                open = list.positions.len(),
+                "Loaded open positions from the API."
+            );
+        }
+        Ok(())
     }
 
     /// `POST /trade/open` with the key of the open decided by `event_id`; returns the position id.
@@ -200,6 +265,9 @@ impl Handler for TraderHandler {
             tracing::debug!(event_id = %event.event_id, pair = %pair, "Stale tick ignored.");
             return Ok(());
         }
+        self.loaded
+            .get_or_try_init(|| self.load_positions())
+            .await?;
         let trades = self.decide(event, &input);
         for trade in &trades {
             if let Err(error) = self.execute(trade).await {
@@ -211,9 +279,7 @@ impl Handler for TraderHandler {
                 }
                 return Err(error);
             }
-        }
-        if !trades.is_empty() {
-            self.state().pending.remove(&event.event_id);
+            self.finished(&event.event_id, trade);
         }
         Ok(())
     }

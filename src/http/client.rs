@@ -336,8 +336,40 @@ impl HttpClient {
         }
     }
 
-    /// `GET <status-url>` for `key`. A 200 body `{"status": N, "body": …}` is the stored
-    /// outcome; any other 200 body is taken as the outcome itself.
+    /// A read-only `GET` of JSON: `None` on 404; any other failure is transient.
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        url: &Url,
+    ) -> Result<Option<T>, HandlerError> {
+        let mut request = self.inner.get(url.clone());
+        if let Some(auth) = &self.auth {
+            request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
+        }
+        let fail = |why: String| HandlerError::transient(format!("GET {}: {why}", shown(url)));
+        let response = request.send().await.map_err(|e| fail(describe(e)))?;
+        match response.status().as_u16() {
+            404 => Ok(None),
+            200..=299 => {
+                let body = response.bytes().await.map_err(|e| fail(describe(e)))?;
+                serde_json::from_slice(&body)
+                    .map(Some)
+                    .map_err(|e| fail(format!("unexpected body: {e}")))
+            }
+            status => Err(fail(format!("answered {status}"))),
+        }
+    }
+
+    /// `GET <status-url>` for `key`: `Some` with the stored outcome if the operation is
+    /// committed, `None` if the server never committed it; an error if it cannot tell yet.
+    pub async fn lookup(&self, key: &str) -> Result<Option<Response>, HandlerError> {
+        match self.check(key).await {
+            Check::Committed(r) => Ok(Some(r)),
+            Check::NotFound => Ok(None),
+            Check::Unknown(why) => Err(HandlerError::transient(format!("status check: {why}"))),
+        }
+    }
+
+    /// `GET <status-url>` for `key`, read with [`read_status_body`].
     async fn check(&self, key: &str) -> Check {
         let mut request = self.inner.get(self.status.url(key));
         if let Some(auth) = &self.auth {
@@ -353,31 +385,57 @@ impl HttpClient {
             Err(e) => return Check::Unknown(describe(e)),
         };
         match classify_lookup(status) {
-            Lookup::Committed => Check::Committed(stored_outcome(body)),
+            Lookup::Committed => read_status_body(body),
             Lookup::NotFound => Check::NotFound,
             Lookup::Unknown => Check::Unknown(format!("{status} {}", snippet(&body))),
         }
     }
 }
 
-/// Unwraps `{"status": N, "body": …}` from a status check.
-fn stored_outcome(body: Bytes) -> Response {
-    #[derive(serde::Deserialize)]
-    struct Stored {
-        status: u16,
-        body: Box<serde_json::value::RawValue>,
-    }
-    match serde_json::from_slice::<Stored>(&body) {
-        Ok(s) => Response {
-            status: s.status,
-            body: Bytes::from(s.body.get().to_owned()),
+/// What a 200 from the status endpoint says. Only an explicit "done" counts as done:
+/// - `{"status": <number>, "body": …}` (warren's contract): the stored outcome;
+/// - a `status` or `state` string: `committed`, `complete(d)`, `succeeded`, `success`, `done`
+///   mean done; anything else (`pending`, `processing`, `in_flight`, `failed`, …) means
+///   "not done yet": retry later with the same key, and let the downstream's idempotency decide;
+/// - a body with neither field (the resource itself) means the operation exists: done.
+fn read_status_body(body: Bytes) -> Check {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return Check::Unknown(format!(
+            "200 with a body that is not JSON: {}",
+            snippet(&body)
+        ));
+    };
+    if let Some(status) = value.get("status").and_then(|s| s.as_u64())
+        && let Some(inner) = value.get("body")
+    {
+        return Check::Committed(Response {
+            status: u16::try_from(status).unwrap_or(500),
+            body: Bytes::from(inner.to_string()),
             via_status_check: true,
-        },
-        Err(_) => Response {
+        });
+    }
+    let state = ["status", "state"]
+        .iter()
+        .find_map(|k| value.get(*k).and_then(|v| v.as_str()));
+    match state.map(|s| s.to_ascii_lowercase()) {
+        Some(s)
+            if matches!(
+                s.as_str(),
+                "committed" | "complete" | "completed" | "succeeded" | "success" | "done"
+            ) =>
+        {
+            Check::Committed(Response {
+                status: 200,
+                body,
+                via_status_check: true,
+            })
+        }
+        Some(s) => Check::Unknown(format!("operation is '{s}'")),
+        None => Check::Committed(Response {
             status: 200,
             body,
             via_status_check: true,
-        },
+        }),
     }
 }
 
@@ -425,5 +483,39 @@ fn snippet(body: &[u8]) -> String {
     match text.char_indices().nth(200) {
         Some((i, _)) => format!("{}…", &text[..i]),
         None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod status_body_tests {
+    use super::*;
+
+    fn read(body: &str) -> Check {
+        read_status_body(Bytes::from(body.to_string()))
+    }
+
+    #[test]
+    fn only_an_explicit_done_counts_as_done() {
+        assert!(matches!(
+            read(r#"{"state":"committed","status":201,"body":{"id":1}}"#),
+            Check::Committed(Response { status: 201, .. })
+        ));
+        for done in [
+            r#"{"status":"complete"}"#,
+            r#"{"state":"Succeeded"}"#,
+            r#"{"id":"pos_1"}"#,
+        ] {
+            assert!(matches!(read(done), Check::Committed(_)), "{done}");
+        }
+        // The seeds' OperationStatus: pending, processing and failed are not done.
+        for not_done in [
+            r#"{"status":"pending"}"#,
+            r#"{"status":"processing"}"#,
+            r#"{"status":"failed"}"#,
+            r#"{"state":"in_flight"}"#,
+            "not json",
+        ] {
+            assert!(matches!(read(not_done), Check::Unknown(_)), "{not_done}");
+        }
     }
 }

@@ -9,7 +9,7 @@
 //! - `GET /operations/{key}` → 200 `{state: "committed", status, body, …}`, 409 while in
 //!   flight, 404 if the key was never committed
 //! - `GET /ledger` → effects per key: counts, body hashes, event ids, stored responses
-//! - `GET /stats` → `{effects, posts, keys, requests}`, cheap to poll
+//! - `GET /stats` → `{effects, posts, keys, requests, replays}`, cheap to poll
 //! - `GET /requests[?key=K]` → every request with its arrival time and answer (the last million)
 //! - `GET /positions` → open positions; `GET /health`
 //!

@@ -60,6 +60,18 @@ impl LedgerView {
         out
     }
 
+    /// Effects per (event id, endpoint): more than one means the same decision ran twice under
+    /// different keys, which the server's own per-key idempotency cannot catch.
+    pub fn effects_by_event_and_path(&self) -> BTreeMap<(String, String), u32> {
+        let mut out = BTreeMap::new();
+        for k in &self.keys {
+            if let Some(id) = &k.event_id {
+                *out.entry((id.clone(), k.path.clone())).or_default() += k.effects;
+            }
+        }
+        out
+    }
+
     /// Committed keys in commit order.
     pub fn committed(&self) -> Vec<&KeyView> {
         let mut c: Vec<_> = self.keys.iter().filter(|k| k.effects > 0).collect();
@@ -111,6 +123,17 @@ impl Sim {
     }
 
     /// `GET /ledger`.
+    /// Open positions per pair (`GET /positions`).
+    pub async fn open_per_pair(&self) -> BTreeMap<String, usize> {
+        let v: serde_json::Value = self.get_json("/positions").await;
+        let mut out = BTreeMap::new();
+        for p in v["positions"].as_array().cloned().unwrap_or_default() {
+            *out.entry(p["pair"].as_str().unwrap_or("").to_string())
+                .or_default() += 1;
+        }
+        out
+    }
+
     pub async fn ledger(&self) -> LedgerView {
         self.get_json("/ledger").await
     }

@@ -144,7 +144,13 @@ impl Trade {
     pub fn key(&self) -> String {
         match self {
             Trade::Open { event_id, .. } => open_key(event_id),
-            Trade::Close { event_id, .. } => idempotency_key(event_id, "trader", "close"),
+            // The position is part of the key: replayed ticks seen by a worker that adopted a
+            // different position must not reuse the key of a close of another one.
+            Trade::Close {
+                event_id,
+                opened_by,
+                ..
+            } => idempotency_key(event_id, "trader", &format!("close:{opened_by}")),
         }
     }
 
@@ -259,6 +265,17 @@ impl Strategy {
         trades
     }
 
+    /// Records a position that is already open (loaded from the API at start).
+    pub fn adopt(&mut self, pair: &str, direction: Direction, opened_by: &str) {
+        self.open.insert(
+            pair.to_string(),
+            Held {
+                direction,
+                opened_by: opened_by.to_string(),
+            },
+        );
+    }
+
     /// Drops what the strategy believes is open on `pair` (after a trade failed for good).
     pub fn forget(&mut self, pair: &str) {
         self.open.remove(pair);
@@ -369,7 +386,10 @@ mod tests {
         let Trade::Close { event_id, .. } = &down[0] else {
             unreachable!()
         };
-        assert_eq!(down[0].key(), idempotency_key(event_id, "trader", "close"));
+        assert_eq!(
+            down[0].key(),
+            idempotency_key(event_id, "trader", "close:a019")
+        );
         assert_eq!(down[1].key(), open_key(event_id));
     }
 

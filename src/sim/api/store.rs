@@ -36,6 +36,7 @@ struct KeyRecord {
     event_id: Option<String>,
     posts: u32,
     status_checks: u32,
+    replays: u32,
     state: KeyState,
 }
 
@@ -95,6 +96,8 @@ pub struct LedgerEntry {
     pub posts: u32,
     /// Status checks received for this key.
     pub status_checks: u32,
+    /// POSTs answered with the stored response (`Idempotent-Replayed: true`).
+    pub replays: u32,
     /// sha256 of the request body.
     pub body_sha256: String,
     /// The stored response, if committed.
@@ -126,6 +129,8 @@ pub struct Stats {
     pub keys: usize,
     /// Requests received (POSTs and status checks).
     pub requests: u64,
+    /// POSTs answered with a stored response: duplicates absorbed by the idempotency layer.
+    pub replays: u64,
 }
 
 /// Everything the server remembers, behind one mutex.
@@ -137,6 +142,7 @@ pub struct Store {
     logged: u64,
     effects: u64,
     posts: u64,
+    replays: u64,
 }
 
 impl Store {
@@ -149,6 +155,7 @@ impl Store {
             logged: 0,
             effects: 0,
             posts: 0,
+            replays: 0,
         }
     }
 
@@ -192,6 +199,7 @@ impl Store {
                 event_id: None,
                 posts: 0,
                 status_checks: 0,
+                replays: 0,
                 state: KeyState::Open,
             });
         record.posts += 1;
@@ -211,7 +219,11 @@ impl Store {
         };
         let same = record.endpoint == endpoint && record.body_sha256 == body_sha256;
         match &record.state {
-            KeyState::Committed(stored) if same => Begin::Replay(stored.clone()),
+            KeyState::Committed(stored) if same => {
+                record.replays += 1;
+                self.replays += 1;
+                Begin::Replay(stored.clone())
+            }
             KeyState::Committed(_) => Begin::Mismatch,
             KeyState::InFlight => Begin::InFlight,
             KeyState::Open => {
@@ -273,6 +285,7 @@ impl Store {
             posts: self.posts,
             keys: self.keys.len(),
             requests: self.logged,
+            replays: self.replays,
         }
     }
 
@@ -293,6 +306,7 @@ impl Store {
                     effects: stored.is_some() as u32,
                     posts: r.posts,
                     status_checks: r.status_checks,
+                    replays: r.replays,
                     body_sha256: r.body_sha256.clone(),
                     stored,
                 }
