@@ -1,0 +1,327 @@
+//! `warren bench`: throughput, latency, CPU and memory of warren's own code paths, each beside a
+//! minimal lapin loop doing the same work (`--baseline raw`).
+//!
+//! Every measured run is its own child process (`warren bench --child SPEC`), so CPU time
+//! (`getrusage(RUSAGE_SELF)`) and peak RSS (`VmHWM`) belong to one side only. The parent declares
+//! a throwaway topology per run (unique prefix, `x-expires`), fills backlogs and runs the
+//! simulated upstream outside the measured process, and deletes everything afterwards. Rounds
+//! interleave the sides (warren, raw, warren, raw…) so drift on a shared machine hits both.
+//!
+//! - [`scenarios`]: the warren side, through `amqp::Publisher`, `worker::run` and `bridge::run`.
+//! - [`raw`]: the baseline, lapin's API and nothing else.
+//! - [`stats`]: percentiles, CPU time, peak RSS.
+//! - [`run`]: the orchestration and the report.
+
+mod parent;
+pub mod raw;
+pub mod scenarios;
+pub mod stats;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+pub use parent::{BenchOptions, BenchReport, Row, run};
+pub use stats::Percentiles;
+
+use crate::error::Error;
+
+/// The routing key (and event type) of bench messages.
+pub const EVENT_TYPE: &str = "bench.tick";
+
+/// Which code runs a measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// warren's own code paths.
+    Warren,
+    /// A minimal lapin loop doing the same work.
+    Raw,
+}
+
+/// The queue type a scenario's queues are declared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Classic queues.
+    Classic,
+    /// Quorum queues (Raft-replicated, fsync on every write).
+    Quorum,
+}
+
+impl QueueType {
+    /// The name the topology file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+/// One measured scenario, with its parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Scenario {
+    /// Publish with confirms, at most `window` unconfirmed.
+    Publish {
+        /// The confirm window.
+        window: usize,
+    },
+    /// Consume and ack a backlog filled beforehand.
+    Consume {
+        /// Per-consumer prefetch.
+        prefetch: u16,
+    },
+    /// Publish and consume at once, as fast as both go.
+    Saturation,
+    /// Simulated upstream → bridge → queue → worker `log` handler.
+    EndToEnd,
+    /// Publish at a fixed share of the measured ceiling; latency from publish to handler.
+    Latency {
+        /// Percent of the ceiling.
+        percent: u8,
+    },
+    /// Every message fails, waits in a retry tier, fails again and is dead-lettered.
+    Retry,
+}
+
+/// Confirm window of the scenarios that publish without a `publish` parameter.
+pub const PIPELINE_WINDOW: usize = 256;
+/// Prefetch of the scenarios that consume without a `consume` parameter.
+pub const PIPELINE_PREFETCH: u16 = 100;
+
+impl Scenario {
+    /// A short label for tables.
+    pub fn label(&self) -> String {
+        match self {
+            Scenario::Publish { window } => format!("publish window={window}"),
+            Scenario::Consume { prefetch } => format!("consume prefetch={prefetch}"),
+            Scenario::Saturation => "saturation".into(),
+            Scenario::EndToEnd => "e2e bridge+worker".into(),
+            Scenario::Latency { percent } => format!("latency at {percent}%"),
+            Scenario::Retry => "retry+dead-letter".into(),
+        }
+    }
+
+    /// The prefetch the consumer side uses.
+    pub fn prefetch(&self) -> u16 {
+        match self {
+            Scenario::Consume { prefetch } => *prefetch,
+            _ => PIPELINE_PREFETCH,
+        }
+    }
+
+    /// The confirm window the publishing side uses.
+    pub fn window(&self) -> usize {
+        match self {
+            Scenario::Publish { window } => *window,
+            _ => PIPELINE_WINDOW,
+        }
+    }
+
+    /// True when per-message latency means something here (a backlog's wait does not).
+    pub fn has_latency(&self) -> bool {
+        matches!(
+            self,
+            Scenario::Publish { .. } | Scenario::Saturation | Scenario::Latency { .. }
+        )
+    }
+}
+
+/// What a child process is told to measure.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// The side.
+    pub side: Side,
+    /// The scenario.
+    pub scenario: Scenario,
+    /// The queue type.
+    pub queue_type: QueueType,
+    /// Messages to count.
+    pub messages: u64,
+    /// Body size, bytes.
+    pub size: usize,
+    /// The throwaway topology file.
+    pub topology_file: PathBuf,
+    /// Its prefix.
+    pub prefix: String,
+    /// Offered rate, messages per second (latency scenarios).
+    pub rate: Option<f64>,
+    /// The simulated upstream's WebSocket URL (end-to-end).
+    pub upstream: Option<String>,
+    /// The cursor to resume from, a ULID just before the first simulated event (end-to-end).
+    pub resume_from: Option<String>,
+}
+
+/// What one side measured about itself in one run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SideResult {
+    /// The side.
+    pub side: Side,
+    /// Messages counted (published and confirmed, or handled and acked, or dead-lettered).
+    pub messages: u64,
+    /// Seconds from the first message to the last.
+    pub secs: f64,
+    /// Messages per second.
+    pub msgs_per_sec: f64,
+    /// Publish → confirm, or publish → handler, where meaningful.
+    pub latency: Option<Percentiles>,
+    /// User + system CPU of the side's process per message, µs.
+    pub cpu_us_per_msg: f64,
+    /// The side's process's peak resident set, KiB.
+    pub peak_rss_kib: u64,
+}
+
+/// The body of a bench message: an envelope with a send stamp, padded to about `size` bytes.
+pub fn message_body(size: usize, sent_us: u64) -> Vec<u8> {
+    let id = ulid::Ulid::generate();
+    let head = format!(
+        r#"{{"eventId":"{id}","type":"{EVENT_TYPE}","agentId":"bench","ts":{},"payload":{{"sent_us":{sent_us},"pad":""#,
+        (sent_us / 1000).max(1)
+    );
+    let pad = size.saturating_sub(head.len() + 3);
+    let mut body = Vec::with_capacity(head.len() + pad + 3);
+    body.extend_from_slice(head.as_bytes());
+    body.resize(head.len() + pad, b'x');
+    body.extend_from_slice(b"\"}}");
+    body
+}
+
+/// The payload's send stamp.
+#[derive(Debug, Deserialize)]
+pub struct Stamp {
+    /// Microseconds since the epoch at publish time.
+    #[serde(default)]
+    pub sent_us: u64,
+}
+
+/// Counts handled messages and their latencies; fires `done` at the target. Shared by both
+/// sides so that they stop and time the same way.
+#[derive(Debug)]
+pub struct Tally {
+    target: u64,
+    count: AtomicU64,
+    first: std::sync::OnceLock<Instant>,
+    last: std::sync::Mutex<Option<Instant>>,
+    latencies: std::sync::Mutex<Vec<u64>>,
+    record_latency: bool,
+    /// Cancelled when `target` messages have been counted.
+    pub done: CancellationToken,
+}
+
+impl Tally {
+    /// A tally that is done after `target` messages.
+    pub fn new(target: u64, record_latency: bool) -> Arc<Self> {
+        Arc::new(Self {
+            target,
+            count: AtomicU64::new(0),
+            first: std::sync::OnceLock::new(),
+            last: std::sync::Mutex::new(None),
+            latencies: std::sync::Mutex::new(Vec::with_capacity(if record_latency {
+                target as usize
+            } else {
+                0
+            })),
+            record_latency,
+            done: CancellationToken::new(),
+        })
+    }
+
+    /// Marks the start of the measured interval, if nothing has yet.
+    pub fn start(&self) {
+        let _ = self.first.get_or_init(Instant::now);
+    }
+
+    /// Counts one message; `sent_us` is its send stamp (0: none).
+    pub fn hit(&self, sent_us: u64) {
+        let now = Instant::now();
+        self.start();
+        if self.record_latency && sent_us > 0 {
+            let lat = stats::now_us().saturating_sub(sent_us);
+            self.latencies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(lat);
+        }
+        let n = self.count.fetch_add(1, Ordering::AcqRel) + 1;
+        if n == self.target {
+            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+            self.done.cancel();
+        }
+    }
+
+    /// Messages counted.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Waits for the target, or fails after `limit` naming how far it got.
+    pub async fn wait(&self, limit: Duration, what: &str) -> Result<(), Error> {
+        tokio::select! {
+            _ = self.done.cancelled() => Ok(()),
+            _ = tokio::time::sleep(limit) => Err(Error::Other(format!(
+                "bench: {what}: {} of {} messages in {}s",
+                self.count(), self.target, limit.as_secs()
+            ))),
+        }
+    }
+
+    /// The figures, with the CPU time used since `cpu_before`.
+    pub fn result(&self, side: Side, cpu_before: Duration) -> SideResult {
+        let cpu = stats::cpu_time().saturating_sub(cpu_before);
+        let first = self.first.get().copied().unwrap_or_else(Instant::now);
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(Instant::now);
+        let secs = last.duration_since(first).as_secs_f64().max(1e-6);
+        let messages = self.count();
+        let mut lat =
+            std::mem::take(&mut *self.latencies.lock().unwrap_or_else(|p| p.into_inner()));
+        SideResult {
+            side,
+            messages,
+            secs,
+            msgs_per_sec: messages as f64 / secs,
+            latency: Percentiles::of(&mut lat),
+            cpu_us_per_msg: cpu.as_secs_f64() * 1e6 / messages.max(1) as f64,
+            peak_rss_kib: stats::peak_rss_kib(),
+        }
+    }
+}
+
+/// The time limit of one measured run.
+pub const RUN_LIMIT: Duration = Duration::from_secs(600);
+
+/// Runs one side of one scenario in this process (the `--child` mode) and returns its figures.
+pub async fn run_child(spec: &RunSpec, url: &crate::amqp::AmqpUrl) -> Result<SideResult, Error> {
+    match spec.side {
+        Side::Warren => scenarios::run(spec, url).await,
+        Side::Raw => raw::run(spec, url).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_envelopes_of_the_asked_size() {
+        for size in [0, 64, 256, 4096] {
+            let body = message_body(size, 1_700_000_000_000_000);
+            let env = crate::envelope::Envelope::parse(&body).unwrap();
+            assert_eq!(env.event_type, EVENT_TYPE);
+            let stamp: Stamp = env.payload_as().unwrap();
+            assert_eq!(stamp.sent_us, 1_700_000_000_000_000);
+            if size >= 200 {
+                assert_eq!(body.len(), size);
+            }
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The baseline: each scenario as a minimal loop over lapin's own API, with no warren code on
+//! the message path. It is the one place outside `amqp/` that calls lapin, on purpose: it is
+//! what warren is measured against. It does the same work per message as warren: parse the
+//! JSON, dispatch on the type, check every confirm, ack every delivery.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
+use serde::Deserialize;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use super::scenarios::{count_depth, pace, properties, upstream_settings};
+use super::{RUN_LIMIT, RunSpec, Scenario, Side, SideResult, Stamp, Tally, message_body, stats};
+use crate::amqp::AmqpUrl;
+use crate::error::Error;
+use crate::topology::Topology;
+
+/// The attempt header of the raw retry loop.
+const ATTEMPT: &str = "x-raw-attempt";
+
+/// What the raw consumer reads of each body.
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "type", borrow)]
+    event_type: &'a str,
+    #[serde(default)]
+    payload: Option<Stamp>,
+}
+
+fn fail(what: &str) -> impl Fn(lapin::Error) -> Error + '_ {
+    move |e| Error::Other(format!("raw {what}: {e}"))
+}
+
+/// Runs the raw side of `spec`.
+pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
+    let t = Topology::load(&spec.topology_file, &spec.prefix)?;
+    let queue = t.queues[0].name.clone();
+    let scenario = spec.scenario;
+    let tally = Tally::new(spec.messages, scenario.has_latency());
+    let cpu_before = stats::cpu_time();
+    let conn = Connection::connect_uri(url.uri(), ConnectionProperties::default())
+        .await
+        .map_err(fail("connect"))?;
+    let publish_channel = || async {
+        let ch = conn.create_channel().await.map_err(fail("channel"))?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(fail("confirm.select"))?;
+        Ok::<_, Error>(ch)
+    };
+    let outcome = match scenario {
+        Scenario::Publish { window } => {
+            let ch = publish_channel().await?;
+            let cpu_before = stats::cpu_time();
+            tally.start();
+            publish_all(&ch, &t.events_exchange, spec, window, Some(&tally)).await?;
+            Ok(tally.result(Side::Raw, cpu_before))
+        }
+        Scenario::Consume { prefetch } => {
+            let consumer = consume(&conn, &queue, prefetch, tally.clone(), None).await?;
+            let waited = tally.wait(RUN_LIMIT, "raw consume").await;
+            consumer.abort();
+            waited.map(|()| tally.result(Side::Raw, cpu_before))
+        }
+        Scenario::Saturation | Scenario::Latency { .. } => {
+            let consumer = consume(&conn, &queue, scenario.prefetch(), tally.clone(), None).await?;
+            let ch = publish_channel().await?;
+            tally.start();
+            publish_all(&ch, &t.events_exchange, spec, scenario.window(), None).await?;
+            let waited = tally.wait(RUN_LIMIT, "raw pipeline").await;
+            consumer.abort();
+            waited.map(|()| tally.result(Side::Raw, cpu_before))
+        }
+        Scenario::Retry => {
+            let spec0 = &t.queues[0];
+            let delay = spec0.retry_delays.first().copied().unwrap_or_default();
+            let retry = Retry {
+                channel: publish_channel().await?,
+                retry_queue: spec0.retry_queue(delay),
+                dead_letter_exchange: t.dead_letter_exchange.clone(),
+                queue: queue.clone(),
+            };
+            let consumer = consume(
+                &conn,
+                &queue,
+                scenario.prefetch(),
+                tally.clone(),
+                Some(Arc::new(retry)),
+            )
+            .await?;
+            let ch = publish_channel().await?;
+            tally.start();
+            publish_all(&ch, &t.events_exchange, spec, scenario.window(), None).await?;
+            let waited = count_depth_raw(url, &spec0.dlq(), &tally).await;
+            consumer.abort();
+            waited.map(|()| tally.result(Side::Raw, cpu_before))
+        }
+        Scenario::EndToEnd => {
+            let consumer = consume(&conn, &queue, scenario.prefetch(), tally.clone(), None).await?;
+            let ch = publish_channel().await?;
+            tally.start();
+            let forwarder = forward(spec, ch, t.events_exchange.clone());
+            let waited = tokio::select! {
+                w = tally.wait(RUN_LIMIT, "raw e2e") => w,
+                f = forwarder => f.and_then(|()| Err(Error::Other("raw e2e: the upstream ended early".into()))),
+            };
+            consumer.abort();
+            waited.map(|()| tally.result(Side::Raw, cpu_before))
+        }
+    };
+    let _ = conn.close(200, "bench done".into()).await;
+    outcome
+}
+
+/// The retry loop's publish targets: the queue's first retry tier, then its dead letters.
+struct Retry {
+    channel: Channel,
+    retry_queue: String,
+    dead_letter_exchange: String,
+    queue: String,
+}
+
+/// Publishes with confirms, at most `window` unconfirmed; counts confirms into `confirms`.
+async fn publish_all(
+    ch: &Channel,
+    exchange: &str,
+    spec: &RunSpec,
+    window: usize,
+    confirms: Option<&Tally>,
+) -> Result<(), Error> {
+    let mut pending = FuturesOrdered::new();
+    let settle = |(sent, r): (u64, lapin::Result<Confirmation>)| -> Result<(), Error> {
+        match r.map_err(fail("confirm"))? {
+            Confirmation::Ack(None) => {}
+            other => return Err(Error::Other(format!("raw publish: {other:?}"))),
+        }
+        if let Some(t) = confirms {
+            t.hit(sent);
+        }
+        Ok(())
+    };
+    let start = Instant::now();
+    for i in 0..spec.messages {
+        pace(start, i, spec.rate).await;
+        while let Some(Some(done)) = pending.next().now_or_never() {
+            settle(done)?;
+        }
+        if pending.len() >= window.max(1)
+            && let Some(done) = pending.next().await
+        {
+            settle(done)?;
+        }
+        let sent = stats::now_us();
+        let body = message_body(spec.size, sent);
+        let confirm = ch
+            .basic_publish(
+                exchange.into(),
+                super::EVENT_TYPE.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &body,
+                properties(),
+            )
+            .await
+            .map_err(fail("publish"))?;
+        pending.push_back(confirm.map(move |r| (sent, r)));
+    }
+    while let Some(done) = pending.next().await {
+        settle(done)?;
+    }
+    Ok(())
+}
+
+/// Consumes `queue` on a task: parse, dispatch, count, ack. With `retry`, each message is
+/// instead republished (retry tier, then dead letters) with a confirm, then acked.
+async fn consume(
+    conn: &Connection,
+    queue: &str,
+    prefetch: u16,
+    tally: Arc<Tally>,
+    retry: Option<Arc<Retry>>,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let ch = conn.create_channel().await.map_err(fail("channel"))?;
+    ch.basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(fail("qos"))?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "raw".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(fail("consume"))?;
+    Ok(tokio::spawn(async move {
+        let _channel = ch;
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let Ok(event) = serde_json::from_slice::<Event<'_>>(&delivery.data) else {
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+                continue;
+            };
+            let sent = dispatch(&event);
+            match &retry {
+                None => {
+                    tally.hit(sent);
+                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                }
+                Some(retry) => {
+                    let retry = retry.clone();
+                    tokio::spawn(async move { republish(&retry, delivery).await });
+                }
+            }
+        }
+    }))
+}
+
+/// The same trivial dispatch on type the warren handler and the Python peer do.
+fn dispatch(event: &Event<'_>) -> u64 {
+    let stamp = event.payload.as_ref().map(|s| s.sent_us).unwrap_or(0);
+    match event.event_type.split_once('.') {
+        Some(("market" | "bench", _)) => stamp,
+        Some((_, _)) => stamp,
+        None => 0,
+    }
+}
+
+/// First failure: to the retry tier with an attempt header. Second: to the dead-letter
+/// exchange. Then ack. A failed republish leaves the delivery to be redelivered.
+async fn republish(retry: &Retry, delivery: lapin::message::Delivery) {
+    let attempt = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(ATTEMPT).cloned());
+    let (exchange, key) = if attempt.is_none() {
+        ("", retry.retry_queue.as_str())
+    } else {
+        (retry.dead_letter_exchange.as_str(), retry.queue.as_str())
+    };
+    let mut headers = FieldTable::default();
+    headers.insert(ATTEMPT.into(), AMQPValue::LongLongInt(1));
+    let confirm = retry
+        .channel
+        .basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            &delivery.data,
+            properties().with_headers(headers),
+        )
+        .await;
+    if let Ok(confirm) = confirm
+        && let Ok(Confirmation::Ack(None)) = confirm.await
+    {
+        let _ = delivery.ack(BasicAckOptions::default()).await;
+    }
+}
+
+/// Waits for the dead-letter queue to fill, on its own connection.
+async fn count_depth_raw(url: &AmqpUrl, queue: &str, tally: &Tally) -> Result<(), Error> {
+    let conn = crate::amqp::connect(url, "bench", "watch").await?;
+    let r = count_depth(&conn, queue, tally).await;
+    crate::amqp::close(&conn).await;
+    r
+}
+
+/// Reads the simulated upstream and publishes each event with confirms, window 256.
+async fn forward(spec: &RunSpec, ch: Channel, exchange: String) -> Result<(), Error> {
+    let (Some(ws), Some(resume)) = (&spec.upstream, &spec.resume_from) else {
+        return Err(Error::Usage("raw e2e: no upstream given".into()));
+    };
+    let resume = ulid::Ulid::from_string(resume)
+        .map_err(|e| Error::Usage(format!("raw e2e: resume cursor: {e}")))?;
+    let mut stream = crate::bridge::upstream::connect(
+        &upstream_settings(ws),
+        Some(resume),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| Error::Other(format!("raw e2e: {e}")))?;
+    let mut pending = FuturesOrdered::new();
+    while let Some(frame) = stream.next().await {
+        let frame = frame.map_err(|e| Error::Other(format!("raw e2e: upstream: {e}")))?;
+        let WsMessage::Text(text) = frame else {
+            continue;
+        };
+        let Ok(event) = serde_json::from_str::<Event<'_>>(text.as_str()) else {
+            continue;
+        };
+        if pending.len() >= super::PIPELINE_WINDOW {
+            if let Some(r) = pending.next().await {
+                check(r)?;
+            }
+        }
+        let confirm = ch
+            .basic_publish(
+                exchange.as_str().into(),
+                event.event_type.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                text.as_bytes(),
+                properties(),
+            )
+            .await
+            .map_err(fail("publish"))?;
+        pending.push_back(confirm);
+    }
+    while let Some(r) = pending.next().await {
+        check(r)?;
+    }
+    Ok(())
+}
+
+fn check(r: lapin::Result<Confirmation>) -> Result<(), Error> {
+    match r.map_err(fail("confirm"))? {
+        Confirmation::Ack(None) => Ok(()),
+        other => Err(Error::Other(format!("raw publish: {other:?}"))),
+    }
+}

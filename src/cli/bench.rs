@@ -1,0 +1,208 @@
+//! `warren bench`: PerfTest-like measurements of warren's own code paths, optionally beside a
+//! minimal lapin baseline in the same run.
+
+use clap::{Args, ValueEnum};
+
+use super::{GlobalArgs, stdout_error};
+use crate::bench::{self, BenchOptions, BenchReport, QueueType, RunSpec, Scenario, Side};
+use crate::error::{Error, Result};
+use crate::output::{self, OutputFormat};
+
+/// Scenario groups; each runs its parameter variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScenarioName {
+    /// Publish with confirms, confirm windows 1, 16, 256 and 1024.
+    Publish,
+    /// Consume and ack a backlog, prefetch 1, 10, 100 and 1000.
+    Consume,
+    /// Publish and consume at once, as fast as both go.
+    Saturation,
+    /// Simulated upstream → bridge → queue → worker with the log handler.
+    E2e,
+    /// Publish → handler latency at 10, 25, 50 and 75% of the measured ceiling.
+    Latency,
+    /// Every message fails, waits in a 100 ms retry tier, fails again and is dead-lettered.
+    Retry,
+    /// All of the above.
+    All,
+}
+
+/// Queue types to run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueueTypes {
+    /// Classic queues.
+    Classic,
+    /// Quorum queues.
+    Quorum,
+    /// Classic, then quorum.
+    Both,
+}
+
+/// The baseline to measure against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Baseline {
+    /// A minimal lapin loop doing the same work, each round right after warren's.
+    Raw,
+}
+
+/// Throughput, latency (p50/p99/max), CPU per message and peak RSS of warren's code paths.
+/// Each side runs as its own child process, so CPU and memory figures are that side's alone.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Scenario to run; repeat for several.
+    #[arg(long = "scenario", value_enum, default_value = "all")]
+    pub scenarios: Vec<ScenarioName>,
+    /// Queue type of the scenario's queues.
+    #[arg(long, value_enum, default_value_t = QueueTypes::Classic)]
+    pub queue_type: QueueTypes,
+    /// Messages per run.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub messages: u64,
+    /// Message body size in bytes (an event envelope padded to this size; at least ~150).
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Also run this baseline, interleaved with warren, and report warren ÷ baseline.
+    #[arg(long, value_enum)]
+    pub baseline: Option<Baseline>,
+    /// Run only this side (for scripts that interleave other clients, like bench/compare).
+    #[arg(long, value_enum, conflicts_with = "baseline")]
+    pub side: Option<Side>,
+    /// Rounds per scenario; figures are medians, ratios the median of per-round ratios.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub rounds: u64,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Internal: run one measured side described by this JSON and print its figures.
+    #[arg(long, hide = true)]
+    pub child: Option<String>,
+}
+
+fn expand(names: &[ScenarioName]) -> Vec<Scenario> {
+    let all = names.contains(&ScenarioName::All);
+    let has = |n: ScenarioName| all || names.contains(&n);
+    let mut out = Vec::new();
+    if has(ScenarioName::Publish) {
+        out.extend([1, 16, 256, 1024].map(|window| Scenario::Publish { window }));
+    }
+    if has(ScenarioName::Consume) {
+        out.extend([1, 10, 100, 1000].map(|prefetch| Scenario::Consume { prefetch }));
+    }
+    if has(ScenarioName::Saturation) {
+        out.push(Scenario::Saturation);
+    }
+    if has(ScenarioName::E2e) {
+        out.push(Scenario::EndToEnd);
+    }
+    if has(ScenarioName::Latency) {
+        out.extend([10, 25, 50, 75].map(|percent| Scenario::Latency { percent }));
+    }
+    if has(ScenarioName::Retry) {
+        out.push(Scenario::Retry);
+    }
+    out
+}
+
+pub(super) async fn bench_command(global: &GlobalArgs, args: BenchArgs) -> Result<u8> {
+    let url = global.url()?;
+    if let Some(json) = &args.child {
+        let spec: RunSpec = serde_json::from_str(json)
+            .map_err(|e| Error::Usage(format!("--child: not a run spec: {e}")))?;
+        let result = bench::run_child(&spec, &url).await?;
+        let line = serde_json::to_string(&result).map_err(|e| Error::Other(e.to_string()))?;
+        output::print_text(&line).map_err(stdout_error)?;
+        return Ok(0);
+    }
+    let sides = match (args.side, args.baseline) {
+        (Some(side), _) => vec![side],
+        (None, Some(Baseline::Raw)) => vec![Side::Warren, Side::Raw],
+        (None, None) => vec![Side::Warren],
+    };
+    let opts = BenchOptions {
+        url,
+        amqp_url: global.amqp_url.clone(),
+        exe: std::env::current_exe()
+            .map_err(|e| Error::Other(format!("bench: cannot find the warren binary: {e}")))?,
+        scenarios: expand(&args.scenarios),
+        queue_types: match args.queue_type {
+            QueueTypes::Classic => vec![QueueType::Classic],
+            QueueTypes::Quorum => vec![QueueType::Quorum],
+            QueueTypes::Both => vec![QueueType::Classic, QueueType::Quorum],
+        },
+        messages: args.messages,
+        size: args.size,
+        sides,
+        rounds: args.rounds as usize,
+    };
+    let report = bench::run(&opts).await?;
+    match args.output {
+        OutputFormat::Table => output::print_text(&render(&report)),
+        OutputFormat::Json => output::print_json(&report),
+        OutputFormat::Ndjson => output::print_ndjson(&report.rows),
+    }
+    .map_err(stdout_error)?;
+    Ok(0)
+}
+
+#[derive(tabled::Tabled)]
+struct Line {
+    #[tabled(rename = "scenario")]
+    scenario: String,
+    #[tabled(rename = "queue")]
+    queue: &'static str,
+    #[tabled(rename = "side")]
+    side: &'static str,
+    #[tabled(rename = "msg/s")]
+    rate: String,
+    #[tabled(rename = "p50/p99/max µs")]
+    latency: String,
+    #[tabled(rename = "CPU µs/msg")]
+    cpu: String,
+    #[tabled(rename = "peak RSS MiB")]
+    rss: String,
+}
+
+fn render(report: &BenchReport) -> String {
+    let mut lines = Vec::new();
+    for row in &report.rows {
+        let label = match row.offered_rate {
+            Some(rate) => format!("{} ({rate:.0}/s)", row.scenario),
+            None => row.scenario.clone(),
+        };
+        for (side, s) in [("warren", &row.warren), ("raw", &row.raw)] {
+            let Some(s) = s else { continue };
+            lines.push(Line {
+                scenario: label.clone(),
+                queue: row.queue_type.as_str(),
+                side,
+                rate: format!("{:.0}", s.msgs_per_sec),
+                latency: s.latency.map_or("-".into(), |l| {
+                    format!("{}/{}/{}", l.p50_us, l.p99_us, l.max_us)
+                }),
+                cpu: format!("{:.1}", s.cpu_us_per_msg),
+                rss: format!("{:.1}", s.peak_rss_kib as f64 / 1024.0),
+            });
+        }
+        if let Some(r) = &row.ratios {
+            lines.push(Line {
+                scenario: label.clone(),
+                queue: row.queue_type.as_str(),
+                side: "warren÷raw",
+                rate: format!(
+                    "{:.2}× ({:.2}–{:.2})",
+                    r.throughput, r.throughput_min, r.throughput_max
+                ),
+                latency: r.p99.map_or("-".into(), |p| format!("p99 {p:.2}×")),
+                cpu: format!("{:.2}×", r.cpu),
+                rss: format!("{:.2}×", r.rss),
+            });
+        }
+    }
+    format!(
+        "{}\n{} messages of {} bytes per run, {} round(s); figures are medians.",
+        output::table(lines),
+        report.messages,
+        report.size,
+        report.rounds
+    )
+}
