@@ -8,9 +8,11 @@
 //! # Layout
 //! - [`amqp`]: the only module touching lapin: connect, consume, publish with confirms, headers.
 //! - [`backoff`]: exponential backoff with full jitter.
+//! - [`bench`]: `warren bench`: throughput, latency, CPU and memory against a raw lapin baseline.
 //! - [`bridge`]: upstream WebSocket and webhook ingress onto the events exchange, with confirms
 //!   and a durable resume cursor.
 //! - [`cli`]: the command line (clap), dispatch only.
+//! - [`demo`]: `warren demo`: the whole pipeline under a unique prefix, with a reconciliation.
 //! - [`dlq`]: dead-letter operations: list, show, stats, export, replay, purge.
 //! - [`envelope`]: the upstream event envelope and its validation.
 //! - [`error`]: the crate's error type and exit codes.
@@ -45,8 +47,10 @@
 
 pub mod amqp;
 pub mod backoff;
+pub mod bench;
 pub mod bridge;
 pub mod cli;
+pub mod demo;
 pub mod dlq;
 pub mod envelope;
 pub mod error;
