@@ -59,11 +59,26 @@ if [ -n "${AMQP_URL:-}" ] && [ "$AMQP_URL" != "$default_url" ]; then
   say "AMQP_URL is set but $(hostport "$AMQP_URL") does not answer; trying a local broker instead"
 fi
 url="$default_url"
+if answers "$url"; then
+  say "using the broker at $(hostport "$url")"
+  local_broker_ready
+  echo "$url"
+  exit 0
+fi
 
 if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
-  say "starting RabbitMQ with docker compose"
-  docker compose up -d rabbitmq >&2
-  wait_for "$url" 90 || { say "the rabbitmq container did not answer on 127.0.0.1:5672 within 90 s"; exit 1; }
+  if docker compose version >/dev/null 2>&1; then
+    say "starting RabbitMQ with docker compose (waiting for its health check)"
+    # --wait blocks until the container's health check passes (Compose 2.1+).
+    docker compose up -d --wait rabbitmq >&2 || docker compose up -d rabbitmq >&2
+  elif command -v docker-compose >/dev/null 2>&1; then
+    say "starting RabbitMQ with docker-compose"
+    docker-compose up -d rabbitmq >&2
+  else
+    say "Docker runs but Compose is missing: install the Compose plugin (https://docs.docker.com/compose/install/)"
+    exit 1
+  fi
+  wait_for "$url" 90 || { say "the rabbitmq container did not answer on 127.0.0.1:5672 within 90 s; see: docker compose logs rabbitmq"; exit 1; }
   echo "$url"
   exit 0
 fi

@@ -425,4 +425,5 @@ impl Drop for Warren {
 pub mod bridge;
 pub mod dlq;
 pub mod downstream;
+pub mod fleet;
 pub mod proxy;
