@@ -1,11 +1,12 @@
-//! `--metrics-listen`: `/metrics` counters move during a run, `/healthz` answers, and `/readyz`
-//! turns unready while the broker cannot be reached.
+//! `--metrics-listen` on the worker and the bridge: `/metrics` counters move during a run,
+//! `/healthz` answers, and `/readyz` turns unready while the broker cannot be reached.
 
 mod support;
 
 use std::time::Duration;
 
 use serde_json::json;
+use support::bridge::{BRIDGE_TOPOLOGY, Sim, drain_ids, spawn_bridge};
 use support::proxy::{Mode, Proxy};
 use support::{TestTopology, Warren, connect, eventually};
 
@@ -40,9 +41,10 @@ async fn get(addr: &str, path: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap_or_default())
 }
 
+/// The value of `series` (the name with its labels); 0 when absent.
 fn sample(body: &str, series: &str) -> f64 {
     body.lines()
-        .find(|l| l.starts_with(series))
+        .find(|l| l.starts_with(&format!("{series} ")))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
@@ -136,5 +138,121 @@ async fn worker_metrics_move_and_readiness_follows_the_broker_connection() {
         sample(&body, "warren_worker_reconnects_total") >= 1.0,
         "{body}"
     );
+    t.cleanup(&conn).await;
+}
+
+#[tokio::test]
+async fn bridge_metrics_move_and_readiness_follows_the_broker_connection() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let t = TestTopology::new("bridge-metrics", BRIDGE_TOPOLOGY);
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    const EVENTS: usize = 400;
+    let sim = Sim::spawn(
+        t.dir(),
+        "sim",
+        &[
+            "--events",
+            &EVENTS.to_string(),
+            "--rate",
+            "200",
+            "--seed",
+            "7",
+        ],
+    );
+    let cursor = t.dir().join("cursor");
+    let w = {
+        let url = proxy.amqp_url(2);
+        let mut extra = vec![
+            "--cursor-file",
+            cursor.to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ];
+        extra.extend(["--amqp-url", &url]);
+        spawn_bridge(&t, &sim.url(), &extra, &t.dir().join("bridge.log"))
+    };
+    let addr = metrics_addr(&w).await;
+    assert_eq!(get(&addr, "/healthz").await.0, 200);
+    eventually(Duration::from_secs(10), "ready", || {
+        let addr = addr.clone();
+        async move { get(&addr, "/readyz").await.0 == 200 }
+    })
+    .await;
+
+    // Mid-stream the counters are moving; once the stream ends they add up to the ledger.
+    let published = r#"warren_bridge_events_received_total{source="ws",outcome="published"}"#;
+    let confirmed = r#"warren_bridge_publishes_total{outcome="confirmed"}"#;
+    eventually(
+        Duration::from_secs(10),
+        "counters moving mid-stream",
+        || {
+            let addr = addr.clone();
+            async move {
+                let v = sample(&get(&addr, "/metrics").await.1, published);
+                v > 0.0 && v < EVENTS as f64
+            }
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(30), "every event counted", || {
+        let addr = addr.clone();
+        async move {
+            let body = get(&addr, "/metrics").await.1;
+            sample(&body, published) == EVENTS as f64 && sample(&body, confirmed) == EVENTS as f64
+        }
+    })
+    .await;
+    let body = get(&addr, "/metrics").await.1;
+    assert_eq!(
+        sample(&body, "warren_bridge_publish_confirm_seconds_count"),
+        EVENTS as f64,
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "warren_bridge_event_lag_seconds_count"),
+        EVENTS as f64
+    );
+    assert!(body.contains("warren_bridge_publish_confirm_seconds_bucket{le="));
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("warren_bridge_cursor_age_seconds ")),
+        "the cursor age is reported once a cursor exists:\n{body}"
+    );
+    assert_eq!(sample(&body, "warren_bridge_in_flight"), 0.0);
+    assert_eq!(
+        sample(&body, r#"warren_bridge_reconnects_total{peer="broker"}"#),
+        0.0
+    );
+
+    // The broker becomes unreachable: unready until the bridge reconnects.
+    proxy.set(Mode::Refuse);
+    eventually(
+        Duration::from_secs(15),
+        "unready while the broker is unreachable",
+        || {
+            let addr = addr.clone();
+            async move { get(&addr, "/readyz").await.0 == 503 }
+        },
+    )
+    .await;
+    assert_eq!(get(&addr, "/healthz").await.0, 200);
+    proxy.set(Mode::Pass);
+    eventually(Duration::from_secs(30), "ready again", || {
+        let addr = addr.clone();
+        async move { get(&addr, "/readyz").await.0 == 200 }
+    })
+    .await;
+    let body = get(&addr, "/metrics").await.1;
+    assert!(
+        sample(&body, r#"warren_bridge_reconnects_total{peer="broker"}"#) >= 1.0,
+        "{body}"
+    );
+
+    // Nothing was lost on the way: the queue holds every event the sim emitted.
+    let ids = drain_ids(&conn, &t.queue("all")).await;
+    let got: std::collections::BTreeSet<_> = ids.into_iter().collect();
+    assert_eq!(got, sim.ledger().set());
     t.cleanup(&conn).await;
 }
