@@ -11,12 +11,17 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src
+# The demo embeds topology/warren.toml (include_str!), so it is part of the build context.
+COPY topology ./topology
 COPY src ./src
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked \
-    && cp target/release/warren /warren
+    && cp target/release/warren /warren \
+    && mkdir -p /state
 
 FROM scratch
 COPY --from=build /warren /warren
+# The bridge's cursor lives here (a volume in docker-compose.yml); owned by the runtime user.
+COPY --from=build --chown=65532:65532 /state /state
 COPY topology /topology
 ENV WARREN_TOPOLOGY=/topology/warren.toml
 USER 65532:65532
