@@ -123,7 +123,7 @@ struct Unblock;
 
 impl Drop for Unblock {
     fn drop(&mut self) {
-        rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
+        rabbitmqctl(&["eval", support::RESTORE_WATERMARK]);
     }
 }
 

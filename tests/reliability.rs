@@ -69,8 +69,11 @@ fn close_all() {
 }
 
 fn memory_alarm(on: bool) {
-    let w = if on { "0.0001" } else { "0.4" };
-    ctl(&["set_vm_memory_high_watermark", w]).expect("set watermark");
+    if on {
+        ctl(&["set_vm_memory_high_watermark", "0.0001"]).expect("raise the memory alarm");
+    } else {
+        ctl(&["eval", support::RESTORE_WATERMARK]).expect("restore the watermark");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -63,11 +63,13 @@ pub fn ctl(args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// Puts the broker back the way every other test expects it: running, default watermark.
+/// Puts the broker back the way every other test expects it: running, configured watermark.
 pub fn restore_broker() {
     let _ = ctl(&["start_app"]);
     let _ = ctl(&["await_startup"]);
-    let _ = ctl(&["set_vm_memory_high_watermark", "0.4"]);
+    if let Err(e) = ctl(&["eval", super::RESTORE_WATERMARK]) {
+        eprintln!("could not restore the memory watermark: {e}");
+    }
 }
 
 /// Restores the broker when dropped, on success and on panic alike.

@@ -255,6 +255,11 @@ where
     panic!("timed out after {timeout:?} waiting for: {what}");
 }
 
+/// Sets the memory watermark back to the broker's configured value (`rabbitmq.conf` or the
+/// version's default: 0.4 before 4.0, 0.6 since), whatever a test set at runtime.
+pub const RESTORE_WATERMARK: &str = "case application:get_env(rabbit, vm_memory_high_watermark) of \
+     {ok, W} -> ok = vm_memory_monitor:set_vm_memory_high_watermark(W), W; Other -> Other end.";
+
 /// Runs `rabbitmqctl` and returns stdout.
 pub fn rabbitmqctl(args: &[&str]) -> String {
     let out = Command::new("rabbitmqctl")
