@@ -50,6 +50,24 @@ fn sample(body: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Cuts the broker off behind `proxy`: `/readyz` turns 503 while `/healthz` stays 200 (liveness
+/// does not depend on the broker), then 200 again once the process has reconnected.
+async fn readiness_follows_the_broker(proxy: &Proxy, addr: &str) {
+    proxy.set(Mode::Refuse);
+    eventually(
+        Duration::from_secs(15),
+        "unready while the broker is unreachable",
+        || async move { get(addr, "/readyz").await.0 == 503 },
+    )
+    .await;
+    assert_eq!(get(addr, "/healthz").await.0, 200, "liveness");
+    proxy.set(Mode::Pass);
+    eventually(Duration::from_secs(30), "ready again", || async move {
+        get(addr, "/readyz").await.0 == 200
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn worker_metrics_move_and_readiness_follows_the_broker_connection() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -111,28 +129,7 @@ async fn worker_metrics_move_and_readiness_follows_the_broker_connection() {
     }
     assert_eq!(sample(&body, "warren_worker_reconnects_total"), 0.0);
 
-    // The broker becomes unreachable: the worker is not ready until it reconnects.
-    proxy.set(Mode::Refuse);
-    eventually(
-        Duration::from_secs(15),
-        "unready while the broker is unreachable",
-        || {
-            let addr = addr.clone();
-            async move { get(&addr, "/readyz").await.0 == 503 }
-        },
-    )
-    .await;
-    assert_eq!(
-        get(&addr, "/healthz").await.0,
-        200,
-        "liveness does not depend on the broker"
-    );
-    proxy.set(Mode::Pass);
-    eventually(Duration::from_secs(30), "ready again", || {
-        let addr = addr.clone();
-        async move { get(&addr, "/readyz").await.0 == 200 }
-    })
-    .await;
+    readiness_follows_the_broker(&proxy, &addr).await;
     let body = get(&addr, "/metrics").await.1;
     assert!(
         sample(&body, "warren_worker_reconnects_total") >= 1.0,
@@ -226,24 +223,7 @@ async fn bridge_metrics_move_and_readiness_follows_the_broker_connection() {
         0.0
     );
 
-    // The broker becomes unreachable: unready until the bridge reconnects.
-    proxy.set(Mode::Refuse);
-    eventually(
-        Duration::from_secs(15),
-        "unready while the broker is unreachable",
-        || {
-            let addr = addr.clone();
-            async move { get(&addr, "/readyz").await.0 == 503 }
-        },
-    )
-    .await;
-    assert_eq!(get(&addr, "/healthz").await.0, 200);
-    proxy.set(Mode::Pass);
-    eventually(Duration::from_secs(30), "ready again", || {
-        let addr = addr.clone();
-        async move { get(&addr, "/readyz").await.0 == 200 }
-    })
-    .await;
+    readiness_follows_the_broker(&proxy, &addr).await;
     let body = get(&addr, "/metrics").await.1;
     assert!(
         sample(&body, r#"warren_bridge_reconnects_total{peer="broker"}"#) >= 1.0,
