@@ -41,6 +41,8 @@ pub enum Side {
     Warren,
     /// A minimal lapin loop doing the same work.
     Raw,
+    /// The aio-pika peer (`bench/peers/peer`), a separate program reading the same spec.
+    Peer,
 }
 
 /// The queue type a scenario's queues are declared with.
@@ -124,6 +126,13 @@ impl Scenario {
         }
     }
 
+    /// True when the aio-pika peer has this scenario. Its failure path is the seed's
+    /// `message.process(requeue=True)`, a requeue loop with no retry tiers, so it has no retry
+    /// scenario to compare.
+    pub fn peer_applies(&self) -> bool {
+        !matches!(self, Scenario::Retry)
+    }
+
     /// True when per-message latency means something here (a backlog's wait does not).
     pub fn has_latency(&self) -> bool {
         matches!(
@@ -150,6 +159,15 @@ pub struct RunSpec {
     pub topology_file: PathBuf,
     /// Its prefix.
     pub prefix: String,
+    /// The events exchange, prefixed (for the peer, which reads no topology file).
+    #[serde(default)]
+    pub exchange: String,
+    /// The dead-letter exchange, prefixed.
+    #[serde(default)]
+    pub dead_letter_exchange: String,
+    /// The work queue, prefixed.
+    #[serde(default)]
+    pub queue: String,
     /// Offered rate, messages per second (latency scenarios).
     pub rate: Option<f64>,
     /// The simulated upstream's WebSocket URL (end-to-end).
@@ -175,6 +193,9 @@ pub struct SideResult {
     pub cpu_us_per_msg: f64,
     /// The side's process's peak resident set, KiB.
     pub peak_rss_kib: u64,
+    /// The run's topology prefix (set by the parent, which deleted everything under it).
+    #[serde(default)]
+    pub prefix: String,
 }
 
 /// The body of a bench message: an envelope with a send stamp, padded to about `size` bytes.
@@ -292,6 +313,7 @@ impl Tally {
             latency: Percentiles::of(&mut lat),
             cpu_us_per_msg: cpu.as_secs_f64() * 1e6 / messages.max(1) as f64,
             peak_rss_kib: stats::peak_rss_kib(),
+            prefix: String::new(),
         }
     }
 }
@@ -304,6 +326,9 @@ pub async fn run_child(spec: &RunSpec, url: &crate::amqp::AmqpUrl) -> Result<Sid
     match spec.side {
         Side::Warren => scenarios::run(spec, url).await,
         Side::Raw => raw::run(spec, url).await,
+        Side::Peer => Err(Error::Usage(
+            "bench --child: the peer side is bench/peers/peer, not this binary".into(),
+        )),
     }
 }
 

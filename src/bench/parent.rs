@@ -41,6 +41,11 @@ pub struct BenchOptions {
     pub sides: Vec<Side>,
     /// Rounds per scenario.
     pub rounds: usize,
+    /// The aio-pika peer program (`bench/peers/peer`), run as `PEER --child SPEC`.
+    pub peer: PathBuf,
+    /// Cancelled on SIGINT/SIGTERM: the run in progress stops, its topology is deleted, and
+    /// the bench fails.
+    pub stop: CancellationToken,
 }
 
 /// One side's figures over the rounds: medians, and the largest peak RSS.
@@ -58,7 +63,7 @@ pub struct Summary {
     pub runs: Vec<SideResult>,
 }
 
-/// warren ÷ raw, the median of the per-round ratios.
+/// warren ÷ a baseline, the median of the per-round ratios.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratios {
     /// Throughput ratio, median.
@@ -90,8 +95,12 @@ pub struct Row {
     pub warren: Option<Summary>,
     /// The raw baseline's figures.
     pub raw: Option<Summary>,
+    /// The aio-pika peer's figures.
+    pub peer: Option<Summary>,
     /// warren ÷ raw.
     pub ratios: Option<Ratios>,
+    /// warren ÷ the aio-pika peer.
+    pub peer_ratios: Option<Ratios>,
 }
 
 /// The whole run.
@@ -130,6 +139,10 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Error> {
             let mut runs: Vec<(Side, SideResult)> = Vec::new();
             for _ in 0..opts.rounds {
                 for &side in &opts.sides {
+                    if side == Side::Peer && !scenario.peer_applies() {
+                        bar.inc(1);
+                        continue;
+                    }
                     bar.set_message(format!("{} {} {:?}", scenario.label(), qt.as_str(), side));
                     let r = one_run(opts, scenario, qt, side, rate).await?;
                     if scenario == Scenario::Saturation && side == Side::Raw {
@@ -169,39 +182,47 @@ fn row(scenario: Scenario, qt: QueueType, rate: Option<f64>, runs: Vec<(Side, Si
             .map(|(_, r)| r.clone())
             .collect()
     };
-    let (w, r) = (of(Side::Warren), of(Side::Raw));
-    let ratios = (!w.is_empty() && !r.is_empty()).then(|| {
-        let pairs = w.iter().zip(&r);
-        let mut tp: Vec<f64> = pairs
-            .clone()
-            .map(|(a, b)| a.msgs_per_sec / b.msgs_per_sec)
-            .collect();
-        let mut cpu: Vec<f64> = pairs
-            .clone()
-            .map(|(a, b)| a.cpu_us_per_msg / b.cpu_us_per_msg)
-            .collect();
-        let mut p99: Vec<f64> = pairs
-            .filter_map(|(a, b)| Some(a.latency?.p99_us as f64 / b.latency?.p99_us.max(1) as f64))
-            .collect();
-        let peak = |v: &[SideResult]| v.iter().map(|x| x.peak_rss_kib).max().unwrap_or(0);
-        Ratios {
-            throughput: median(&mut tp),
-            throughput_min: tp.first().copied().unwrap_or(0.0),
-            throughput_max: tp.last().copied().unwrap_or(0.0),
-            cpu: median(&mut cpu),
-            p99: (!p99.is_empty()).then(|| median(&mut p99)),
-            rss: peak(&w) as f64 / peak(&r).max(1) as f64,
-        }
-    });
+    let (w, r, p) = (of(Side::Warren), of(Side::Raw), of(Side::Peer));
     Row {
         scenario: scenario.label(),
         params: scenario,
         queue_type: qt,
         offered_rate: rate,
+        ratios: ratios(&w, &r),
+        peer_ratios: ratios(&w, &p),
         warren: summarize(w),
         raw: summarize(r),
-        ratios,
+        peer: summarize(p),
     }
+}
+
+/// `a ÷ b` round by round (the sides ran interleaved, so index `i` is round `i` of both).
+fn ratios(a: &[SideResult], b: &[SideResult]) -> Option<Ratios> {
+    if a.is_empty() || b.is_empty() {
+        return None;
+    }
+    let pairs = a.iter().zip(b);
+    let mut tp: Vec<f64> = pairs
+        .clone()
+        .map(|(a, b)| a.msgs_per_sec / b.msgs_per_sec)
+        .collect();
+    let mut cpu: Vec<f64> = pairs
+        .clone()
+        .map(|(a, b)| a.cpu_us_per_msg / b.cpu_us_per_msg)
+        .collect();
+    let mut p99: Vec<f64> = pairs
+        .filter_map(|(a, b)| Some(a.latency?.p99_us as f64 / b.latency?.p99_us.max(1) as f64))
+        .collect();
+    let peak = |v: &[SideResult]| v.iter().map(|x| x.peak_rss_kib).max().unwrap_or(0);
+    let throughput = median(&mut tp);
+    Some(Ratios {
+        throughput,
+        throughput_min: tp.first().copied().unwrap_or(0.0),
+        throughput_max: tp.last().copied().unwrap_or(0.0),
+        cpu: median(&mut cpu),
+        p99: (!p99.is_empty()).then(|| median(&mut p99)),
+        rss: peak(a) as f64 / peak(b).max(1) as f64,
+    })
 }
 
 fn summarize(runs: Vec<SideResult>) -> Option<Summary> {
@@ -270,6 +291,9 @@ pub async fn one_run(
         let t = Topology::load(&file, &prefix)?;
         let conn = amqp::connect(&opts.url, "bench", "driver").await?;
         let outcome = async {
+            if opts.stop.is_cancelled() {
+                return Err(Error::Other("bench: interrupted".into()));
+            }
             topology::apply(&conn, &t.plan()).await?;
             let mut spec = RunSpec {
                 side,
@@ -279,6 +303,9 @@ pub async fn one_run(
                 size: opts.size,
                 topology_file: file.clone(),
                 prefix: prefix.clone(),
+                exchange: t.events_exchange.clone(),
+                dead_letter_exchange: t.dead_letter_exchange.clone(),
+                queue: t.queues[0].name.clone(),
                 rate,
                 upstream: None,
                 resume_from: None,
@@ -288,6 +315,8 @@ pub async fn one_run(
             }
             if scenario == Scenario::EndToEnd {
                 let sim_stop = CancellationToken::new();
+                // Stops the sim however this run ends, interrupted included.
+                let _sim_guard = sim_stop.clone().drop_guard();
                 let (url, resume, sim) = start_sim(opts.messages, sim_stop.clone()).await?;
                 spec.upstream = Some(url);
                 spec.resume_from = Some(resume);
@@ -297,15 +326,19 @@ pub async fn one_run(
                 return r;
             }
             child(opts, &spec).await
-        }
-        .await;
+        };
+        // An interrupted run drops its child (killed) and still deletes its topology.
+        let outcome = tokio::select! {
+            r = outcome => r,
+            _ = opts.stop.cancelled() => Err(Error::Other("bench: interrupted".into())),
+        };
         let _ = topology::delete(&conn, &t.plan()).await;
         amqp::close(&conn).await;
         outcome
     }
     .await;
     let _ = std::fs::remove_file(&file);
-    result
+    result.map(|r| SideResult { prefix, ..r })
 }
 
 /// Fills the work queue with a backlog, outside the measured process.
@@ -373,8 +406,20 @@ async fn start_sim(
 /// Runs `spec` in `warren bench --child` and reads its one JSON line.
 async fn child(opts: &BenchOptions, spec: &RunSpec) -> Result<SideResult, Error> {
     let json = serde_json::to_string(spec).map_err(|e| Error::Other(format!("bench: {e}")))?;
-    let run = tokio::process::Command::new(&opts.exe)
-        .args(["bench", "--child", &json])
+    let mut command = match spec.side {
+        Side::Peer => tokio::process::Command::new(&opts.peer),
+        Side::Warren | Side::Raw => {
+            let mut c = tokio::process::Command::new(&opts.exe);
+            c.arg("bench");
+            c
+        }
+    };
+    let program = match spec.side {
+        Side::Peer => &opts.peer,
+        Side::Warren | Side::Raw => &opts.exe,
+    };
+    let run = command
+        .args(["--child", &json])
         .env("AMQP_URL", &opts.amqp_url)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -391,7 +436,7 @@ async fn child(opts: &BenchOptions, spec: &RunSpec) -> Result<SideResult, Error>
                 spec.side
             ))
         })?
-        .map_err(|e| Error::Other(format!("bench: start {}: {e}", opts.exe.display())))?;
+        .map_err(|e| Error::Other(format!("bench: start {}: {e}", program.display())))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         return Err(Error::Other(format!(

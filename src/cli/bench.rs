@@ -43,6 +43,9 @@ pub enum QueueTypes {
 pub enum Baseline {
     /// A minimal lapin loop doing the same work, each round right after warren's.
     Raw,
+    /// The aio-pika peer (`--peer`; make its venv with bench/peers/setup.sh). It has every
+    /// scenario but `retry`.
+    Peer,
 }
 
 /// Throughput, latency (p50/p99/max), CPU per message and peak RSS of warren's code paths.
@@ -61,12 +64,19 @@ pub struct BenchArgs {
     /// Message body size in bytes (an event envelope padded to this size; at least ~150).
     #[arg(long, default_value_t = 256)]
     pub size: usize,
-    /// Also run this baseline, interleaved with warren, and report warren ÷ baseline.
-    #[arg(long, value_enum)]
-    pub baseline: Option<Baseline>,
+    /// Also run this baseline, interleaved with warren, and report warren ÷ baseline; repeat
+    /// (or give `raw,peer`) for both.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub baseline: Vec<Baseline>,
     /// Run only this side (for scripts that interleave other clients, like bench/compare).
     #[arg(long, value_enum, conflicts_with = "baseline")]
     pub side: Option<Side>,
+    /// Prefetch of the `consume` scenario; repeat for several (default: 1, 10, 100 and 1000).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: Vec<u16>,
+    /// The aio-pika peer program, run as `PEER --child SPEC` (for `--side peer`, `--baseline peer`).
+    #[arg(long, default_value = "bench/peers/peer")]
+    pub peer: std::path::PathBuf,
     /// Rounds per scenario; figures are medians, ratios the median of per-round ratios.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub rounds: u64,
@@ -78,7 +88,7 @@ pub struct BenchArgs {
     pub child: Option<String>,
 }
 
-fn expand(names: &[ScenarioName]) -> Vec<Scenario> {
+fn expand(names: &[ScenarioName], prefetches: &[u16]) -> Vec<Scenario> {
     let all = names.contains(&ScenarioName::All);
     let has = |n: ScenarioName| all || names.contains(&n);
     let mut out = Vec::new();
@@ -86,7 +96,17 @@ fn expand(names: &[ScenarioName]) -> Vec<Scenario> {
         out.extend([1, 16, 256, 1024].map(|window| Scenario::Publish { window }));
     }
     if has(ScenarioName::Consume) {
-        out.extend([1, 10, 100, 1000].map(|prefetch| Scenario::Consume { prefetch }));
+        let default = [1, 10, 100, 1000];
+        let prefetches = if prefetches.is_empty() {
+            &default[..]
+        } else {
+            prefetches
+        };
+        out.extend(
+            prefetches
+                .iter()
+                .map(|&prefetch| Scenario::Consume { prefetch }),
+        );
     }
     if has(ScenarioName::Saturation) {
         out.push(Scenario::Saturation);
@@ -113,17 +133,35 @@ pub(super) async fn bench_command(global: &GlobalArgs, args: BenchArgs) -> Resul
         output::print_text(&line).map_err(stdout_error)?;
         return Ok(0);
     }
-    let sides = match (args.side, args.baseline) {
-        (Some(side), _) => vec![side],
-        (None, Some(Baseline::Raw)) => vec![Side::Warren, Side::Raw],
-        (None, None) => vec![Side::Warren],
+    let sides = match args.side {
+        Some(side) => vec![side],
+        None => {
+            let mut sides = vec![Side::Warren];
+            for b in &args.baseline {
+                let side = match b {
+                    Baseline::Raw => Side::Raw,
+                    Baseline::Peer => Side::Peer,
+                };
+                if !sides.contains(&side) {
+                    sides.push(side);
+                }
+            }
+            sides
+        }
     };
+    if sides.contains(&Side::Peer) && !args.peer.is_file() {
+        return Err(Error::Usage(format!(
+            "--peer: {} is not a file (run from the repository root, or give --peer; \
+             bench/peers/setup.sh makes the peer's venv)",
+            args.peer.display()
+        )));
+    }
     let opts = BenchOptions {
         url,
         amqp_url: global.amqp_url.clone(),
         exe: std::env::current_exe()
             .map_err(|e| Error::Other(format!("bench: cannot find the warren binary: {e}")))?,
-        scenarios: expand(&args.scenarios),
+        scenarios: expand(&args.scenarios, &args.prefetch),
         queue_types: match args.queue_type {
             QueueTypes::Classic => vec![QueueType::Classic],
             QueueTypes::Quorum => vec![QueueType::Quorum],
@@ -133,6 +171,8 @@ pub(super) async fn bench_command(global: &GlobalArgs, args: BenchArgs) -> Resul
         size: args.size,
         sides,
         rounds: args.rounds as usize,
+        peer: args.peer.clone(),
+        stop: crate::shutdown::on_signals(),
     };
     let report = bench::run(&opts).await?;
     match args.output {
@@ -169,7 +209,11 @@ fn render(report: &BenchReport) -> String {
             Some(rate) => format!("{} ({rate:.0}/s)", row.scenario),
             None => row.scenario.clone(),
         };
-        for (side, s) in [("warren", &row.warren), ("raw", &row.raw)] {
+        for (side, s) in [
+            ("warren", &row.warren),
+            ("raw", &row.raw),
+            ("aio-pika", &row.peer),
+        ] {
             let Some(s) = s else { continue };
             lines.push(Line {
                 scenario: label.clone(),
@@ -183,11 +227,15 @@ fn render(report: &BenchReport) -> String {
                 rss: format!("{:.1}", s.peak_rss_kib as f64 / 1024.0),
             });
         }
-        if let Some(r) = &row.ratios {
+        for (side, r) in [
+            ("warren÷raw", &row.ratios),
+            ("warren÷aio-pika", &row.peer_ratios),
+        ] {
+            let Some(r) = r else { continue };
             lines.push(Line {
                 scenario: label.clone(),
                 queue: row.queue_type.as_str(),
-                side: "warren÷raw",
+                side,
                 rate: format!(
                     "{:.2}× ({:.2}–{:.2})",
                     r.throughput, r.throughput_min, r.throughput_max
