@@ -1,7 +1,7 @@
 //! The `trader` handler in a real worker, against the simulated API with faults on: it trades
 //! exactly as the strategy says on a seeded tick stream, stops on low balance, never trades on
 //! stale ticks, and a replay of the whole stream (to the same worker, then to a fresh one)
-//! causes no new trade.
+//! causes no new effect.
 
 mod support;
 
@@ -181,23 +181,44 @@ async fn trades_as_the_strategy_says_pauses_on_low_balance_and_replays_trade_not
     assert_eq!(again.effects as usize, want.len());
     assert_eq!(again.posts, posts_before, "a seen tick is not traded again");
 
-    // Replay 2: a fresh worker has no memory of the ticks, but it adopts the positions the API
-    // still holds open (GET /positions) before its first trade. Replaying the whole history on
-    // top of those positions may decide other trades (a tick may now close an adopted position),
-    // but every decision keeps its key, so no key takes effect twice, and no pair is held twice.
+    // Replay 2: a fresh worker has no memory of the ticks. It loads the positions the API still
+    // holds, each with the event that opened it, and they count only from the tick after that
+    // event: replaying the whole history from the start, it decides exactly the first worker's
+    // trades, under the same keys, and the API answers every one with its stored response.
     worker.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(worker.wait_exit(Duration::from_secs(30)), Some(0));
-    let held_before = sim.open_per_pair().await;
-    let _fresh = Warren::spawn(&trader_args(&t, &sim.base), &t.dir().join("w2.log"), &[]);
+    let held_before = sim.position_ids().await;
+    let fresh = Warren::spawn(&trader_args(&t, &sim.base), &t.dir().join("w2.log"), &[]);
     downstream::publish_typed(&conn, &t, &messages).await;
     settled(&conn, &t, "trading", Duration::from_secs(60)).await;
     let replayed = sim.ledger().await;
-    assert!(replayed.effects >= again.effects);
-    let held_after = sim.open_per_pair().await;
-    assert!(held_after.values().all(|n| *n <= 1), "{held_after:?}");
-    for (pair, n) in &held_before {
-        assert!(*n <= 1, "{pair} held {n} times before the replay");
-    }
+    assert_eq!(
+        replayed.effects,
+        again.effects,
+        "a replay to a fresh worker caused new effects:\n{}",
+        fresh.log_text()
+    );
+    let doubled: Vec<_> = replayed.keys.iter().filter(|k| k.effects > 1).collect();
+    assert!(doubled.is_empty(), "keys with two effects: {doubled:?}");
+    let got_again: Vec<(String, String)> = replayed
+        .committed()
+        .iter()
+        .map(|k| (k.path.clone(), k.key.clone()))
+        .collect();
+    assert_eq!(got_again, wanted, "the same trades, nothing else");
+    // It did decide them all again: every trade was posted once more, and replayed.
+    assert!(
+        replayed.posts >= again.posts + want.len() as u64,
+        "{} posts before, {} after, {} trades",
+        again.posts,
+        replayed.posts,
+        want.len()
+    );
+    assert_eq!(
+        sim.position_ids().await,
+        held_before,
+        "the same positions open"
+    );
     assert_eq!(support::queue_len(&conn, &dlq).await, 0);
     t.cleanup(&conn).await;
 }
