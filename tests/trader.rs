@@ -1,13 +1,14 @@
 //! The `trader` handler in a real worker, against the simulated API with faults on: it trades
-//! exactly as the strategy says on a seeded tick stream, stops on low balance, never trades on
-//! stale ticks, and a replay of the whole stream (to the same worker, then to a fresh one)
-//! causes no new effect.
+//! exactly as the strategy says on a seeded tick stream, stops on low balance; stale ticks (by
+//! the payload's observation time or the envelope's `ts`) are dead-lettered, never traded on; a
+//! replay of the whole stream (to the same worker, then to a fresh one) causes no new effect.
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use support::downstream::{self, Sim, Step, TickWalk, settled};
+use support::downstream::{self, Sim, Step, TickWalk, dead_letters, settled};
 use support::{TestTopology, Warren};
 use warren::envelope::Envelope;
 use warren::handlers::trader::strategy::{Input, Params, Strategy, Trade};
@@ -29,9 +30,12 @@ expires = "10m"
 [[queues]]
 name = "trading"
 bind = ["market.tick", "wallet.*", "escrow.released"]
-message_ttl = "60s"
+message_ttl = "5m"
 single_active_consumer = true
 "#;
+
+/// How old a stale event is in these tests: well past the queue's 5 min TTL.
+const STALE_MS: u64 = 10 * 60 * 1000;
 
 const PAIRS: &[(&str, f64)] = &[
     ("BTC-USD", 60000.0),
@@ -223,26 +227,77 @@ async fn trades_as_the_strategy_says_pauses_on_low_balance_and_replays_trade_not
     t.cleanup(&conn).await;
 }
 
+/// Envelopes for `steps` whose `ts` is `ts`.
+fn envelopes_at(steps: &[Step], ts: u64) -> Vec<(String, Vec<u8>)> {
+    downstream::envelopes(steps)
+        .into_iter()
+        .map(|(id, body)| {
+            let mut v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            v["ts"] = ts.into();
+            (id, serde_json::to_vec(&v).expect("json"))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_ticks_are_never_traded_on() {
+async fn stale_ticks_are_dead_lettered_never_traded_on() {
     let sim = Sim::start(ApiSettings::default()).await;
     let t = TestTopology::new("trader-stale", TOPOLOGY);
     let conn = support::connect().await;
     t.apply(&conn).await;
     let _w = Warren::spawn(&trader_args(&t, &sim.base), &t.dir().join("w.log"), &[]);
-    // A 2% climb that would open a long, observed two minutes ago (the queue's TTL is 60 s).
-    let old = support::now_ms() - 120_000;
-    let stale: Vec<Step> = (0..30)
-        .map(|i| ("market.tick", serde_json::json!({"pair": "BTC-USD", "price": 100.0 + i as f64 * 0.07, "timestamp_ms": old})))
-        .collect();
-    downstream::publish_typed(&conn, &t, &downstream::envelopes(&stale)).await;
+    // A 2% climb that would open a long, twice, each stale one way (the queue's TTL is 5 min):
+    let old = support::now_ms() - STALE_MS;
+    let climb = |observed: Option<u64>| -> Vec<Step> {
+        (0..30)
+            .map(|i| {
+                let mut p =
+                    serde_json::json!({"pair": "BTC-USD", "price": 100.0 + i as f64 * 0.07});
+                if let Some(ms) = observed {
+                    p["timestamp_ms"] = ms.into();
+                }
+                ("market.tick", p)
+            })
+            .collect()
+    };
+    // observed 10 min ago (payload.timestamp_ms), published just now: the trader's check;
+    let by_payload = downstream::envelopes(&climb(Some(old)));
+    // observed just now, but the envelope's ts is 10 min old: the worker's, before the handler.
+    let by_envelope = envelopes_at(&climb(Some(support::now_ms())), old);
+    downstream::publish_typed(&conn, &t, &by_payload).await;
+    downstream::publish_typed(&conn, &t, &by_envelope).await;
     settled(&conn, &t, "trading", Duration::from_secs(30)).await;
     assert_eq!(sim.ledger().await.posts, 0, "no call for a stale tick");
-    // The same climb, fresh: traded.
-    let fresh: Vec<Step> = (0..30)
-        .map(|i| ("market.tick", serde_json::json!({"pair": "BTC-USD", "price": 100.0 + i as f64 * 0.07, "timestamp_ms": support::now_ms()})))
+    // Every one is accounted for in the DLQ as a permanent "stale" failure, none dropped.
+    let dlq = t.topology.queue("trading").unwrap().dlq();
+    let dead: BTreeMap<String, (String, String)> = dead_letters(&conn, &dlq)
+        .await
+        .into_iter()
+        .map(|d| (d.event_id, (d.kind, d.reason)))
         .collect();
-    downstream::publish_typed(&conn, &t, &downstream::envelopes(&fresh)).await;
+    assert_eq!(dead.len(), by_payload.len() + by_envelope.len(), "{dead:?}");
+    for (messages, says) in [
+        (&by_payload, "stale: the tick was observed"),
+        (&by_envelope, "stale: the event is"),
+    ] {
+        for (id, _) in messages {
+            let (kind, reason) = dead.get(id).expect("dead-lettered");
+            assert_eq!(kind, "permanent");
+            assert!(reason.starts_with(says), "{reason}");
+            assert!(reason.contains("message_ttl of 5m"), "{reason}");
+        }
+    }
+    // The same climb, fresh: traded. The stale ticks were never windowed, so it takes a full
+    // window of fresh ones.
+    let fresh = downstream::envelopes(&climb(Some(support::now_ms())));
+    downstream::publish_typed(&conn, &t, &fresh[..19]).await;
+    settled(&conn, &t, "trading", Duration::from_secs(30)).await;
+    assert_eq!(
+        sim.ledger().await.posts,
+        0,
+        "19 fresh ticks are not a full window"
+    );
+    downstream::publish_typed(&conn, &t, &fresh[19..]).await;
     support::eventually(
         Duration::from_secs(30),
         "a fresh climb opens a long",

@@ -14,12 +14,16 @@
 //! after it: a standby never opens a second position on a pair it inherited and closes it with
 //! the key its predecessor would have used, and a fresh worker fed the whole stream again
 //! decides exactly the first worker's trades, every one a replay.
+//!
+//! A tick older than the queue's `message_ttl` (by `payload.timestamp_ms`) is dead-lettered as
+//! permanent ("stale"), as the worker does for an event whose envelope `ts` is that old: never
+//! traded on, never dropped unseen.
 
 pub mod strategy;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -286,12 +290,19 @@ impl Handler for TraderHandler {
 
     async fn handle(&self, event: &Envelope, ctx: &Context) -> HandlerResult {
         let input = Input::from_event(event).map_err(|e| HandlerError::permanent(e.to_string()))?;
-        if let Input::Tick { at_ms, pair, .. } = &input
+        if let Input::Tick { at_ms, .. } = &input
             && let Some(ttl) = ctx.message_ttl
-            && now_ms().saturating_sub(*at_ms) > ttl.as_millis() as u64
         {
-            tracing::debug!(event_id = %event.event_id, pair = %pair, "Stale tick ignored.");
-            return Ok(());
+            let age = now_ms().saturating_sub(*at_ms);
+            if age > ttl.as_millis() as u64 {
+                // Never traded on, and not windowed: dead-lettered like an event whose `ts` is
+                // that old (the worker's own check), so every stale tick is accounted for.
+                return Err(HandlerError::permanent(format!(
+                    "stale: the tick was observed {} ago, longer than the queue's message_ttl of {}",
+                    humantime::format_duration(Duration::from_millis(age / 1000 * 1000)),
+                    humantime::format_duration(ttl)
+                )));
+            }
         }
         self.loaded
             .get_or_try_init(|| self.load_positions())
