@@ -1,16 +1,18 @@
 //! The promise under fire: three `http` workers against a simulated API answering 500s, 429s,
 //! 409s and ambiguous commits, while one worker is SIGKILLed about every second mid-call and
-//! restarted. Every event must end with exactly one effect in the ledger, or in the DLQ with
-//! its reason; none may be missing and no key may have two effects.
+//! restarted. Every event must end with exactly one effect in the ledger, or in the DLQ for a
+//! reason the run explains (the sim rejects its key, or the broker's delivery limit); none may
+//! be missing and no key may have two effects.
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use support::downstream::{Sim, dead_letters, http_worker_args, settled};
 use support::{TestTopology, Warren};
-use warren::sim::api::{ApiSettings, FaultRates};
+use warren::envelope::idempotency_key;
+use warren::sim::api::{ApiSettings, FaultPlan, FaultRates};
 
 const TOPOLOGY: &str = r#"
 [exchanges]
@@ -35,7 +37,7 @@ const WORKERS: usize = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_mid_call_with_every_fault_on_loses_nothing_and_doubles_nothing() {
-    let sim = Sim::start(ApiSettings {
+    let settings = ApiSettings {
         seed: 7,
         rates: FaultRates {
             fail: 0.15,
@@ -49,8 +51,15 @@ async fn kill9_mid_call_with_every_fault_on_loses_nothing_and_doubles_nothing() 
         hang: Duration::from_millis(1500),
         max_faults_per_key: 3,
         token: None,
-    })
-    .await;
+    };
+    // The sim's own plan, to know which keys it rejects for good (422).
+    let plan = FaultPlan::new(
+        settings.seed,
+        settings.rates.clone(),
+        settings.max_faults_per_key,
+        !settings.hang.is_zero(),
+    );
+    let sim = Sim::start(settings).await;
     let t = TestTopology::new("http-chaos", TOPOLOGY);
     let conn = support::connect().await;
     t.apply(&conn).await;
@@ -99,18 +108,37 @@ async fn kill9_mid_call_with_every_fault_on_loses_nothing_and_doubles_nothing() 
 
     // Reconcile the ledger and the DLQ against what was published.
     let ledger = sim.ledger().await;
-    // The sim never commits a key twice by construction; two effects for one event would mean
-    // warren sent it under two keys. `effects_by_event` below catches that.
+    // The sim counts every commit per key: a key committed twice would show here. Two effects
+    // for one event under two keys are caught by `effects_by_event` below.
+    let doubled: Vec<_> = ledger.keys.iter().filter(|k| k.effects > 1).collect();
+    assert!(doubled.is_empty(), "keys with two effects: {doubled:?}");
     let effects = ledger.effects_by_event();
     let dead = dead_letters(&conn, &dlq).await;
+    let rejected: BTreeSet<&str> = ids
+        .iter()
+        .filter(|id| plan.rejects(&idempotency_key(id, "http", "post")))
+        .map(String::as_str)
+        .collect();
     let mut parked: BTreeMap<&str, usize> = BTreeMap::new();
     for d in &dead {
-        assert!(
-            !d.kind.is_empty() && !d.reason.is_empty() || d.kind == "x-death",
-            "dead letter without a reason: {d:?}"
-        );
+        // Only two ways to the DLQ are expected here: the sim rejected the key (its seeded
+        // verdict, a 422: permanent), or the broker's delivery limit after too many kills.
+        // Every other fault is bounded per key and must end in an effect.
+        let explained = (d.kind == "permanent"
+            && rejected.contains(d.event_id.as_str())
+            && d.reason.contains("422"))
+            || (d.kind == "x-death" && d.death.as_deref() == Some("delivery_limit"));
+        assert!(explained, "an unexpected dead letter: {d:?}");
         *parked.entry(d.event_id.as_str()).or_default() += 1;
     }
+    let unparked: Vec<_> = rejected
+        .iter()
+        .filter(|id| !parked.contains_key(**id))
+        .collect();
+    assert!(
+        unparked.is_empty(),
+        "rejected keys not dead-lettered: {unparked:?}"
+    );
     let mut missing = vec![];
     let mut both = vec![];
     for id in &ids {

@@ -1,20 +1,29 @@
 //! `trader`: the seeds' momentum strategy ([`strategy`]) driving a trading API through the
 //! idempotent client. Its state is per process, so a trading queue must run with
 //! single-active-consumer and the worker with `--concurrency 1`: ticks then reach one worker,
-//! in order, and a standby takes over (with empty state) when it dies.
+//! in order, and a standby takes over when it dies.
 //!
 //! Every trade's key derives from the deciding event, so a redelivery or a replay repeats the
 //! keys and the API replays its stored responses instead of trading again. Trades decided for
 //! an event are kept until each succeeds (and dropped one by one as they do), so a retry
 //! re-issues exactly the unfinished ones even though the tick itself is not windowed twice.
-//! A worker (a standby taking over, a restart) first loads the open positions from the API, so
-//! it never opens a second position on a pair it inherited.
+//!
+//! A worker (a standby taking over, a restart) first loads the open positions from the API
+//! (`GET <api>/positions`), each with the idempotency key and event id of the open that created
+//! it. The strategy inherits them as opened by that event, so they count from the first tick
+//! after it: a standby never opens a second position on a pair it inherited and closes it with
+//! the key its predecessor would have used, and a fresh worker fed the whole stream again
+//! decides exactly the first worker's trades, every one a replay.
+//!
+//! A tick older than the queue's `message_ttl` (by `payload.timestamp_ms`) is dead-lettered as
+//! permanent ("stale"), as the worker does for an event whose envelope `ts` is that old: never
+//! traded on, never dropped unseen.
 
 pub mod strategy;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -76,6 +85,21 @@ struct HeldPosition {
     position_id: String,
     pair: String,
     direction: Direction,
+    /// The key of the open that created it.
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    /// The event that open was sent for.
+    #[serde(default)]
+    event_id: Option<String>,
+}
+
+impl HeldPosition {
+    /// The event that decided this position, if the trader opened it: the API names an event
+    /// whose open key is the position's key.
+    fn opened_by(&self) -> Option<&str> {
+        let event_id = self.event_id.as_deref()?;
+        (self.idempotency_key.as_deref() == Some(open_key(event_id).as_str())).then_some(event_id)
+    }
 }
 
 #[derive(Deserialize)]
@@ -192,8 +216,10 @@ impl TraderHandler {
     }
 
     /// `GET <api>/positions` once, before the first event: positions opened by another worker
-    /// (the one this standby replaces) count towards the cap and are closed on a flip. A 404
-    /// means the API has no such endpoint: start empty.
+    /// (the one this standby replaces) count towards the cap and are closed on a flip, from the
+    /// first tick after the event that opened them. A position the trader did not open (no
+    /// event id, or a key that is not the open key of its event) counts at once. A 404 means
+    /// the API has no such endpoint: start empty.
     async fn load_positions(&self) -> Result<(), HandlerError> {
         let Some(list) = self
             .client
@@ -205,10 +231,16 @@ impl TraderHandler {
         };
         let mut s = self.state();
         for p in &list.positions {
-            let opened_by = format!("loaded:{}", p.position_id);
-            s.position_ids
-                .insert(open_key(&opened_by), p.position_id.clone());
-            s.strategy.adopt(&p.pair, p.direction, &opened_by);
+            if let Some(opened_by) = p.opened_by() {
+                s.position_ids
+                    .insert(open_key(opened_by), p.position_id.clone());
+                s.strategy.inherit(&p.pair, p.direction, opened_by);
+            } else {
+                let opened_by = format!("loaded:{}", p.position_id);
+                s.position_ids
+                    .insert(open_key(&opened_by), p.position_id.clone());
+                s.strategy.adopt(&p.pair, p.direction, &opened_by);
+            }
         }
         if !list.positions.is_empty() {
             tracing::info!(
@@ -258,12 +290,19 @@ impl Handler for TraderHandler {
 
     async fn handle(&self, event: &Envelope, ctx: &Context) -> HandlerResult {
         let input = Input::from_event(event).map_err(|e| HandlerError::permanent(e.to_string()))?;
-        if let Input::Tick { at_ms, pair, .. } = &input
+        if let Input::Tick { at_ms, .. } = &input
             && let Some(ttl) = ctx.message_ttl
-            && now_ms().saturating_sub(*at_ms) > ttl.as_millis() as u64
         {
-            tracing::debug!(event_id = %event.event_id, pair = %pair, "Stale tick ignored.");
-            return Ok(());
+            let age = now_ms().saturating_sub(*at_ms);
+            if age > ttl.as_millis() as u64 {
+                // Never traded on, and not windowed: dead-lettered like an event whose `ts` is
+                // that old (the worker's own check), so every stale tick is accounted for.
+                return Err(HandlerError::permanent(format!(
+                    "stale: the tick was observed {} ago, longer than the queue's message_ttl of {}",
+                    humantime::format_duration(Duration::from_millis(age / 1000 * 1000)),
+                    humantime::format_duration(ttl)
+                )));
+            }
         }
         self.loaded
             .get_or_try_init(|| self.load_positions())

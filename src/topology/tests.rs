@@ -33,6 +33,19 @@ fn the_shipped_topology_is_valid() {
     let trading = t.queue("pf.trading").unwrap();
     assert!(trading.single_active_consumer);
     assert_eq!(trading.message_ttl, Some(Duration::from_secs(30)));
+    // The trader pauses on wallet.low_balance and resumes on escrow.released too.
+    for rk in [
+        "market.tick",
+        "wallet.low_balance",
+        "wallet.balance_changed",
+        "escrow.released",
+    ] {
+        assert!(
+            trading.bind.iter().any(|b| topic_matches(b, rk)),
+            "pf.trading does not receive {rk}"
+        );
+    }
+    assert!(trading.prefetch <= 10, "prefetch {}", trading.prefetch);
     assert_eq!(
         trading.retry_queue(Duration::from_secs(60)),
         "pf.trading.retry.1m"

@@ -122,7 +122,24 @@ impl Sim {
         format!("{}{path}", self.base)
     }
 
-    /// `GET /ledger`.
+    /// `GET /positions`: the open positions, as the API lists them.
+    pub async fn positions(&self) -> Vec<serde_json::Value> {
+        let v: serde_json::Value = self.get_json("/positions").await;
+        v["positions"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The ids of the open positions, sorted.
+    pub async fn position_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .positions()
+            .await
+            .iter()
+            .filter_map(|p| p["position_id"].as_str().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// Open positions per pair (`GET /positions`).
     pub async fn open_per_pair(&self) -> BTreeMap<String, usize> {
         let v: serde_json::Value = self.get_json("/positions").await;
@@ -134,6 +151,7 @@ impl Sim {
         out
     }
 
+    /// `GET /ledger`.
     pub async fn ledger(&self) -> LedgerView {
         self.get_json("/ledger").await
     }
@@ -192,6 +210,9 @@ pub struct DeadLetter {
     pub kind: String,
     pub reason: String,
     pub attempt: u32,
+    /// The broker's reason (`delivery_limit`, `expired`, …) when it dead-lettered the message
+    /// itself (kind `x-death`).
+    pub death: Option<String>,
 }
 
 /// Takes every message out of `dlq`.
@@ -218,8 +239,12 @@ pub async fn dead_letters(conn: &Connection, dlq: &str) -> Vec<DeadLetter> {
                         String::new()
                     }
                 });
+            let death = (kind == "x-death")
+                .then(|| amqp::x_death(p).first().map(|d| d.reason.clone()))
+                .flatten();
             DeadLetter {
                 event_id,
+                death,
                 kind,
                 reason: amqp::header_str(p, hdr::ERROR)
                     .unwrap_or_default()

@@ -6,6 +6,12 @@
 //! position if none is open for the pair and fewer than 3 are open; a signal against the open
 //! position closes it, then opens the other way (cap permitting). `wallet.low_balance` pauses
 //! (ticks are ignored, not even windowed); `wallet.balance_changed` and `escrow.released` resume.
+//!
+//! Positions a worker finds open at the API when it starts are [`Strategy::inherit`]ed with the
+//! event that opened them, and count only from the first tick after that event. A fresh worker
+//! fed the whole stream therefore decides exactly what the first one did, with the same keys
+//! (its state is a function of the events it has seen); a standby taking over mid-stream finds
+//! them open and closes them on a flip with the key the worker it replaces would have used.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -180,6 +186,8 @@ pub struct Strategy {
     windows: HashMap<String, VecDeque<f64>>,
     last_seen: HashMap<String, String>,
     open: BTreeMap<String, Held>,
+    /// Positions held at the API that the stream has not reached yet (see [`Strategy::inherit`]).
+    inherited: BTreeMap<String, Held>,
     paused: bool,
 }
 
@@ -227,6 +235,7 @@ impl Strategy {
         }
         self.last_seen
             .insert(pair.to_string(), event_id.to_string());
+        self.reach_inherited(event_id);
         let window = self.windows.entry(pair.to_string()).or_default();
         window.push_back(price);
         if window.len() > self.params.window {
@@ -265,7 +274,47 @@ impl Strategy {
         trades
     }
 
-    /// Records a position that is already open (loaded from the API at start).
+    /// Records a position the API holds open, opened by the trade that the event `opened_by`
+    /// decided. It counts from the first tick after `opened_by` in eventId order (ticks reach
+    /// the worker in order): ticks up to it are history the strategy is replaying, during which
+    /// it decides what the first worker decided (so every trade repeats its key, and the open
+    /// at `opened_by` itself takes this position over); ticks after it find it open.
+    pub fn inherit(&mut self, pair: &str, direction: Direction, opened_by: &str) {
+        self.inherited.insert(
+            pair.to_string(),
+            Held {
+                direction,
+                opened_by: opened_by.to_string(),
+            },
+        );
+    }
+
+    /// Inherited positions opened before `event_id` become open, unless the strategy already
+    /// holds the same position (it replayed the open itself). If it holds another one on the
+    /// pair, the API's account wins: that one is closed there.
+    fn reach_inherited(&mut self, event_id: &str) {
+        let reached: Vec<String> = self
+            .inherited
+            .iter()
+            .filter(|(_, h)| h.opened_by.as_str() < event_id)
+            .map(|(pair, _)| pair.clone())
+            .collect();
+        for pair in reached {
+            let Some(held) = self.inherited.remove(&pair) else {
+                continue;
+            };
+            if self
+                .open
+                .get(&pair)
+                .is_none_or(|h| h.opened_by != held.opened_by)
+            {
+                self.open.insert(pair, held);
+            }
+        }
+    }
+
+    /// Records a position that is already open, with no known opening event (a position the
+    /// trader did not open, loaded from the API at start): it counts from now on.
     pub fn adopt(&mut self, pair: &str, direction: Direction, opened_by: &str) {
         self.open.insert(
             pair.to_string(),
@@ -431,6 +480,78 @@ mod tests {
         }
         let once = feed(&mut b, "BTC", "a", &prices);
         assert_eq!(with_dups, once);
+    }
+
+    #[test]
+    fn a_fresh_strategy_inheriting_the_final_positions_replays_the_same_trades() {
+        // The first worker's whole history: opens, holds, flips, on two pairs.
+        let mut first = Strategy::new(Params::default());
+        let mut history: Vec<(String, &str, f64)> = vec![];
+        let mut n = 0;
+        let mut push = |pair: &'static str, prices: Vec<f64>| {
+            for p in prices {
+                history.push((format!("e{n:04}"), pair, p));
+                n += 1;
+            }
+        };
+        push("A", ramp(100.0, 0.1, 25));
+        push("B", ramp(50.0, -0.05, 22));
+        push("A", ramp(102.4, -0.2, 20));
+        push("B", ramp(48.9, 0.1, 20));
+        let run = |s: &mut Strategy| -> Vec<Trade> {
+            history
+                .iter()
+                .flat_map(|(id, pair, p)| s.on_event(id, &tick(pair, *p)))
+                .collect()
+        };
+        let decided = run(&mut first);
+        assert!(decided.len() >= 6, "{decided:?}");
+        // A fresh worker loads what the API still holds, then gets the whole stream again.
+        let mut fresh = Strategy::new(Params::default());
+        for (pair, held) in &first.open {
+            fresh.inherit(pair, held.direction, &held.opened_by);
+        }
+        assert!(fresh.open_positions().is_empty(), "not reached yet");
+        assert_eq!(run(&mut fresh), decided, "same trades, so the same keys");
+        assert_eq!(fresh.open_positions(), first.open_positions());
+        assert!(fresh.inherited.is_empty());
+    }
+
+    #[test]
+    fn a_standby_closes_an_inherited_position_with_the_key_the_first_would_have_used() {
+        let mut first = Strategy::new(Params::default());
+        feed(&mut first, "A", "a", &ramp(100.0, 0.1, 25));
+        let mut standby = Strategy::new(Params::default());
+        for (pair, held) in &first.open {
+            standby.inherit(pair, held.direction, &held.opened_by);
+        }
+        // Only the ticks after the takeover: once its window is full, they flip the long, and the
+        // close names the position by the event that opened it, as the first worker's would.
+        let b = feed(&mut standby, "A", "b", &ramp(102.4, -0.2, 20));
+        assert_eq!(
+            b,
+            vec![
+                Trade::Close {
+                    pair: "A".into(),
+                    direction: Direction::Long,
+                    event_id: "b019".into(),
+                    opened_by: "a019".into(),
+                },
+                Trade::Open {
+                    pair: "A".into(),
+                    direction: Direction::Short,
+                    event_id: "b019".into(),
+                },
+            ]
+        );
+        assert_eq!(b[0].key(), idempotency_key("b019", "trader", "close:a019"));
+        // And it counts towards the cap meanwhile.
+        let mut capped = Strategy::new(Params::default());
+        capped.inherit("A", Direction::Long, "a019");
+        capped.inherit("B", Direction::Long, "a019");
+        capped.inherit("C", Direction::Short, "a018");
+        assert!(feed(&mut capped, "D", "b", &ramp(100.0, 0.1, 25)).is_empty());
+        assert_eq!(capped.open_positions().len(), 3);
     }
 
     #[test]

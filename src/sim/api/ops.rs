@@ -136,6 +136,10 @@ impl Op {
 pub struct Position {
     /// Its id.
     pub position_id: String,
+    /// The `Idempotency-Key` of the open that created it (a client order id, as venues echo).
+    pub idempotency_key: String,
+    /// The `X-Warren-Event-Id` that open was sent with, if any: the event that decided it.
+    pub event_id: Option<String>,
     /// The pair.
     pub pair: String,
     /// `long` or `short`.
@@ -163,8 +167,8 @@ impl Book {
         }
     }
 
-    /// Commits `op` for `key`. `Err` (a 422) means nothing changed.
-    pub fn apply(&mut self, key: &str, op: &Op) -> Result<Value, String> {
+    /// Commits `op` for `key`, sent for `event_id`. `Err` (a 422) means nothing changed.
+    pub fn apply(&mut self, key: &str, event_id: Option<&str>, op: &Op) -> Result<Value, String> {
         match op {
             Op::Open(r) => {
                 let position_id = format!("pos_{}", &self.hash(key)[..16]);
@@ -172,6 +176,8 @@ impl Book {
                     position_id.clone(),
                     Position {
                         position_id: position_id.clone(),
+                        idempotency_key: key.to_string(),
+                        event_id: event_id.map(str::to_string),
                         pair: r.pair.clone(),
                         direction: r.direction.clone(),
                         size_usdc: r.size_usdc,
@@ -259,22 +265,29 @@ mod tests {
             br#"{"pair":"BTC-USD","direction":"long","size_usdc":50,"leverage":3}"#,
         )
         .unwrap();
-        let opened = book.apply("k1", &open).unwrap();
+        let opened = book.apply("k1", Some("e1"), &open).unwrap();
         let id = opened["position_id"].as_str().unwrap().to_string();
-        assert_eq!(book.positions().len(), 1);
+        let held = book.positions();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].idempotency_key, "k1");
+        assert_eq!(held[0].event_id.as_deref(), Some("e1"));
         let close = Op::Close(CloseRequest {
             position_id: id.clone(),
         });
-        let closed = book.apply("k2", &close).unwrap();
+        let closed = book.apply("k2", None, &close).unwrap();
         assert!(closed["realised_pnl_usdc"].as_f64().unwrap().abs() <= 5.0);
-        assert!(book.apply("k3", &close).unwrap_err().contains("not open"));
+        assert!(
+            book.apply("k3", None, &close)
+                .unwrap_err()
+                .contains("not open")
+        );
         // Ids are a function of the seed and the key.
         assert_eq!(
-            Book::new(1).apply("k1", &open).unwrap()["position_id"],
+            Book::new(1).apply("k1", None, &open).unwrap()["position_id"],
             id.as_str()
         );
         assert_ne!(
-            Book::new(2).apply("k1", &open).unwrap()["position_id"],
+            Book::new(2).apply("k1", None, &open).unwrap()["position_id"],
             id.as_str()
         );
     }

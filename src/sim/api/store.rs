@@ -37,6 +37,9 @@ struct KeyRecord {
     posts: u32,
     status_checks: u32,
     replays: u32,
+    /// Effects committed under this key: counted, not derived from the state, so a pipeline
+    /// that ever committed a key twice would show it.
+    commits: u32,
     state: KeyState,
 }
 
@@ -90,7 +93,8 @@ pub struct LedgerEntry {
     pub path: &'static str,
     /// `X-Warren-Event-Id` (or the body's `eventId`) of the first request.
     pub event_id: Option<String>,
-    /// Effects committed for this key: 0 or 1 unless the server is broken.
+    /// Effects committed for this key, as counted at each commit: 0 or 1 unless the server
+    /// (or its idempotency pipeline) is broken.
     pub effects: u32,
     /// POSTs received with this key.
     pub posts: u32,
@@ -200,6 +204,7 @@ impl Store {
                 posts: 0,
                 status_checks: 0,
                 replays: 0,
+                commits: 0,
                 state: KeyState::Open,
             });
         record.posts += 1;
@@ -242,13 +247,14 @@ impl Store {
     /// Applies an in-flight request's effect and stores the response; a failed effect (422)
     /// leaves nothing behind.
     pub fn commit(&mut self, key: &str, op: &Op, at_ms: u64) -> (u16, Value) {
-        let result = self.book.apply(key, op);
         let Some(record) = self.keys.get_mut(key) else {
             return (500, serde_json::json!({"error": "key vanished"}));
         };
+        let result = self.book.apply(key, record.event_id.as_deref(), op);
         match result {
             Ok(body) => {
                 self.effects += 1;
+                record.commits += 1;
                 let stored = Stored {
                     status: 200,
                     body: body.clone(),
@@ -303,7 +309,7 @@ impl Store {
                     key: key.clone(),
                     path: r.endpoint.path(),
                     event_id: r.event_id.clone(),
-                    effects: stored.is_some() as u32,
+                    effects: r.commits,
                     posts: r.posts,
                     status_checks: r.status_checks,
                     replays: r.replays,
@@ -332,5 +338,37 @@ impl Store {
     /// `GET /positions`.
     pub fn positions(&self) -> Vec<super::ops::Position> {
         self.book.positions()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> Op {
+        Op::parse(Endpoint::Events, br#"{"eventId":"e1"}"#).unwrap()
+    }
+
+    #[test]
+    fn the_ledger_counts_every_commit_of_a_key() {
+        let mut store = Store::new(1);
+        store.count_post("k", Endpoint::Events, "h");
+        assert!(matches!(
+            store.begin("k", Endpoint::Events, "h", Some("e1")),
+            Begin::Proceed
+        ));
+        store.commit("k", &event(), 1);
+        // A replay is not an effect.
+        store.count_post("k", Endpoint::Events, "h");
+        assert!(matches!(
+            store.begin("k", Endpoint::Events, "h", Some("e1")),
+            Begin::Replay(_)
+        ));
+        assert_eq!(store.ledger().keys[0].effects, 1);
+        // A pipeline that committed the key again (skipping `begin`) is caught by the count.
+        store.commit("k", &event(), 2);
+        let ledger = store.ledger();
+        assert_eq!(ledger.keys[0].effects, 2);
+        assert_eq!(ledger.effects, 2);
     }
 }
