@@ -134,7 +134,13 @@ async fn a_frame_over_the_hard_limit_is_recorded_without_a_body_and_the_bridge_r
     t.apply(&conn).await;
     let (queue, dlq) = (t.queue("all"), t.topology.ingress_dlq());
     let (id1, e1) = tick();
-    let (id2, e2) = tick();
+    // eventIds increase along the stream (ULIDs of one millisecond need not).
+    let (id2, e2) = loop {
+        let (id, e) = tick();
+        if id > id1 {
+            break (id, e);
+        }
+    };
     let upstream = Scripted::start(vec![
         vec![
             Step::Text(e1.clone()),
