@@ -1,5 +1,6 @@
 //! On-demand benchmark (ignored by default): sim → bridge → confirmed publishes at the sim's
-//! maximum rate against a raw publisher with the same confirm window, and the bridge's RSS.
+//! maximum rate against a raw lapin publisher with the same confirm window, and the bridge's
+//! RSS. Prints the report as JSON, then a table: bridge events/s, raw events/s, ratio, RSS.
 //!
 //! `BENCH_EVENTS=50000 BENCH_ROUNDS=3 cargo test --release --test bridge_bench -- --ignored --nocapture`
 
@@ -28,4 +29,5 @@ async fn bridge_throughput_against_a_raw_publisher() {
     }
     let report = run(&opts).await.expect("benchmark runs");
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    println!("{}", report.table());
 }

@@ -333,3 +333,54 @@ fn check(r: lapin::Result<Confirmation>) -> Result<(), Error> {
         other => Err(Error::Other(format!("raw publish: {other:?}"))),
     }
 }
+
+/// The bridge benchmark's baseline ([`crate::bridge::bench`]): publishes prepared messages
+/// (routing key, body, properties) to `exchange`, `mandatory`, on a fresh connection and
+/// channel with confirms, at most `window` unconfirmed, through lapin's API alone. Every
+/// confirm must be a plain ack. Returns the time from the first publish to the last confirm.
+pub async fn publish_prepared(
+    url: &AmqpUrl,
+    exchange: &str,
+    messages: &[(String, Vec<u8>, lapin::BasicProperties)],
+    window: usize,
+) -> Result<Duration, Error> {
+    let conn = Connection::connect_uri(url.uri(), ConnectionProperties::default())
+        .await
+        .map_err(fail("connect"))?;
+    let ch = conn.create_channel().await.map_err(fail("channel"))?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(fail("confirm.select"))?;
+    let mut pending = FuturesOrdered::new();
+    let started = Instant::now();
+    for (routing_key, body, properties) in messages {
+        while let Some(Some(r)) = pending.next().now_or_never() {
+            check(r)?;
+        }
+        if pending.len() >= window.max(1)
+            && let Some(r) = pending.next().await
+        {
+            check(r)?;
+        }
+        let confirm = ch
+            .basic_publish(
+                exchange.into(),
+                routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                body,
+                properties.clone(),
+            )
+            .await
+            .map_err(fail("publish"))?;
+        pending.push_back(confirm);
+    }
+    while let Some(r) = pending.next().await {
+        check(r)?;
+    }
+    let took = started.elapsed();
+    let _ = conn.close(200, "bench done".into()).await;
+    Ok(took)
+}

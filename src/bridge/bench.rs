@@ -2,8 +2,9 @@
 //! window in the same run, plus the bridge process's memory under load.
 //!
 //! The baseline publishes the same envelopes with the same properties straight from memory
-//! through [`Publisher`] and [`ConfirmWindow`] (thin wrappers over lapin's publish and confirm
-//! futures): it is what the broker can take. The bridge run starts `warren bridge` as a child
+//! through lapin alone ([`crate::bench::raw::publish_prepared`]: one confirm channel, the same
+//! window of unconfirmed publishes, no warren code on the message path): it is what the
+//! broker can take. The bridge run starts `warren bridge` as a child
 //! process against an in-process `sim upstream` whose whole stream is already generated and
 //! waiting in its replay buffer (so generation is outside the measurement on both sides), and
 //! times the queue filling from its first message to its last; confirmed publishes are what
@@ -17,7 +18,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::route;
-use crate::amqp::{self, AmqpUrl, ConfirmWindow, Message, Publisher};
+use crate::amqp::{self, AmqpUrl};
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::sim::catalog::Catalog;
@@ -84,6 +85,27 @@ pub struct BenchReport {
     pub bridge_cpu_us_per_event: f64,
     /// CPU time the raw publisher used per event, µs (median of the rounds).
     pub baseline_cpu_us_per_event: f64,
+}
+
+impl BenchReport {
+    /// The summary line: bridge and raw publisher events/s, their ratio, bridge peak RSS.
+    pub fn table(&self) -> String {
+        let header = format!(
+            "{:>16} {:>16} {:>7} {:>15}",
+            "bridge ev/s", "raw lapin ev/s", "ratio", "bridge peak RSS"
+        );
+        let row = format!(
+            "{:>16.0} {:>16.0} {:>6.2}x {:>11.1} MiB",
+            self.bridge_rate,
+            self.baseline_rate,
+            self.ratio,
+            self.bridge_peak_rss_kib.max(self.bridge_hwm_kib) as f64 / 1024.0
+        );
+        format!(
+            "{header}\n{row}\n({} events, window {}, {} queue, median of {} rounds)",
+            self.events, self.confirm_window, self.queue_type, self.rounds
+        )
+    }
 }
 
 /// Runs the baseline, then the bridge, on a throwaway topology; removes it afterwards.
@@ -180,33 +202,14 @@ async fn baseline(opts: &BenchOptions, url: &AmqpUrl, t: &Topology) -> Result<f6
             Ok((env.event_type, e.frame, props))
         })
         .collect::<Result<_, Error>>()?;
-    let conn = amqp::connect(url, "bench", "baseline").await?;
-    let publisher = Publisher::open(&conn, 1).await?;
-    let mut window = ConfirmWindow::new(opts.confirm_window);
-    let started = Instant::now();
-    for (routing_key, body, properties) in &messages {
-        if window.is_full()
-            && let Some((_, r)) = window.next().await
-        {
-            r?;
-        }
-        let confirm = publisher
-            .send(Message {
-                exchange: &t.events_exchange,
-                routing_key,
-                body,
-                properties: properties.clone(),
-                mandatory: true,
-            })
-            .await?;
-        window.push((), confirm);
-    }
-    while let Some((_, r)) = window.next().await {
-        r?;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    amqp::close(&conn).await;
-    Ok(opts.events as f64 / secs)
+    let took = crate::bench::raw::publish_prepared(
+        url,
+        &t.events_exchange,
+        &messages,
+        opts.confirm_window,
+    )
+    .await?;
+    Ok(opts.events as f64 / took.as_secs_f64().max(1e-6))
 }
 
 /// Runs the sim in-process and the bridge as a child; (events per second, peak RSS, HWM, CPU

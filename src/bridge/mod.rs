@@ -6,15 +6,21 @@
 //! resume cursor moves only past the confirmed prefix of the stream, is persisted atomically,
 //! and is what the bridge resumes from after any reconnect or restart.
 //!
-//! # Oversized frames
+//! # Oversized and undecodable frames
 //! Envelopes are limited to 1 MiB. The WebSocket layer reads frames up to
 //! [`upstream::HARD_FRAME_LIMIT`] (16 MiB); a frame between the two is dead-lettered with its
 //! first 64 KiB and its original size in `x-warren-original-size`, and the stream goes on.
+//! The 1 MiB check is after the read on purpose: a socket limit of 1 MiB would fail the
+//! connection on such a frame, and an upstream replaying it after the resume would loop (see
+//! [`upstream::HARD_FRAME_LIMIT`], which also bounds memory per connection).
 //! A frame over the hard limit, or a text frame that is not UTF-8 (an RFC 6455 violation the
 //! WebSocket layer fails the connection on, before the bytes reach us), is recorded in the
-//! dead-letter queue as `invalid` with the decoder's error and no body, and the bridge
-//! reconnects with `resumeFrom`. Malformed frames carry no eventId, so the upstream does not
-//! replay them and this cannot loop.
+//! dead-letter queue as `invalid` with the decoder's error, an empty body and
+//! `x-warren-body-absent` saying why, and the bridge reconnects with `resumeFrom`. A stray
+//! malformed frame is not replayed, so the stream goes on. One the upstream stores and replays
+//! after every resume would fail each connection again, at the reconnect backoff's pace (its
+//! ceiling grows to 60 s), logged and recorded each time: the bridge cannot skip it
+//! without its eventId, and skipping blind could skip a real event.
 //!
 //! # Layout
 //! - [`pump`]: the loop: read, validate, publish, confirm, cursor, reconnects, shutdown.
@@ -170,7 +176,8 @@ pub async fn run(
             "bridge: give --url, --webhook-listen, or both".into(),
         ));
     }
-    if settings.upstream.is_some() {
+    if let Some(u) = &settings.upstream {
+        upstream::check_topics(&u.topics).map_err(Error::Usage)?;
         // wss:// needs a process-wide TLS provider; a second install is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }

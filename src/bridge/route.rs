@@ -16,6 +16,18 @@ pub const ORIGINAL_SIZE: &str = "x-warren-original-size";
 /// How many bytes of an oversized frame are kept in its dead letter.
 pub const TRUNCATED_BYTES: usize = 64 * 1024;
 
+/// Header on a dead letter whose body is empty because the frame's bytes never reached the
+/// bridge: why, as one of the `ABSENT_*` values.
+pub const BODY_ABSENT: &str = "x-warren-body-absent";
+
+/// [`BODY_ABSENT`]: a text frame that is not UTF-8. tungstenite fails the connection on it
+/// (RFC 6455 §8.1) and its error carries no bytes.
+pub const ABSENT_INVALID_UTF8: &str = "invalid-utf8-text-frame";
+
+/// [`BODY_ABSENT`]: a frame or message over the WebSocket layer's hard limit
+/// ([`crate::bridge::upstream::HARD_FRAME_LIMIT`]), refused from its header, never read.
+pub const ABSENT_OVER_HARD_LIMIT: &str = "frame-over-hard-limit";
+
 /// Properties of an event: persistent, or transient with `live_ttl` as expiration when the
 /// topology marks its type live-only.
 pub fn event_properties(
@@ -41,12 +53,24 @@ pub fn event_properties(
     }
 }
 
+/// Why a dead letter's body is cut or missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyNote {
+    /// The body is the whole frame.
+    Whole,
+    /// The body is the frame's first [`TRUNCATED_BYTES`]; the frame had this many bytes.
+    Truncated(usize),
+    /// The body is empty: the frame's bytes never reached the bridge, for this reason (one of
+    /// the `ABSENT_*` values, sent as [`BODY_ABSENT`]).
+    Absent(&'static str),
+}
+
 /// Properties of a frame dead-lettered as `invalid`: the error, the events exchange as origin,
-/// raw bytes as the body, and the original size when the body was cut.
+/// raw bytes as the body, the original size when the body was cut, and why when it is absent.
 pub fn invalid_properties(
     error: &str,
     events_exchange: &str,
-    original_size: Option<usize>,
+    body: BodyNote,
     now_secs: u64,
 ) -> BasicProperties {
     let mut headers = BTreeMap::new();
@@ -61,8 +85,10 @@ pub fn invalid_properties(
     set_header(&mut headers, hdr::FIRST_FAILED_AT, now.as_str());
     set_header(&mut headers, hdr::LAST_FAILED_AT, now);
     set_header(&mut headers, hdr::WORKER, crate::amqp::identity());
-    if let Some(size) = original_size {
-        set_header(&mut headers, ORIGINAL_SIZE, size as u64);
+    match body {
+        BodyNote::Whole => {}
+        BodyNote::Truncated(size) => set_header(&mut headers, ORIGINAL_SIZE, size as u64),
+        BodyNote::Absent(why) => set_header(&mut headers, BODY_ABSENT, why),
     }
     BasicProperties::default()
         .with_message_id(ulid::Ulid::generate().to_string().into())
@@ -151,7 +177,12 @@ mod tests {
 
     #[test]
     fn invalid_frames_carry_the_error_and_their_origin() {
-        let p = invalid_properties("field 'ts' is missing", "pf.events", Some(2_000_000), 5);
+        let p = invalid_properties(
+            "field 'ts' is missing",
+            "pf.events",
+            BodyNote::Truncated(2_000_000),
+            5,
+        );
         assert_eq!(header_str(&p, hdr::ERROR_KIND), Some("invalid"));
         assert_eq!(header_str(&p, hdr::ERROR), Some("field 'ts' is missing"));
         assert_eq!(header_str(&p, hdr::ORIGIN_QUEUE), Some("pf.events"));
@@ -161,6 +192,16 @@ mod tests {
             "application/octet-stream"
         );
         assert_eq!(*p.delivery_mode(), Some(2));
+        assert_eq!(header_str(&p, BODY_ABSENT), None);
+
+        let p = invalid_properties(
+            "UTF-8 encoding error",
+            "pf.events",
+            BodyNote::Absent(ABSENT_INVALID_UTF8),
+            5,
+        );
+        assert_eq!(header_str(&p, BODY_ABSENT), Some(ABSENT_INVALID_UTF8));
+        assert_eq!(crate::amqp::header_u64(&p, ORIGINAL_SIZE), None);
     }
 
     #[test]

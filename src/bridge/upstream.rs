@@ -15,8 +15,23 @@ use ulid::Ulid;
 /// The upstream connection.
 pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// The largest frame the WebSocket layer reads at all. Frames between the envelope limit and
-/// this are dead-lettered truncated; larger ones fail the connection.
+/// The largest frame (and message) the WebSocket layer reads at all: 16 MiB, deliberately
+/// above the 1 MiB envelope limit ([`crate::envelope::MAX_ENVELOPE_BYTES`]).
+///
+/// Why not 1 MiB at the socket: a frame over the socket limit fails the connection before its
+/// bytes reach us, so the bridge cannot know its eventId, cannot move the cursor past it, and
+/// resumes from the cursor before it. An upstream that replays that frame (an oversized event
+/// carries an eventId, so it is replayed) would then be re-read, fail the connection again,
+/// and loop forever. Reading it instead lets the bridge dead-letter it (first 64 KiB and its
+/// size) and carry on; the eventId window and cursor then treat it like any other frame.
+/// A frame over this hard limit still fails the connection (with a record in the DLQ and no
+/// body); that is the one case that can repeat after a resume, at the reconnect backoff pace.
+///
+/// Memory per upstream connection stays bounded: tungstenite checks a frame's length in its
+/// header before reading the payload and caps a fragmented message's total at this size, so
+/// the socket holds at most one frame or message of this size plus its read buffer (128 KiB).
+/// A frame over 1 MiB is cut to 64 KiB before it is held for publishing, so the outbox holds at
+/// most `--confirm-window` bodies of 1 MiB each.
 pub const HARD_FRAME_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Where and how to subscribe.
@@ -45,6 +60,28 @@ impl std::fmt::Debug for UpstreamSettings {
 
 /// The default topics: the whole catalog.
 pub const DEFAULT_TOPICS: [&str; 4] = ["market.*", "wallet.*", "escrow.*", "job.*"];
+
+/// A topic the upstream takes: an exact event type (`domain.name`) or a domain (`domain.*`).
+pub fn is_topic(t: &str) -> bool {
+    match t.strip_suffix(".*") {
+        Some(domain) => crate::envelope::is_event_type(&format!("{domain}.x")),
+        None => crate::envelope::is_event_type(t),
+    }
+}
+
+/// Checks `--topics` before anything connects: a bad one would otherwise be refused by the
+/// upstream on every subscribe, a reconnect loop with nothing to show for it.
+pub fn check_topics(topics: &[String]) -> Result<(), String> {
+    if topics.is_empty() {
+        return Err("--topics: give at least one topic".into());
+    }
+    match topics.iter().find(|t| !is_topic(t)) {
+        Some(bad) => Err(format!(
+            "--topics: '{bad}' is neither an event type ('domain.name') nor a domain ('domain.*')"
+        )),
+        None => Ok(()),
+    }
+}
 
 /// Connects, authenticates and subscribes, resuming after `resume_from` when given.
 pub async fn connect(
@@ -89,4 +126,33 @@ pub async fn connect(
         .map_err(|_| "subscribe: no progress writing to the socket".to_string())?
         .map_err(|e| format!("subscribe: {e}"))?;
     Ok(ws)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_are_checked_and_the_bad_one_is_named() {
+        let ok: Vec<String> = ["market.*", "job.failed", "wallet.low_balance"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(check_topics(&ok), Ok(()));
+        let all: Vec<String> = DEFAULT_TOPICS.map(String::from).to_vec();
+        assert_eq!(check_topics(&all), Ok(()));
+        for bad in [
+            "market",
+            "market.#",
+            "*",
+            "Market.*",
+            "market.tick.*",
+            "",
+            "market.*.x",
+        ] {
+            let topics = vec!["job.*".to_string(), bad.to_string()];
+            let err = check_topics(&topics).unwrap_err();
+            assert!(err.contains(&format!("'{bad}'")), "{bad}: {err}");
+        }
+        assert!(check_topics(&[]).unwrap_err().contains("at least one"));
+    }
 }

@@ -398,10 +398,7 @@ struct Subscribe {
 }
 
 fn topic_ok(t: &str) -> bool {
-    match t.strip_suffix(".*") {
-        Some(domain) => crate::envelope::is_event_type(&format!("{domain}.x")),
-        None => crate::envelope::is_event_type(t),
-    }
+    crate::bridge::upstream::is_topic(t)
 }
 
 fn topic_matches(topics: &[String], event_type: &str) -> bool {

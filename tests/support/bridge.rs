@@ -217,3 +217,44 @@ pub fn counts(ids: &[String]) -> BTreeMap<String, usize> {
 pub fn url() -> warren::amqp::AmqpUrl {
     amqp_url().parse().expect("AMQP_URL parses")
 }
+
+/// When each line of `log` containing `needle` was written (tracing's RFC 3339 prefix).
+pub fn log_times(log: &str, needle: &str) -> Vec<std::time::SystemTime> {
+    log.lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|ts| humantime::parse_rfc3339_weak(ts.trim_end_matches('Z')).ok())
+        .collect()
+}
+
+/// The `addr=` of the first line of `w`'s log containing `needle` (servers bound to port 0
+/// log the address they got), waiting up to 10 s for it.
+pub async fn logged_addr(w: &Warren, needle: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let found = w
+            .log_text()
+            .lines()
+            .find(|l| l.contains(needle))
+            .and_then(|l| l.split("addr=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+            .map(str::to_string);
+        if let Some(a) = found {
+            return a;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no '{needle}' line with addr= in the log:\n{}",
+            w.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of the first sample of `series` (a name with its labels) in a Prometheus text body.
+pub fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

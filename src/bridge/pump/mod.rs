@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
@@ -301,11 +302,21 @@ impl Pump {
         let msg = match frame {
             None => return self.upstream_failed("the upstream closed the connection"),
             Some(Err(e)) => {
-                if matches!(e, WsError::Capacity(_) | WsError::Utf8(_)) {
+                // tungstenite fails the connection on these before handing over any bytes:
+                // a text frame that is not UTF-8 (its error holds only a lossy rendering of
+                // the bad sequence), or a frame over HARD_FRAME_LIMIT (refused from its
+                // header, never read). Record it, say why the body is empty, resume.
+                let absent = match e {
+                    WsError::Utf8(_) => Some(route::ABSENT_INVALID_UTF8),
+                    WsError::Capacity(_) => Some(route::ABSENT_OVER_HARD_LIMIT),
+                    _ => None,
+                };
+                if let Some(why) = absent {
                     Stats::add(&self.stats.received, 1);
                     let error =
                         format!("frame rejected by the WebSocket layer, bytes unavailable: {e}");
-                    self.dead_letter(Vec::new(), &error, None).await;
+                    self.dead_letter(Vec::new(), &error, route::BodyNote::Absent(why))
+                        .await;
                 }
                 return self.upstream_failed(&e.to_string());
             }
@@ -321,13 +332,34 @@ impl Pump {
                 self.dead_letter(
                     bytes.to_vec(),
                     "binary frame; the upstream sends JSON text frames",
-                    None,
+                    route::BodyNote::Whole,
                 )
                 .await;
             }
-            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Close(_) | WsMessage::Frame(_) => {
+            WsMessage::Close(frame) => {
+                let reason = self.close_reason(frame.as_ref());
+                self.upstream_failed(&reason);
             }
+            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
         }
+    }
+
+    /// The upstream's close code and reason, for the log: a refused subscribe (a bad topic, a
+    /// revoked key) says why here. The agent key never appears, even if the reason echoes it.
+    fn close_reason(&self, frame: Option<&CloseFrame>) -> String {
+        let Some(f) = frame else {
+            return "the upstream closed the connection (no close code)".into();
+        };
+        let mut reason: String = f.reason.as_str().chars().take(200).collect();
+        if let Some(key) = self.upstream.as_ref().map(|u| u.agent_key.as_str())
+            && !key.is_empty()
+        {
+            reason = reason.replace(key, "***");
+        }
+        format!(
+            "the upstream closed the connection: code {} ({:?}), reason {reason:?}",
+            f.code, f.code
+        )
     }
 
     async fn on_text(&mut self, frame: &[u8]) {
@@ -335,19 +367,22 @@ impl Pump {
         if frame.len() > MAX_ENVELOPE_BYTES {
             let error = EnvelopeError::TooLarge(frame.len()).to_string();
             let kept = frame[..route::TRUNCATED_BYTES].to_vec();
-            return self.dead_letter(kept, &error, Some(frame.len())).await;
+            let note = route::BodyNote::Truncated(frame.len());
+            return self.dead_letter(kept, &error, note).await;
         }
         let event = match Envelope::parse(frame) {
             Ok(e) => e,
             Err(error) => {
+                let error = error.to_string();
                 return self
-                    .dead_letter(frame.to_vec(), &error.to_string(), None)
+                    .dead_letter(frame.to_vec(), &error, route::BodyNote::Whole)
                     .await;
             }
         };
         let Ok(id) = Ulid::from_string(&event.event_id) else {
+            let error = "field 'eventId': not a ULID";
             return self
-                .dead_letter(frame.to_vec(), "field 'eventId': not a ULID", None)
+                .dead_letter(frame.to_vec(), error, route::BodyNote::Whole)
                 .await;
         };
         if !self.dedup.accept(id) {
@@ -387,7 +422,7 @@ impl Pump {
         }
     }
 
-    async fn dead_letter(&mut self, body: Vec<u8>, error: &str, original_size: Option<usize>) {
+    async fn dead_letter(&mut self, body: Vec<u8>, error: &str, note: route::BodyNote) {
         let n = self.stats.invalid.fetch_add(1, Ordering::Relaxed) + 1;
         if self.warn_invalid.ready() {
             tracing::warn!(%error, invalid_total = n, "Invalid frame; dead-lettering it.");
@@ -396,12 +431,7 @@ impl Pump {
         let out = Outgoing {
             exchange: self.dead_letter_exchange.clone(),
             routing_key: self.events_exchange.to_string(),
-            properties: route::invalid_properties(
-                error,
-                &self.events_exchange,
-                original_size,
-                now_secs,
-            ),
+            properties: route::invalid_properties(error, &self.events_exchange, note, now_secs),
             body,
         };
         let seq = self.outbox.push(out, Origin::Invalid);
@@ -472,7 +502,10 @@ impl Pump {
             Err(error @ AmqpError::Returned { .. }) => {
                 let n = self.stats.unroutable.fetch_add(1, Ordering::Relaxed) + 1;
                 if self.warn_unroutable.ready() {
-                    tracing::warn!(%error, unroutable_total = n, "Event matched no queue and the events exchange has no alternate exchange (apply the topology again); dropped by the broker.");
+                    // The topology's alternate exchange keeps unbound event types in
+                    // `<events>.unrouted`; a return means it is missing or routes nowhere
+                    // (its queue deleted or expired), or the ingress DLQ is gone.
+                    tracing::warn!(%error, unroutable_total = n, "Publish matched no queue, not even the alternate exchange's <events>.unrouted (apply the topology again); dropped by the broker.");
                 }
                 if self.outbox.confirm(seq) {
                     Stats::add(&self.stats.confirmed, 1);
