@@ -28,9 +28,17 @@
 //! - [`worker`]: the consumer loop, the pure `decide()`, the single `settle()`.
 //!
 //! # Writing a handler
+//! Implement [`worker::Handler`] and pass it to [`worker::run`] (`tests/custom_handler.rs` runs
+//! one against a real broker):
 //! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use tokio_util::sync::CancellationToken;
 //! use warren::envelope::Envelope;
-//! use warren::worker::{Context, Handler, HandlerError, HandlerResult};
+//! use warren::error::Error;
+//! use warren::topology::Topology;
+//! use warren::worker::{self, Context, Handler, HandlerError, HandlerResult, WorkerSettings};
 //!
 //! struct Notify;
 //!
@@ -42,8 +50,23 @@
 //!         Ok(())
 //!     }
 //! }
+//!
+//! async fn serve(shutdown: CancellationToken) -> Result<(), Error> {
+//!     let settings = WorkerSettings {
+//!         url: warren::amqp::DEFAULT_AMQP_URL
+//!             .parse()
+//!             .map_err(|e: warren::amqp::AmqpUrlError| Error::Usage(e.to_string()))?,
+//!         topology: Topology::load("topology/warren.toml".as_ref(), "")?,
+//!         queues: vec!["pf.jobs".into()],
+//!         prefetch: None,
+//!         concurrency: 8,
+//!         drain_timeout: Duration::from_secs(30),
+//!         handler_timeout: Duration::from_secs(300),
+//!     };
+//!     let metrics = Arc::new(worker::WorkerMetrics::default());
+//!     worker::run(settings, Notify, metrics, shutdown).await
+//! }
 //! ```
-//! Then call [`worker::run`] with it.
 
 pub mod amqp;
 pub mod backoff;

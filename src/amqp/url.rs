@@ -96,6 +96,13 @@ impl FromStr for AmqpUrl {
         // lapin's own parse errors may quote the whole input; report our own reason instead.
         let mut uri = AMQPUri::from_str(s)
             .map_err(|_| fail("expected amqp[s]://user:password@host:port/vhost[?options]"))?;
+        if uri.query.heartbeat == Some(0) {
+            return Err(fail(&format!(
+                "the 'heartbeat' parameter is 0, which turns heartbeats off (a dead broker or a \
+                 half-open connection would go unnoticed): give heartbeat=N with N of at least 1, \
+                 or leave it out for the default of {DEFAULT_HEARTBEAT_SECS} s"
+            )));
+        }
         uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
         uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
         uri.query
@@ -168,5 +175,20 @@ mod tests {
         assert_eq!(url.heartbeat_secs(), DEFAULT_HEARTBEAT_SECS);
         let url: AmqpUrl = "amqp://guest:guest@h/%2f?heartbeat=3".parse().unwrap();
         assert_eq!(url.heartbeat_secs(), 3);
+    }
+
+    #[test]
+    fn heartbeats_cannot_be_turned_off() {
+        let err = "amqp://bob:s3cr3t-canary@h/%2f?heartbeat=0"
+            .parse::<AmqpUrl>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'heartbeat' parameter is 0"), "{err}");
+        assert!(!err.contains("s3cr3t-canary"), "{err}");
+        assert!(
+            "amqp://guest:guest@h/%2f?heartbeat=1"
+                .parse::<AmqpUrl>()
+                .is_ok()
+        );
     }
 }

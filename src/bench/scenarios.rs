@@ -215,8 +215,8 @@ impl Handler for Counted {
 }
 
 /// Runs `driver` beside a `worker::run` with the counted `log` handler, once the worker is
-/// consuming; stops the worker when the driver is done. `worker::run` is not `Send` (its
-/// session borrows the worker), so both run in this task, as in `warren worker`.
+/// consuming; stops the worker when the driver is done. Both run in this task, as in
+/// `warren worker`.
 async fn with_worker<D>(
     url: &AmqpUrl,
     t: &Topology,

@@ -7,8 +7,9 @@
 //! than N attempts have failed; after that the handler succeeds.
 //!
 //! With a record file, every call appends a `start` line when it begins and one with its outcome
-//! when it ends, each `<eventId> <attempt> <start|outcome> <epoch_ms>`, in a single
-//! `write` so several worker processes can share the file.
+//! when it ends, each `<eventId> <attempt> <start|outcome> <epoch_ms> <returned_from|->` (the
+//! retry tier the delivery came back from, `-` for a first delivery), in a single `write` so
+//! several worker processes can share the file.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -55,7 +56,13 @@ impl ChaosHandler {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
-        let line = format!("{} {} {} {now_ms}\n", event.event_id, ctx.attempt, outcome);
+        let line = format!(
+            "{} {} {} {now_ms} {}\n",
+            event.event_id,
+            ctx.attempt,
+            outcome,
+            ctx.returned_from.as_deref().unwrap_or("-")
+        );
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

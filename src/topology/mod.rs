@@ -227,6 +227,8 @@ impl Topology {
         };
         let model: FileModel = toml::from_str(text).map_err(|e| invalid(toml_message(&e)))?;
         validate_options(&model.defaults, "[defaults]").map_err(invalid)?;
+        check_delivery_limit(&model.defaults, model.defaults.queue_type, "[defaults]")
+            .map_err(invalid)?;
 
         let mut queues = Vec::with_capacity(model.queues.len());
         for (i, raw) in model.queues.into_iter().enumerate() {
@@ -239,6 +241,8 @@ impl Topology {
                 .try_into()
                 .map_err(|e: toml::de::Error| invalid(format!("{label}: {}", toml_message(&e))))?;
             validate_options(&q.options, &label).map_err(invalid)?;
+            let queue_type = q.options.queue_type.or(model.defaults.queue_type);
+            check_delivery_limit(&q.options, queue_type, &label).map_err(invalid)?;
             queues.push(
                 resolve_queue(q, &model.defaults, prefix)
                     .map_err(|m| invalid(format!("{label}: {m}")))?,
@@ -433,6 +437,23 @@ fn validate_options(o: &QueueOptions, label: &str) -> Result<(), String> {
         for s in delays {
             parse_duration(s, "retry_delays").map_err(|m| format!("{label}: {m}"))?;
         }
+    }
+    Ok(())
+}
+
+/// A delivery limit written for a classic queue would be dropped: RabbitMQ ignores
+/// `x-delivery-limit` there, so the crash-loop backstop the file asks for would not exist.
+fn check_delivery_limit(
+    o: &QueueOptions,
+    queue_type: Option<QueueType>,
+    label: &str,
+) -> Result<(), String> {
+    if o.delivery_limit.is_some() && queue_type == Some(QueueType::Classic) {
+        return Err(format!(
+            "{label}: field 'delivery_limit': a classic queue has no delivery limit (RabbitMQ \
+             ignores it, so a crash loop would never be stopped): remove the field, or make the \
+             queue queue_type = \"quorum\""
+        ));
     }
     Ok(())
 }

@@ -80,6 +80,43 @@ fn an_unknown_queue_field_names_file_queue_and_field() {
 }
 
 #[test]
+fn a_delivery_limit_on_a_classic_queue_names_file_queue_and_field() {
+    let e = err(&format!(
+        "{MINIMAL}queue_type = \"classic\"\ndelivery_limit = 5\n"
+    ));
+    assert!(e.starts_with("topology/test.toml: queue 'work': "), "{e}");
+    assert!(e.contains("field 'delivery_limit'"), "{e}");
+    assert!(e.contains("classic queue has no delivery limit"), "{e}");
+
+    // Classic by default, the limit on the queue.
+    let text = MINIMAL.replace(
+        "[[queues]]",
+        "[defaults]\nqueue_type = \"classic\"\n\n[[queues]]",
+    );
+    let e = err(&format!("{text}delivery_limit = 5\n"));
+    assert!(e.starts_with("topology/test.toml: queue 'work': "), "{e}");
+    assert!(e.contains("field 'delivery_limit'"), "{e}");
+
+    // Both in [defaults].
+    let text = MINIMAL.replace(
+        "[[queues]]",
+        "[defaults]\nqueue_type = \"classic\"\ndelivery_limit = 5\n\n[[queues]]",
+    );
+    let e = err(&text);
+    assert!(
+        e.starts_with("topology/test.toml: [defaults]: field 'delivery_limit'"),
+        "{e}"
+    );
+
+    // A quorum default limit does not apply to a queue that chooses classic: not an error.
+    let text = MINIMAL.replace("[[queues]]", "[defaults]\ndelivery_limit = 5\n\n[[queues]]");
+    let t = parse(&format!("{text}queue_type = \"classic\"\n")).unwrap();
+    let plan = t.plan();
+    let work = plan.queues.iter().find(|q| q.name == "work").unwrap();
+    assert!(!work.arguments.contains_key("x-delivery-limit"));
+}
+
+#[test]
 fn an_unknown_top_level_or_default_field_is_named() {
     let e = err(&format!("{MINIMAL}\n[defaults]\nprefech = 5\n"));
     assert!(e.contains("prefech"), "{e}");

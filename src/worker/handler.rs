@@ -62,6 +62,9 @@ pub struct Context {
     pub attempt: u32,
     /// The broker's redelivered flag: a previous delivery may have run the handler already.
     pub redelivered: bool,
+    /// The queue that dead-lettered this message back here, from the broker's latest `x-death`
+    /// entry: the retry tier it waited in (`<queue>.retry.<delay>`); `None` on a first delivery.
+    pub returned_from: Option<String>,
     /// The queue's message TTL, if it is a live-only queue: events older than this are stale.
     pub message_ttl: Option<Duration>,
 }

@@ -113,6 +113,10 @@ impl<H: Handler> Job<H> {
             queue: self.spec.name.clone(),
             attempt,
             redelivered: delivery.redelivered,
+            returned_from: amqp::x_death(&delivery.properties)
+                .into_iter()
+                .next()
+                .map(|d| d.queue),
             message_ttl: self.spec.message_ttl,
         };
         self.metrics

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{self, BoxStream, FuturesUnordered, SelectAll};
+use futures_util::stream::{self, FuturesUnordered, SelectAll, Stream};
 use futures_util::{Future, StreamExt};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -53,7 +53,10 @@ struct Lane {
     sequential: Option<mpsc::UnboundedSender<Delivery>>,
 }
 
-type Timer = Pin<Box<dyn Future<Output = usize> + Send>>;
+// `Sync` as well as `Send`: the session is borrowed across awaits, and `worker::run` must be a
+// `Send` future that users can `tokio::spawn`.
+type Timer = Pin<Box<dyn Future<Output = usize> + Send + Sync>>;
+type LaneStream = Pin<Box<dyn Stream<Item = Item> + Send + Sync>>;
 
 pub(super) struct Session<'w, H> {
     w: &'w Worker<H>,
@@ -61,7 +64,7 @@ pub(super) struct Session<'w, H> {
     publish_conn: Connection,
     publisher: Publisher,
     lanes: Vec<Lane>,
-    streams: SelectAll<BoxStream<'static, Item>>,
+    streams: SelectAll<LaneStream>,
     resubscribes: FuturesUnordered<Timer>,
     tracker: TaskTracker,
     permits: Arc<Semaphore>,
@@ -178,12 +181,11 @@ impl<'w, H: Handler> Session<'w, H> {
             ulid::Ulid::generate()
         );
         let consumer = amqp::consume(channel, &spec.name, prefetch, &tag).await?;
-        self.streams.push(
+        self.streams.push(Box::pin(
             consumer
                 .map(move |d| Item::Delivery(i, d))
-                .chain(stream::once(async move { Item::Ended(i) }))
-                .boxed(),
-        );
+                .chain(stream::once(async move { Item::Ended(i) })),
+        ));
         lane.tag = tag;
         lane.state = State::Active { careful };
         lane.backoff.connected();
@@ -257,15 +259,22 @@ impl<'w, H: Handler> Session<'w, H> {
         Ok(())
     }
 
-    /// Cancels lane `i`'s consumer; its buffered deliveries still arrive, then `Ended(i)`.
+    /// Cancels lane `i`'s consumer; its buffered deliveries still arrive, then `Ended(i)`. If
+    /// the cancel fails, the suspects are requeued before the error ends the session: nothing
+    /// taken from the broker is left unsettled.
     async fn pause(
         &mut self,
         i: usize,
         to_careful: bool,
         suspects: VecDeque<Delivery>,
     ) -> Result<(), Error> {
-        if let Some(channel) = &self.lanes[i].channel {
-            amqp::cancel(channel, &self.lanes[i].tag).await?;
+        if let Some(channel) = &self.lanes[i].channel
+            && let Err(error) = amqp::cancel(channel, &self.lanes[i].tag).await
+        {
+            for delivery in &suspects {
+                self.requeue(i, delivery).await;
+            }
+            return Err(error.into());
         }
         self.lanes[i].state = State::Pausing {
             to_careful,
@@ -370,15 +379,26 @@ impl<'w, H: Handler> Session<'w, H> {
     async fn finish(&mut self, graceful: bool) {
         let connected = self.consume_conn.status().connected();
         if graceful && connected {
-            for lane in &self.lanes {
-                if let (Some(channel), State::Active { .. }) = (&lane.channel, &lane.state) {
-                    let _ = amqp::cancel(channel, &lane.tag).await;
+            // A consumer that cannot be cancelled would keep delivering, and requeueing each
+            // delivery would charge it against the quorum delivery limit, over and over:
+            // close its channel instead (the broker requeues what the channel holds, once).
+            let mut closed = vec![false; self.lanes.len()];
+            for (i, lane) in self.lanes.iter().enumerate() {
+                if let (Some(channel), State::Active { .. }) = (&lane.channel, &lane.state)
+                    && let Err(error) = amqp::cancel(channel, &lane.tag).await
+                {
+                    tracing::warn!(queue = %self.w.specs[i].name, %error, "Cannot cancel the consumer; closing its channel.");
+                    amqp::close_channel(channel).await;
+                    closed[i] = true;
                 }
             }
             let mut requeued = 0u64;
             let _ = tokio::time::timeout(Duration::from_secs(5), async {
                 while let Some(item) = self.streams.next().await {
-                    if let Item::Delivery(i, Ok(d)) = item {
+                    // Deliveries of a closed channel cannot be settled; the broker has them.
+                    if let Item::Delivery(i, Ok(d)) = item
+                        && !closed[i]
+                    {
                         self.requeue(i, &d).await;
                         requeued += 1;
                     }

@@ -314,6 +314,26 @@ pub fn connections_of(pid: u32) -> Vec<String> {
     .collect()
 }
 
+/// `(state, client-provided name)` of every broker connection, e.g. `("blocked", "warren worker
+/// host:42 publish")`. Connections without a name are left out.
+pub fn connection_states() -> Vec<(String, String)> {
+    rabbitmqctl(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "state",
+        "client_properties",
+    ])
+    .lines()
+    .filter_map(|l| l.split_once('\t'))
+    .filter_map(|(state, props)| {
+        let name = props.split("\"connection_name\",\"").nth(1)?;
+        let name = name.split('"').next()?;
+        Some((state.trim().to_string(), name.to_string()))
+    })
+    .collect()
+}
+
 /// Messages delivered to OS process `pid` and not yet acked, summed over its channels. Read
 /// from the channel processes, which (unlike quorum-queue stats) are exact at any moment.
 pub fn unacked_of(pid: u32) -> u64 {

@@ -1,10 +1,16 @@
 //! A TCP proxy between a process and the broker, for fault injection: added latency, a black
 //! hole (connections stay open, bytes vanish: half-open, only heartbeats notice), resets, and
-//! refusing new connections.
+//! refusing new connections. It can also record the AMQP methods on each connection, so a test
+//! can see what the process itself did (a `basic.nack`) apart from what the broker does on its
+//! own (requeueing on connection close), and what it holds unacked at any moment.
+//!
+//! A test that uses it must run on a multi-thread runtime: the proxy's tasks have to keep
+//! forwarding while the test body blocks (`rabbitmqctl`, `Warren::wait_exit`).
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,24 +30,150 @@ pub enum Mode {
     Refuse,
 }
 
+/// One AMQP method frame on a connection, in the order the proxy saw them. `Debug` leaves the
+/// arguments out: `connection.start-ok` carries the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Method {
+    /// Sent by the client (else by the broker).
+    pub from_client: bool,
+    pub channel: u16,
+    pub class: u16,
+    pub method: u16,
+    /// The method's arguments, raw.
+    pub args: Vec<u8>,
+}
+
+impl std::fmt::Debug for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let from = if self.from_client { "client" } else { "broker" };
+        write!(
+            f,
+            "{from} {}.{} ch{}",
+            self.class, self.method, self.channel
+        )?;
+        if let Some((_, tag)) = self.delivery() {
+            write!(f, " tag {tag}")?;
+        } else if self.settles().is_some()
+            && let Some((tag, bits)) = self.tag_and_bits()
+        {
+            write!(f, " tag {tag} bits {bits:#b}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Method {
+    fn is(&self, from_client: bool, class: u16, method: u16) -> bool {
+        self.from_client == from_client && (self.class, self.method) == (class, method)
+    }
+
+    fn tag_and_bits(&self) -> Option<(u64, u8)> {
+        let tag = u64::from_be_bytes(self.args.get(..8)?.try_into().ok()?);
+        Some((tag, self.args.get(8).copied().unwrap_or(0)))
+    }
+
+    /// The client's `basic.consume`.
+    pub fn is_consume(&self) -> bool {
+        self.is(true, 60, 20)
+    }
+
+    /// `(channel, delivery tag)` of a `basic.deliver` from the broker.
+    pub fn delivery(&self) -> Option<(u16, u64)> {
+        if !self.is(false, 60, 60) {
+            return None;
+        }
+        // consumer-tag (shortstr), then the delivery tag.
+        let skip = 1 + *self.args.first()? as usize;
+        let tag = u64::from_be_bytes(self.args.get(skip..skip + 8)?.try_into().ok()?);
+        Some((self.channel, tag))
+    }
+
+    /// `(channel, delivery tag)` of the client's `basic.nack` with `requeue = true`.
+    pub fn nack_requeue(&self) -> Option<(u16, u64)> {
+        if !self.is(true, 60, 120) {
+            return None;
+        }
+        let (tag, bits) = self.tag_and_bits()?;
+        (bits & 0b10 != 0).then_some((self.channel, tag))
+    }
+
+    /// `(channel, delivery tag)` of the client's `basic.ack`.
+    pub fn ack(&self) -> Option<(u16, u64)> {
+        if !self.is(true, 60, 80) {
+            return None;
+        }
+        Some((self.channel, self.tag_and_bits()?.0))
+    }
+
+    /// `(channel, delivery tag, multiple)` of the client's ack, nack or reject.
+    fn settles(&self) -> Option<(u16, u64, bool)> {
+        let (tag, bits) = self.tag_and_bits()?;
+        if self.is(true, 60, 80) || self.is(true, 60, 120) {
+            Some((self.channel, tag, bits & 1 != 0))
+        } else if self.is(true, 60, 90) {
+            Some((self.channel, tag, false))
+        } else {
+            None
+        }
+    }
+
+    /// The client's `channel.close` or `connection.close`.
+    pub fn is_close(&self) -> bool {
+        self.is(true, 20, 40) || self.is(true, 10, 50)
+    }
+}
+
+/// Deliveries on a connection that its client has not acked, nacked or rejected (yet), as
+/// `(channel, delivery tag)`: exactly what the client holds, with no broker stats lag.
+pub fn unsettled(methods: &[Method]) -> BTreeSet<(u16, u64)> {
+    let mut held = BTreeSet::new();
+    for m in methods {
+        if let Some(d) = m.delivery() {
+            held.insert(d);
+        } else if let Some((channel, tag, multiple)) = m.settles() {
+            if multiple {
+                held.retain(|&(c, t)| c != channel || (tag != 0 && t > tag));
+            } else {
+                held.remove(&(channel, tag));
+            }
+        }
+    }
+    held
+}
+
+/// Methods seen so far, one list per accepted connection.
+type Seen = Arc<Mutex<Vec<Arc<Mutex<Vec<Method>>>>>>;
+
 /// A running proxy. Dropping it stops accepting.
 pub struct Proxy {
     pub addr: SocketAddr,
     mode: watch::Sender<Mode>,
     resets: watch::Sender<u64>,
     accepted: Arc<AtomicUsize>,
+    seen: Seen,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
     /// Starts a proxy on 127.0.0.1:0 forwarding to `upstream`.
     pub async fn start(upstream: SocketAddr) -> Self {
+        Self::start_with(upstream, false).await
+    }
+
+    /// [`Proxy::start`], also keeping every method on every connection (see [`Proxy::methods`]).
+    pub async fn start_recording(upstream: SocketAddr) -> Self {
+        Self::start_with(upstream, true).await
+    }
+
+    async fn start_with(upstream: SocketAddr, record: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().unwrap();
         let (mode, mode_rx) = watch::channel(Mode::Pass);
         let (resets, resets_rx) = watch::channel(0u64);
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
+        let seen: Seen = Arc::default();
+        let all_seen = seen.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -52,12 +184,17 @@ impl Proxy {
                     continue;
                 }
                 counter.fetch_add(1, Ordering::Relaxed);
+                let methods = record.then(|| {
+                    let m = Arc::new(Mutex::new(Vec::new()));
+                    all_seen.lock().unwrap().push(m.clone());
+                    m
+                });
                 let (mode_rx, resets_rx) = (mode_rx.clone(), resets_rx.clone());
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
                     };
-                    pipe(client, server, mode_rx, resets_rx).await;
+                    pipe(client, server, mode_rx, resets_rx, methods).await;
                 });
             }
         });
@@ -66,8 +203,19 @@ impl Proxy {
             mode,
             resets,
             accepted,
+            seen,
             task,
         }
+    }
+
+    /// The methods seen so far on each connection, both ways (empty unless recording).
+    pub fn methods(&self) -> Vec<Vec<Method>> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| m.lock().unwrap().clone())
+            .collect()
     }
 
     /// An AMQP URL that goes through the proxy, with a short heartbeat so a black hole is noticed.
@@ -106,12 +254,18 @@ async fn pipe(
     server: TcpStream,
     mode: watch::Receiver<Mode>,
     mut resets: watch::Receiver<u64>,
+    methods: Option<Arc<Mutex<Vec<Method>>>>,
 ) {
     resets.mark_unchanged();
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
-    let up = copy(cr, sw, mode.clone());
-    let down = copy(sr, cw, mode.clone());
+    let up = copy(
+        cr,
+        sw,
+        mode.clone(),
+        methods.clone().map(|m| Frames::new(m, true)),
+    );
+    let down = copy(sr, cw, mode.clone(), methods.map(|m| Frames::new(m, false)));
     let mut mode = mode;
     tokio::select! {
         _ = up => {}
@@ -125,6 +279,7 @@ async fn copy(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mode: watch::Receiver<Mode>,
+    mut frames: Option<Frames>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -139,8 +294,63 @@ async fn copy(
             Mode::BlackHole => continue,
             Mode::Refuse => return,
         }
+        if let Some(frames) = &mut frames {
+            frames.feed(&buf[..n]);
+        }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
+    }
+}
+
+/// Splits one direction of a connection into AMQP 0-9-1 frames and keeps the method frames:
+/// each frame is type (1), channel (2), size (4), payload, 0xCE; the client starts with the
+/// 8-byte protocol header. Frames are recorded before they are forwarded.
+struct Frames {
+    from_client: bool,
+    pending: Vec<u8>,
+    header_seen: bool,
+    out: Arc<Mutex<Vec<Method>>>,
+}
+
+impl Frames {
+    fn new(out: Arc<Mutex<Vec<Method>>>, from_client: bool) -> Self {
+        Self {
+            from_client,
+            pending: Vec::new(),
+            header_seen: !from_client,
+            out,
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        if !self.header_seen {
+            if self.pending.len() < 8 {
+                return;
+            }
+            self.pending.drain(..8);
+            self.header_seen = true;
+        }
+        let mut at = 0;
+        while self.pending.len() - at >= 7 {
+            let f = &self.pending[at..];
+            let size = u32::from_be_bytes([f[3], f[4], f[5], f[6]]) as usize;
+            if f.len() < 7 + size + 1 {
+                break;
+            }
+            let payload = &f[7..7 + size];
+            if f[0] == 1 && size >= 4 {
+                self.out.lock().unwrap().push(Method {
+                    from_client: self.from_client,
+                    channel: u16::from_be_bytes([f[1], f[2]]),
+                    class: u16::from_be_bytes([payload[0], payload[1]]),
+                    method: u16::from_be_bytes([payload[2], payload[3]]),
+                    args: payload[4..].to_vec(),
+                });
+            }
+            at += 7 + size + 1;
+        }
+        self.pending.drain(..at);
     }
 }
