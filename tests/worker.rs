@@ -809,61 +809,22 @@ async fn worker_connections_carry_a_name_that_says_what_they_are() {
 }
 
 /// Raises a broker memory alarm (a tiny watermark); when dropped, on success and on panic alike,
-/// puts back the watermark the broker had before.
-struct MemoryAlarm {
-    restore: Vec<String>,
-}
+/// puts back the broker's configured watermark.
+struct MemoryAlarm;
 
 impl MemoryAlarm {
     fn raise() -> Self {
-        let previous =
-            support::rabbitmqctl(&["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."]);
-        let guard = Self {
-            restore: watermark_args(&previous),
-        };
         support::rabbitmqctl(&["set_vm_memory_high_watermark", "0.0001"]);
-        guard
+        Self
     }
 }
 
 impl Drop for MemoryAlarm {
     fn drop(&mut self) {
-        let mut args = vec!["set_vm_memory_high_watermark"];
-        args.extend(self.restore.iter().map(String::as_str));
-        if let Err(error) = support::fleet::ctl(&args) {
-            eprintln!("could not restore the memory watermark ({args:?}): {error}");
+        if let Err(error) = support::fleet::ctl(&["eval", support::RESTORE_WATERMARK]) {
+            eprintln!("could not restore the memory watermark: {error}");
         }
     }
-}
-
-/// `set_vm_memory_high_watermark` arguments for what `get_vm_memory_high_watermark()` printed:
-/// `0.4` or `{absolute,1073741824}`. An alarm-level fraction is what a crashed earlier run left
-/// behind: RabbitMQ's default (0.4) is restored instead.
-fn watermark_args(eval_output: &str) -> Vec<String> {
-    let v = eval_output.trim();
-    if let Some(bytes) = v
-        .strip_prefix("{absolute,")
-        .and_then(|r| r.strip_suffix('}'))
-    {
-        return vec!["absolute".into(), bytes.trim().trim_matches('"').into()];
-    }
-    match v.parse::<f64>() {
-        Ok(f) if f >= 0.01 => vec![v.to_string()],
-        _ => vec!["0.4".into()],
-    }
-}
-
-#[test]
-fn watermark_args_restore_what_the_broker_had() {
-    assert_eq!(watermark_args("0.4\n"), ["0.4"]);
-    assert_eq!(watermark_args("0.6"), ["0.6"]);
-    assert_eq!(
-        watermark_args("{absolute,1073741824}\n"),
-        ["absolute", "1073741824"]
-    );
-    assert_eq!(watermark_args("{absolute,\"2GB\"}"), ["absolute", "2GB"]);
-    assert_eq!(watermark_args("0.0001"), ["0.4"]);
-    assert_eq!(watermark_args("garbage"), ["0.4"]);
 }
 
 /// A memory alarm blocks publishing connections. The worker publishes on its own connection,
