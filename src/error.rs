@@ -32,6 +32,10 @@ pub enum Error {
     /// Anything else, already phrased for the operator.
     #[error("{0}")]
     Other(String),
+    /// The command could not see everything it had to (a DLQ read incomplete), so its answer
+    /// may be wrong; phrased for the operator. Exit code [`EXIT_PARTIAL`].
+    #[error("{0}")]
+    Partial(String),
 }
 
 impl Error {
@@ -39,6 +43,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => 2,
+            Error::Partial(_) => EXIT_PARTIAL,
             _ => 1,
         }
     }

@@ -3,9 +3,13 @@
 
 mod support;
 
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 use support::dlq::{
-    DLQ_TOPOLOGY, Dead, exceed_delivery_limit, publish_dead, publish_to_queue, warren_json,
-    warren_t,
+    DLQ_TOPOLOGY, Dead, exceed_delivery_limit, publish_dead, publish_to_queue, warren, warren_json,
+    warren_t, with_topology,
 };
 use support::{TestTopology, connect, queue_len};
 
@@ -51,22 +55,31 @@ async fn list_show_and_export_print_tables_and_json() {
     let (code, table, err) = warren_t(&t, &["dlq", "list"]);
     assert_eq!(code, 0, "{err}");
     eprintln!("{table}");
-    let header = table.lines().nth(1).unwrap();
-    for col in [
-        "dlq",
-        "#",
-        "id",
-        "type",
-        "agent",
-        "kind",
-        "attempts",
-        "first failed",
-        "last failed",
-        "origin",
-        "error",
-    ] {
-        assert!(header.contains(col), "column {col} in {header}");
-    }
+    let header: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split('│')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "dlq",
+            "#",
+            "id",
+            "type",
+            "agent",
+            "kind",
+            "attempts",
+            "first failed",
+            "last failed",
+            "origin",
+            "error",
+        ],
+        "{table}"
+    );
     assert!(table.contains(&dead[0].id) && table.contains(&crashed) && table.contains(&frame.id));
     assert!(
         table.contains("delivery_limit")
@@ -209,4 +222,77 @@ async fn a_missing_dlq_is_named_with_the_fix() {
         err.contains("does not exist") && err.contains("warren topology apply"),
         "{err}"
     );
+}
+
+/// `show` of an id it cannot find, when another consumer took some of the DLQ from under it,
+/// does not claim the id is absent: exit 3 and "(DLQ read incomplete)". The DLQ is longer than
+/// one consumer chunk (10,000), so its tail is still in the queue while `show` reads the first
+/// chunk; a second consumer takes that tail as soon as `show`'s consumer appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_says_when_it_could_not_read_the_dlq_whole() {
+    let t = TestTopology::new("dlq-cli-partial", DLQ_TOPOLOGY);
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let dlq = t.topology.queue("work").unwrap().dlq();
+    let dead: Vec<Dead> = (0..10_100)
+        .map(|_| Dead::new("test.s", "permanent", "boom", &work))
+        .collect();
+    publish_dead(&conn, &t, &dead).await;
+
+    let args = with_topology(&t, &["dlq", "show", "01NOPE", "-q", "work"]);
+    let show = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        warren(&refs)
+    });
+    let thief = conn.create_channel().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let q = thief
+            .queue_declare(
+                dlq.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("the DLQ exists");
+        if q.consumer_count() > 0 {
+            break;
+        }
+        assert!(
+            !show.is_finished() && Instant::now() < deadline,
+            "show's consumer never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Hold them unacked, as another operator's tool would.
+    let mut held = vec![];
+    while let Some(m) = thief
+        .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+    {
+        held.push(m);
+    }
+    assert!(!held.is_empty(), "nothing was left to take from under show");
+    let out = show.await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("no dead letter '01NOPE'") && err.contains("(DLQ read incomplete)"),
+        "{err}"
+    );
+    drop(held);
+    let _ = thief.close(200, "done".into()).await;
+    // The broker requeues a closed channel's messages just after close-ok.
+    support::eventually(
+        Duration::from_secs(30),
+        "everything is back once the other consumer lets go",
+        || async { queue_len(&conn, &dlq).await == 10_100 },
+    )
+    .await;
+    t.cleanup(&conn).await;
 }

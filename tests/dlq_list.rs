@@ -6,13 +6,20 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use support::dlq::unacked;
 use support::dlq::{
     DLQ_TOPOLOGY, Dead, delivery_ids, exceed_delivery_limit, ids, publish_dead, publish_to_queue,
     warren_json,
 };
-use support::{TestTopology, Warren, connect, drain, eventually, queue_len};
+use support::{TestTopology, Warren, connect, drain, eventually, queue_len, unacked};
 use warren::amqp::{self, Snapshot};
+
+/// The error `list` must show for a dead letter.
+enum Reason {
+    /// Exactly the published `x-warren-error`.
+    Exact(String),
+    /// A broker dead letter: the explanation of its `x-death` reason.
+    Starts(&'static str),
+}
 
 /// The claim the whole design rests on: a classic queue puts requeued messages back in their
 /// original positions, so a walk that acks some and releases the rest keeps the order.
@@ -75,7 +82,7 @@ async fn list_twice_returns_every_dead_letter_in_order_with_its_reason() {
     let live = t.queue("live");
     let work_dlq = t.topology.queue("work").unwrap().dlq();
     let live_dlq = t.topology.queue("live").unwrap().dlq();
-    let mut expected: HashMap<String, (&str, String)> = HashMap::new();
+    let mut expected: HashMap<String, (&str, String, Reason)> = HashMap::new();
 
     // 400 written as the worker writes them: permanent, exhausted, invalid.
     let kinds = [
@@ -95,7 +102,10 @@ async fn list_twice_returns_every_dead_letter_in_order_with_its_reason() {
         })
         .collect();
     for d in &dead {
-        expected.insert(d.id.clone(), (d.kind, work.clone()));
+        expected.insert(
+            d.id.clone(),
+            (d.kind, work.clone(), Reason::Exact(d.error.clone())),
+        );
     }
     publish_dead(&conn, &t, &dead).await;
 
@@ -103,7 +113,8 @@ async fn list_twice_returns_every_dead_letter_in_order_with_its_reason() {
     let chaos = serde_json::json!({"chaos": {"action": "permanent"}});
     let chaos_ids = support::publish_events(&conn, &t, "test.chaos", chaos, 100).await;
     for id in &chaos_ids {
-        expected.insert(id.clone(), ("permanent", work.clone()));
+        let why = Reason::Exact("chaos: permanent failure".into());
+        expected.insert(id.clone(), ("permanent", work.clone(), why));
     }
     let mut args = vec![
         "worker".to_string(),
@@ -125,13 +136,15 @@ async fn list_twice_returns_every_dead_letter_in_order_with_its_reason() {
 
     // 300 dead-lettered by the broker for their delivery limit (consumers that "crash").
     for id in publish_to_queue(&conn, &work, "test.crash", 300).await {
-        expected.insert(id, ("delivery_limit", work.clone()));
+        let why = Reason::Starts("broker: delivery limit reached");
+        expected.insert(id, ("delivery_limit", work.clone(), why));
     }
     exceed_delivery_limit(&work).await;
 
     // 200 dead-lettered by the broker because their TTL ran out with nobody consuming.
     for id in publish_to_queue(&conn, &live, "live.tick", 200).await {
-        expected.insert(id, ("expired", live.clone()));
+        let why = Reason::Starts("broker: message TTL expired");
+        expected.insert(id, ("expired", live.clone(), why));
     }
     eventually(
         Duration::from_secs(60),
@@ -152,10 +165,14 @@ async fn list_twice_returns_every_dead_letter_in_order_with_its_reason() {
     );
     for item in first["items"].as_array().unwrap() {
         let id = item["id"].as_str().unwrap();
-        let (kind, origin) = &expected[id];
+        let (kind, origin, why) = &expected[id];
         assert_eq!(item["kind"], *kind, "kind of {id}: {item}");
         assert_eq!(item["origin"], origin.as_str(), "origin of {id}: {item}");
-        assert!(!item["error"].as_str().unwrap().is_empty(), "{item}");
+        let error = item["error"].as_str().unwrap();
+        match why {
+            Reason::Exact(e) => assert_eq!(error, e, "error of {id}: {item}"),
+            Reason::Starts(p) => assert!(error.starts_with(p), "error of {id}: {item}"),
+        }
         assert!(item["last_failed"].is_string(), "{item}");
     }
     let scans = first["scans"].as_array().unwrap();
@@ -170,6 +187,7 @@ async fn list_twice_returns_every_dead_letter_in_order_with_its_reason() {
     assert_eq!(queue_len(&conn, &work_dlq).await, 800);
     assert_eq!(queue_len(&conn, &live_dlq).await, 200);
     assert_eq!(unacked(&work_dlq), 0);
+    assert_eq!(unacked(&live_dlq), 0);
     let listed: Vec<String> = ids(&first);
     let mut drained = delivery_ids(&drain(&conn, &work_dlq).await);
     drained.extend(delivery_ids(&drain(&conn, &live_dlq).await));

@@ -1,9 +1,12 @@
 //! Test 4: `dlq purge --dry-run` changes nothing; `purge` refuses without `-y` when stdin is
-//! not a terminal; with `-y` and a filter it removes exactly the matching messages.
+//! not a terminal; with `-y` and a filter it removes exactly the matching messages. On a
+//! terminal, purge and replay ask, and only "y" changes anything.
 
 mod support;
 
-use support::dlq::{DLQ_TOPOLOGY, Dead, delivery_ids, ids, publish_dead, warren_json, warren_t};
+use support::dlq::{
+    DLQ_TOPOLOGY, Dead, delivery_ids, ids, publish_dead, warren_json, warren_on_tty, warren_t,
+};
 use support::{TestTopology, connect, drain, queue_len};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,5 +99,76 @@ async fn purge_with_limit_takes_the_first_matches_only() {
     let all: Vec<String> = dead.iter().map(|d| d.id.clone()).collect();
     assert_eq!(ids(&purged), all[..4]);
     assert_eq!(delivery_ids(&drain(&conn, &dlq).await), all[4..]);
+    t.cleanup(&conn).await;
+}
+
+/// On a terminal (stdin a pty) purge and replay show what they would touch and ask; "n" or a
+/// bare Enter changes nothing, "y" goes ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_purge_and_replay_ask_and_only_yes_changes_anything() {
+    let t = TestTopology::new("dlq-purge-tty", DLQ_TOPOLOGY);
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let dlq = t.topology.queue("work").unwrap().dlq();
+    let dead: Vec<Dead> = (0..12)
+        .map(|i| {
+            Dead::new(
+                "test.p",
+                if i % 3 == 0 { "exhausted" } else { "permanent" },
+                "boom",
+                &work,
+            )
+        })
+        .collect();
+    publish_dead(&conn, &t, &dead).await;
+    let all: Vec<String> = dead.iter().map(|d| d.id.clone()).collect();
+
+    for (args, answer) in [
+        (["dlq", "purge", "-q", "work"], "n"),
+        (["dlq", "replay", "-q", "work"], "n"),
+        (["dlq", "purge", "-q", "work"], ""),
+    ] {
+        let (code, out, err) = warren_on_tty(&t, &args, answer);
+        assert!(
+            err.contains("[y/N]") && err.contains(&format!("from {dlq} (12 messages)?")),
+            "{args:?} asks, naming the DLQ and its depth: {err}"
+        );
+        assert_eq!(code, 1, "{args:?} answered {answer:?}: {err}");
+        assert!(err.contains("not confirmed; nothing was changed"), "{err}");
+        assert!(out.is_empty(), "{out}");
+        assert_eq!(queue_len(&conn, &dlq).await, 12, "{args:?} {answer:?}");
+        assert_eq!(queue_len(&conn, &work).await, 0, "{args:?} {answer:?}");
+    }
+
+    let (code, out, err) = warren_on_tty(
+        &t,
+        &[
+            "dlq",
+            "purge",
+            "-q",
+            "work",
+            "--kind",
+            "exhausted",
+            "-o",
+            "json",
+        ],
+        "y",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("[y/N]"), "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let exhausted: Vec<String> = dead
+        .iter()
+        .filter(|d| d.kind == "exhausted")
+        .map(|d| d.id.clone())
+        .collect();
+    assert_eq!(ids(&report), exhausted);
+    let rest: Vec<String> = all
+        .into_iter()
+        .filter(|id| !exhausted.contains(id))
+        .collect();
+    assert_eq!(delivery_ids(&drain(&conn, &dlq).await), rest);
     t.cleanup(&conn).await;
 }

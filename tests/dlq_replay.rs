@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::dlq::{DLQ_TOPOLOGY, Dead, delivery_ids, ids, publish_dead, warren_json, warren_t};
 use support::{TestTopology, Warren, connect, drain, eventually, queue_len};
@@ -402,5 +402,71 @@ async fn pipelined_replay_never_acks_a_returned_message() {
         "every unroutable message stays"
     );
     assert_eq!(delivery_ids(&drain(&conn, &work).await), routed);
+    t.cleanup(&conn).await;
+}
+
+/// Replay refuses to run without -y when stdin is not a terminal, and moves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_without_yes_off_a_terminal_refuses_and_moves_nothing() {
+    let t = TestTopology::new("dlq-replay-noyes", DLQ_TOPOLOGY);
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let dlq = t.topology.queue("work").unwrap().dlq();
+    let dead: Vec<Dead> = (0..10)
+        .map(|_| Dead::new("test.r", "permanent", "boom", &work))
+        .collect();
+    publish_dead(&conn, &t, &dead).await;
+    let (code, out, err) = warren_t(&t, &["dlq", "replay", "-q", "work"]);
+    assert_eq!(
+        code, 2,
+        "replay without -y off a terminal must refuse: {err}"
+    );
+    assert!(
+        err.contains("-y") && err.contains("not a terminal"),
+        "the refusal says why and how to confirm: {err}"
+    );
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(queue_len(&conn, &work).await, 0, "nothing replayed");
+    let all: Vec<String> = dead.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(
+        delivery_ids(&drain(&conn, &dlq).await),
+        all,
+        "the DLQ as it was"
+    );
+    t.cleanup(&conn).await;
+}
+
+/// `--rate 20/s` paces the republishes: 50 messages are 49 intervals of 50 ms apart, so the
+/// run cannot take less than 2.45 s. Only a lower bound is checked: a slow machine passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_paces_the_replay() {
+    let t = TestTopology::new("dlq-replay-rate", DLQ_TOPOLOGY);
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let dlq = t.topology.queue("work").unwrap().dlq();
+    let dead: Vec<Dead> = (0..50)
+        .map(|_| Dead::new("test.r", "permanent", "boom", &work))
+        .collect();
+    publish_dead(&conn, &t, &dead).await;
+    let start = Instant::now();
+    let report = warren_json(&t, &["dlq", "replay", "-q", "work", "-y", "--rate", "20/s"]);
+    let took = start.elapsed();
+    assert_eq!(ids(&report).len(), 50);
+    assert!(
+        report["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["outcome"] == "replayed"),
+        "{report}"
+    );
+    assert_eq!(queue_len(&conn, &work).await, 50);
+    assert_eq!(queue_len(&conn, &dlq).await, 0);
+    assert!(
+        took >= Duration::from_millis(2200),
+        "50 messages at 20/s took only {took:?}: --rate did not pace"
+    );
     t.cleanup(&conn).await;
 }

@@ -7,9 +7,8 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use support::dlq::unacked;
 use support::dlq::{DLQ_TOPOLOGY, Dead, delivery_ids, publish_dead, warren_t};
-use support::{TestTopology, Warren, connect, drain, eventually, queue_len};
+use support::{TestTopology, Warren, connect, drain, eventually, queue_len, unacked};
 
 const N: usize = 10_000;
 

@@ -53,6 +53,23 @@ async fn status_shows_ready_unacked_consumers_tiers_and_dlq_depth() {
         .unwrap();
     consumer.next().await.unwrap().unwrap();
     consumer.next().await.unwrap().unwrap();
+    // And two dead letters, as `dlq list` or `replay` holds them while it reads: still there.
+    let dlq_ch = conn.create_channel().await.unwrap();
+    dlq_ch
+        .basic_qos(2, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut reader = dlq_ch
+        .basic_consume(
+            t.topology.queue("work").unwrap().dlq().as_str().into(),
+            "reader".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    reader.next().await.unwrap().unwrap();
+    reader.next().await.unwrap().unwrap();
 
     // Management statistics lag a few seconds behind.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -62,7 +79,7 @@ async fn status_shows_ready_unacked_consumers_tiers_and_dlq_depth() {
             !err.contains("warning"),
             "the management API is reachable here: {err}"
         );
-        if s["queues"][0]["unacked"] == 2 {
+        if s["queues"][0]["unacked"] == 2 && s["queues"][0]["dlq"]["unacked"] == 2 {
             break s;
         }
         assert!(Instant::now() < deadline, "unacked never reached 2: {s}");
@@ -72,7 +89,11 @@ async fn status_shows_ready_unacked_consumers_tiers_and_dlq_depth() {
     assert_eq!(q["name"], work.as_str());
     assert_eq!(q["ready"], 3);
     assert_eq!(q["consumers"], 1);
-    assert_eq!(q["dlq"]["ready"], 3);
+    assert_eq!(q["dlq"]["ready"], 1);
+    assert_eq!(
+        q["dlq"]["messages"], 3,
+        "the DLQ's depth counts what a reader holds"
+    );
     let tiers: Vec<(&str, u64)> = q["retry"]
         .as_array()
         .unwrap()
@@ -82,6 +103,7 @@ async fn status_shows_ready_unacked_consumers_tiers_and_dlq_depth() {
     assert_eq!(tiers, vec![("300ms", 0), ("600ms", 0)]);
     assert_eq!(status["queues"][1]["name"], t.queue("live").as_str());
     assert_eq!(status["ingress_dlq"]["ready"], 0);
+    assert_eq!(status["ingress_dlq"]["messages"], 0);
     assert_eq!(status["management"], true);
 
     let (code, table, err) = warren_t(&t, &["status"]);
@@ -93,11 +115,12 @@ async fn status_shows_ready_unacked_consumers_tiers_and_dlq_depth() {
     let cells: Vec<&str> = row.split('│').map(str::trim).collect();
     assert_eq!(
         cells[2..7],
-        ["3", "2", "1", "300ms: 0, 600ms: 0", "3"],
+        ["3", "2", "1", "300ms: 0, 600ms: 0", "3 (2 unacked)"],
         "{table}"
     );
     assert!(table.contains("(bridge)"), "{table}");
     drop(consumer);
+    drop(reader);
     t.cleanup(&conn).await;
 }
 
@@ -111,6 +134,11 @@ async fn without_the_management_api_unacked_is_unknown_and_said_so() {
     assert_eq!(s["management"], false);
     assert_eq!(s["queues"][0]["unacked"], serde_json::Value::Null);
     assert_eq!(s["queues"][0]["ready"], 0, "AMQP figures are still there");
+    assert_eq!(s["queues"][0]["dlq"]["unacked"], serde_json::Value::Null);
+    assert_eq!(
+        s["queues"][0]["dlq"]["messages"], 0,
+        "the DLQ's depth is its ready count"
+    );
 
     // Wrong credentials: refused, said so, and the password is never printed.
     let (s, err) = status_json(
@@ -157,9 +185,23 @@ async fn watch_redraws_survives_a_dropped_connection_and_stops_on_ctrl_c() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Drain both pipes as it writes: a frame every 200 ms fills a pipe within seconds (a slow
+    // rabbitmqctl below is enough), and a blocked writer would never see the Ctrl-C.
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            pipe.read_to_string(&mut text).unwrap();
+            text
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
     tokio::time::sleep(Duration::from_millis(800)).await;
     // The broker drops the connection: --watch reports it and reconnects.
-    assert!(support::close_connections_of(child.id()) >= 1);
+    if support::close_connections_of(child.id()) == 0 {
+        let _ = child.kill();
+        panic!("status --watch had no connection to drop");
+    }
     tokio::time::sleep(Duration::from_millis(2000)).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -167,14 +209,9 @@ async fn watch_redraws_survives_a_dropped_connection_and_stops_on_ctrl_c() {
     )
     .unwrap();
     let status = child.wait().unwrap();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "Ctrl-C ends --watch cleanly");
+    let out = stdout.join().unwrap();
+    let err = stderr.join().unwrap();
+    assert_eq!(status.code(), Some(0), "Ctrl-C ends --watch cleanly: {err}");
     let frames = out.matches("retry tiers").count();
     assert!(
         frames >= 8,

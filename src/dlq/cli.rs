@@ -187,13 +187,11 @@ pub async fn run(global: &GlobalArgs, cmd: DlqCommand) -> Result<u8> {
             let conn = super::connect(&url, "show").await?;
             let found = super::find(&conn, &dlqs, &id).await;
             amqp::close(&conn).await;
-            let (found, _) = found?;
+            let (found, scans) = found?;
+            // A DLQ read incomplete may hide the id (or more copies of it): exit 3, as list does.
+            let code = super::read::exit_code(&scans);
             if found.is_empty() {
-                let names: Vec<&str> = dlqs.iter().map(|d| d.name.as_str()).collect();
-                return Err(Error::Other(format!(
-                    "no dead letter '{id}' in {}",
-                    names.join(", ")
-                )));
+                return Err(not_found(&id, &dlqs, &scans));
             }
             match output {
                 OutputFormat::Table => {
@@ -209,7 +207,7 @@ pub async fn run(global: &GlobalArgs, cmd: DlqCommand) -> Result<u8> {
                 OutputFormat::Json => written(output::print_json(&found))?,
                 OutputFormat::Ndjson => written(output::print_ndjson(&found))?,
             }
-            Ok(0)
+            Ok(code)
         }
         DlqCommand::Stats {
             selection,
@@ -323,6 +321,26 @@ impl Selection {
     }
 }
 
+/// `show`'s error for an id it did not find: exit 1, or 3 when some DLQ could not be read
+/// whole (the id may be among the messages another consumer holds).
+fn not_found(id: &str, dlqs: &[DlqRef], scans: &[super::Scan]) -> Error {
+    let names: Vec<&str> = dlqs.iter().map(|d| d.name.as_str()).collect();
+    let msg = format!("no dead letter '{id}' in {}", names.join(", "));
+    let partial: Vec<&str> = scans
+        .iter()
+        .filter(|s| s.incomplete)
+        .map(|s| s.dlq.as_str())
+        .collect();
+    if partial.is_empty() {
+        Error::Other(msg)
+    } else {
+        Error::Partial(format!(
+            "{msg} (DLQ read incomplete): another consumer holds messages of {}; run it again",
+            partial.join(", ")
+        ))
+    }
+}
+
 /// Prints the report and returns its exit code.
 fn finish(report: &Report, output: OutputFormat) -> Result<u8> {
     match output {
@@ -417,7 +435,34 @@ pub(crate) fn written(result: std::io::Result<()>) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_rate;
+    use super::{DlqRef, not_found, parse_rate};
+    use crate::dlq::Scan;
+
+    #[test]
+    fn an_id_not_found_in_an_incomplete_read_exits_3_and_says_so() {
+        let dlqs = ["a.dlq", "b.dlq"].map(|n| DlqRef {
+            name: n.into(),
+            origin: None,
+            unrouted: false,
+        });
+        let scan = |dlq: &str, incomplete| Scan {
+            dlq: dlq.into(),
+            total: 10,
+            read: if incomplete { 7 } else { 10 },
+            incomplete,
+        };
+        let whole = not_found("01X", &dlqs, &[scan("a.dlq", false), scan("b.dlq", false)]);
+        assert_eq!(whole.exit_code(), 1);
+        assert_eq!(whole.to_string(), "no dead letter '01X' in a.dlq, b.dlq");
+        let partial = not_found("01X", &dlqs, &[scan("a.dlq", false), scan("b.dlq", true)]);
+        assert_eq!(partial.exit_code(), 3);
+        let text = partial.to_string();
+        assert!(
+            text.starts_with("no dead letter '01X' in a.dlq, b.dlq (DLQ read incomplete)")
+                && text.contains("messages of b.dlq;"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn rates_parse_per_second() {

@@ -1,6 +1,8 @@
 //! `warren status`: for each work queue of the topology, ready, unacked and consumers, the depth
 //! of each retry tier and of its DLQ. Ready and consumers come from AMQP (exact, now); unacked
-//! only from the management API (a few seconds behind), and shows as unknown without it.
+//! only from the management API (a few seconds behind), and shows as unknown without it. A
+//! DLQ's depth is its ready messages plus those a reader (`dlq list`, `replay`) holds unacked,
+//! so it does not drop to zero while one runs.
 
 mod management;
 
@@ -65,7 +67,22 @@ pub struct QueueStatus {
     /// Each retry tier, shortest delay first.
     pub retry: Vec<Tier>,
     /// The DLQ.
-    pub dlq: Depth,
+    pub dlq: DlqDepth,
+}
+
+/// A DLQ's depth: ready messages plus those held unacked by a reader (`dlq list`, `replay`,
+/// `show`, or any other consumer), which are still dead letters.
+#[derive(Debug, Clone, Serialize)]
+pub struct DlqDepth {
+    /// The DLQ.
+    pub queue: String,
+    /// Ready messages; `None` if the queue is missing.
+    pub ready: Option<u32>,
+    /// Held unacked; `None` when the management API gave no figure.
+    pub unacked: Option<u64>,
+    /// `ready` + `unacked` (just `ready` when unacked is unknown); `None` if the queue is
+    /// missing.
+    pub messages: Option<u64>,
 }
 
 /// One retry tier.
@@ -88,9 +105,29 @@ pub struct Status {
     /// Work queues, in topology order.
     pub queues: Vec<QueueStatus>,
     /// The bridge's DLQ for frames it could not parse.
-    pub ingress_dlq: Depth,
+    pub ingress_dlq: DlqDepth,
     /// Events no queue bound, kept by the events exchange's alternate exchange.
-    pub unrouted: Depth,
+    pub unrouted: DlqDepth,
+}
+
+/// The management API, until its first failure (then every unacked figure is unknown and the
+/// failure is reported once).
+struct Unacked<'a> {
+    api: Option<&'a Management>,
+    problem: Option<ManagementError>,
+}
+
+impl Unacked<'_> {
+    async fn of(&mut self, queue: &str) -> Option<u64> {
+        let api = self.api.filter(|_| self.problem.is_none())?;
+        match api.unacked(queue).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.problem = Some(e);
+                None
+            }
+        }
+    }
 }
 
 /// Reads every figure. Management failures are returned beside the status, not as an error.
@@ -99,23 +136,17 @@ pub async fn collect(
     topology: &Topology,
     management: Option<&Management>,
 ) -> Result<(Status, Option<ManagementError>)> {
-    let mut problem = None;
+    let mut mgmt = Unacked {
+        api: management,
+        problem: None,
+    };
     let mut queues = Vec::new();
     for q in &topology.queues {
         let (ready, consumers) = match depth(conn, &q.name).await? {
             Some((r, c)) => (Some(r), Some(c)),
             None => (None, None),
         };
-        let unacked = match (management, &problem) {
-            (Some(m), None) => match m.unacked(&q.name).await {
-                Ok(n) => n,
-                Err(e) => {
-                    problem = Some(e);
-                    None
-                }
-            },
-            _ => None,
-        };
+        let unacked = mgmt.of(&q.name).await;
         let mut retry = Vec::new();
         for &d in &q.retry_delays {
             let name = q.retry_queue(d);
@@ -130,17 +161,19 @@ pub async fn collect(
             unacked,
             consumers,
             retry,
-            dlq: ready_of(conn, q.dlq()).await?,
+            dlq: dlq_of(conn, &mut mgmt, q.dlq()).await?,
         });
     }
+    let ingress_dlq = dlq_of(conn, &mut mgmt, topology.ingress_dlq()).await?;
+    let unrouted = dlq_of(conn, &mut mgmt, topology.unrouted_queue()).await?;
     let status = Status {
         at: Time::now(),
-        management: management.is_some() && problem.is_none(),
+        management: management.is_some() && mgmt.problem.is_none(),
         queues,
-        ingress_dlq: ready_of(conn, topology.ingress_dlq()).await?,
-        unrouted: ready_of(conn, topology.unrouted_queue()).await?,
+        ingress_dlq,
+        unrouted,
     };
-    Ok((status, problem))
+    Ok((status, mgmt.problem))
 }
 
 async fn depth(conn: &Connection, queue: &str) -> Result<Option<(u32, u32)>> {
@@ -150,6 +183,20 @@ async fn depth(conn: &Connection, queue: &str) -> Result<Option<(u32, u32)>> {
 async fn ready_of(conn: &Connection, queue: String) -> Result<Depth> {
     let ready = depth(conn, &queue).await?.map(|(r, _)| r);
     Ok(Depth { queue, ready })
+}
+
+async fn dlq_of(conn: &Connection, mgmt: &mut Unacked<'_>, queue: String) -> Result<DlqDepth> {
+    let ready = depth(conn, &queue).await?.map(|(r, _)| r);
+    let unacked = match ready {
+        Some(_) => mgmt.of(&queue).await,
+        None => None,
+    };
+    Ok(DlqDepth {
+        messages: ready.map(|r| u64::from(r) + unacked.unwrap_or(0)),
+        queue,
+        ready,
+        unacked,
+    })
 }
 
 #[derive(Tabled)]
@@ -166,6 +213,14 @@ struct Row {
 fn figure<T: ToString>(v: Option<T>, absent: &str) -> String {
     v.map(|n| n.to_string())
         .unwrap_or_else(|| absent.to_string())
+}
+
+/// A DLQ's cell: its messages, and how many of them a reader holds, e.g. `17 (5 unacked)`.
+fn dlq_cell(d: &DlqDepth) -> String {
+    match (d.messages, d.unacked) {
+        (Some(n), Some(held)) if held > 0 => format!("{n} ({held} unacked)"),
+        (n, _) => figure(n, "missing"),
+    }
 }
 
 /// The status table.
@@ -188,7 +243,7 @@ pub fn render(s: &Status) -> String {
                 .map(|t| format!("{}: {}", t.delay, figure(t.depth.ready, "missing")))
                 .collect::<Vec<_>>()
                 .join(", "),
-            dlq: figure(q.dlq.ready, "missing"),
+            dlq: dlq_cell(&q.dlq),
         })
         .collect();
     rows.push(Row {
@@ -197,7 +252,7 @@ pub fn render(s: &Status) -> String {
         unacked: "-".into(),
         consumers: "-".into(),
         retry: "-".into(),
-        dlq: figure(s.ingress_dlq.ready, "missing"),
+        dlq: dlq_cell(&s.ingress_dlq),
     });
     rows.push(Row {
         queue: format!("{} (no binding)", s.unrouted.queue),
@@ -205,7 +260,7 @@ pub fn render(s: &Status) -> String {
         unacked: "-".into(),
         consumers: "-".into(),
         retry: "-".into(),
-        dlq: figure(s.unrouted.ready, "missing"),
+        dlq: dlq_cell(&s.unrouted),
     });
     output::table(rows)
 }

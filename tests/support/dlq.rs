@@ -256,18 +256,46 @@ pub fn delivery_ids(deliveries: &[lapin::message::Delivery]) -> Vec<String> {
         .collect()
 }
 
-/// `messages_unacknowledged` of a classic queue (exact for classic queues), from the broker.
-pub fn unacked(queue: &str) -> u64 {
-    super::rabbitmqctl(&[
-        "list_queues",
-        "-q",
-        "--no-table-headers",
-        "name",
-        "messages_unacknowledged",
-    ])
-    .lines()
-    .filter_map(|l| l.split_once('\t'))
-    .find(|(name, _)| *name == queue)
-    .and_then(|(_, n)| n.trim().parse().ok())
-    .unwrap_or(0)
+/// Runs `warren <args> -f … --prefix …` with stdin a pseudo-terminal (stdout and stderr are
+/// pipes): waits for the confirmation prompt on stderr, types `answer` and Enter, and returns
+/// (exit code, stdout, stderr). If warren exits without asking, that is returned as is.
+pub fn warren_on_tty(t: &TestTopology, args: &[&str], answer: &str) -> (i32, String, String) {
+    use std::io::{Read, Write};
+    let pty = nix::pty::openpty(
+        None::<&nix::pty::Winsize>,
+        None::<&nix::sys::termios::Termios>,
+    )
+    .expect("openpty");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(with_topology(t, args))
+        .env("AMQP_URL", amqp_url())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::from(std::fs::File::from(pty.slave)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run warren");
+    let mut terminal = std::fs::File::from(pty.master);
+    let mut stderr = child.stderr.take().expect("stderr");
+    let mut err = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&err).contains("[y/N] ") {
+        match stderr.read(&mut buf).expect("read stderr") {
+            0 => break,
+            n => err.extend_from_slice(&buf[..n]),
+        }
+    }
+    // Typed at the terminal; the line discipline hands it over on Enter. The terminal stays
+    // open until warren exits.
+    terminal
+        .write_all(format!("{answer}\n").as_bytes())
+        .expect("type the answer");
+    stderr.read_to_end(&mut err).expect("read stderr");
+    let out = child.wait_with_output().expect("wait for warren");
+    drop(terminal);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
 }

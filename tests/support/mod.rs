@@ -274,21 +274,26 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `messages_unacknowledged` of one queue as `rabbitmqctl list_queues` reports it. For quorum
-/// queues this comes from periodic stats and can lag; use [`unacked_of`] for exact counts.
+/// `messages_unacknowledged` of one queue as `rabbitmqctl list_queues` reports it (exact for
+/// classic queues). For quorum queues this comes from periodic stats and can lag; use
+/// [`unacked_of`] for exact counts. Panics when the queue is not listed or its figure is not
+/// a number, so that `unacked(q) == 0` cannot pass for a queue that is not there.
 pub fn unacked(queue: &str) -> u64 {
-    rabbitmqctl(&[
+    let listing = rabbitmqctl(&[
         "list_queues",
         "-q",
         "--no-table-headers",
         "name",
         "messages_unacknowledged",
-    ])
-    .lines()
-    .filter_map(|l| l.split_once('\t'))
-    .find(|(name, _)| *name == queue)
-    .and_then(|(_, n)| n.trim().parse().ok())
-    .unwrap_or(0)
+    ]);
+    let (_, n) = listing
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .find(|(name, _)| *name == queue)
+        .unwrap_or_else(|| panic!("queue '{queue}' is not in `rabbitmqctl list_queues`"));
+    n.trim().parse().unwrap_or_else(|_| {
+        panic!("queue '{queue}': messages_unacknowledged is {n:?}, not a number")
+    })
 }
 
 /// Broker-side pids of the connections opened by OS process `pid` (their client-provided
