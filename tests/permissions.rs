@@ -225,6 +225,9 @@ async fn one_least_privilege_user_per_role_runs_the_fleet() {
     let kept: std::collections::BTreeSet<String> =
         drain_ids(&conn, &unrouted).await.into_iter().collect();
     assert!(!kept.is_empty(), "job.* events are kept as unroutable");
+    for id in &failing {
+        assert!(handled.contains(id), "{id}: the worker never ran it");
+    }
     for id in &ledger.ids {
         assert!(
             handled.contains(id) ^ kept.contains(id),
