@@ -144,12 +144,32 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Error> {
                         continue;
                     }
                     bar.set_message(format!("{} {} {:?}", scenario.label(), qt.as_str(), side));
-                    let r = one_run(opts, scenario, qt, side, rate).await?;
+                    let r = match one_run(opts, scenario, qt, side, rate).await {
+                        // One failed run (a dropped connection, a stuck child) costs that run,
+                        // not the whole report: run it once more.
+                        Err(error) if !opts.stop.is_cancelled() => {
+                            tracing::warn!(%error, "Run failed; running it again.");
+                            one_run(opts, scenario, qt, side, rate).await?
+                        }
+                        r => r?,
+                    };
                     if scenario == Scenario::Saturation && side == Side::Raw {
                         ceiling = Some(ceiling.map_or(r.msgs_per_sec, |c| c.max(r.msgs_per_sec)));
                     }
-                    runs.push((side, r));
                     bar.inc(1);
+                    if bar.is_hidden() {
+                        // Off a terminal the bar is hidden: one line per run instead.
+                        tracing::info!(
+                            run = bar.position(),
+                            of = total,
+                            scenario = %scenario.label(),
+                            queue_type = qt.as_str(),
+                            side = ?side,
+                            msgs_per_sec = r.msgs_per_sec.round(),
+                            "Run finished."
+                        );
+                    }
+                    runs.push((side, r));
                 }
             }
             rows.push(row(scenario, qt, rate, runs));

@@ -46,7 +46,9 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
     let scenario = spec.scenario;
     let tally = Tally::new(spec.messages, scenario.has_latency());
     let cpu_before = stats::cpu_time();
-    let conn = Connection::connect_uri(url.uri(), ConnectionProperties::default())
+    let name = format!("warren bench raw {}", std::process::id());
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let conn = Connection::connect_uri(url.uri(), props)
         .await
         .map_err(fail("connect"))?;
     let publish_channel = || async {
@@ -65,18 +67,20 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
             Ok(tally.result(Side::Raw, cpu_before))
         }
         Scenario::Consume { prefetch } => {
-            let consumer = consume(&conn, &queue, prefetch, tally.clone(), None).await?;
-            let waited = tally.wait(RUN_LIMIT, "raw consume").await;
-            consumer.abort();
+            let mut consumer = consume(&conn, &queue, prefetch, tally.clone(), None).await?;
+            let waited = until_done(tally.wait(RUN_LIMIT, "raw consume"), &mut consumer).await;
             waited.map(|()| tally.result(Side::Raw, cpu_before))
         }
         Scenario::Saturation | Scenario::Latency { .. } => {
-            let consumer = consume(&conn, &queue, scenario.prefetch(), tally.clone(), None).await?;
+            let mut consumer =
+                consume(&conn, &queue, scenario.prefetch(), tally.clone(), None).await?;
             let ch = publish_channel().await?;
             tally.start();
-            publish_all(&ch, &t.events_exchange, spec, scenario.window(), None).await?;
-            let waited = tally.wait(RUN_LIMIT, "raw pipeline").await;
-            consumer.abort();
+            let run = async {
+                publish_all(&ch, &t.events_exchange, spec, scenario.window(), None).await?;
+                tally.wait(RUN_LIMIT, "raw pipeline").await
+            };
+            let waited = until_done(run, &mut consumer).await;
             waited.map(|()| tally.result(Side::Raw, cpu_before))
         }
         Scenario::Retry => {
@@ -88,7 +92,7 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
                 dead_letter_exchange: t.dead_letter_exchange.clone(),
                 queue: queue.clone(),
             };
-            let consumer = consume(
+            let mut consumer = consume(
                 &conn,
                 &queue,
                 scenario.prefetch(),
@@ -98,21 +102,26 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
             .await?;
             let ch = publish_channel().await?;
             tally.start();
-            publish_all(&ch, &t.events_exchange, spec, scenario.window(), None).await?;
-            let waited = count_depth_raw(url, &spec0.dlq(), &tally).await;
-            consumer.abort();
+            let run = async {
+                publish_all(&ch, &t.events_exchange, spec, scenario.window(), None).await?;
+                count_depth_raw(url, &spec0.dlq(), &tally).await
+            };
+            let waited = until_done(run, &mut consumer).await;
             waited.map(|()| tally.result(Side::Raw, cpu_before))
         }
         Scenario::EndToEnd => {
-            let consumer = consume(&conn, &queue, scenario.prefetch(), tally.clone(), None).await?;
+            let mut consumer =
+                consume(&conn, &queue, scenario.prefetch(), tally.clone(), None).await?;
             let ch = publish_channel().await?;
             tally.start();
             let forwarder = forward(spec, ch, t.events_exchange.clone());
-            let waited = tokio::select! {
-                w = tally.wait(RUN_LIMIT, "raw e2e") => w,
-                f = forwarder => f.and_then(|()| Err(Error::Other("raw e2e: the upstream ended early".into()))),
+            let run = async {
+                tokio::select! {
+                    w = tally.wait(RUN_LIMIT, "raw e2e") => w,
+                    f = forwarder => f.and_then(|()| Err(Error::Other("raw e2e: the upstream ended early".into()))),
+                }
             };
-            consumer.abort();
+            let waited = until_done(run, &mut consumer).await;
             waited.map(|()| tally.result(Side::Raw, cpu_before))
         }
     };
@@ -189,7 +198,7 @@ async fn consume(
     prefetch: u16,
     tally: Arc<Tally>,
     retry: Option<Arc<Retry>>,
-) -> Result<tokio::task::JoinHandle<()>, Error> {
+) -> Result<tokio::task::JoinHandle<String>, Error> {
     let ch = conn.create_channel().await.map_err(fail("channel"))?;
     ch.basic_qos(prefetch, BasicQosOptions::default())
         .await
@@ -205,7 +214,11 @@ async fn consume(
         .map_err(fail("consume"))?;
     Ok(tokio::spawn(async move {
         let _channel = ch;
-        while let Some(Ok(delivery)) = consumer.next().await {
+        while let Some(delivery) = consumer.next().await {
+            let delivery = match delivery {
+                Ok(d) => d,
+                Err(e) => return format!("raw consumer: {e}"),
+            };
             let Ok(event) = serde_json::from_slice::<Event<'_>>(&delivery.data) else {
                 let _ = delivery.ack(BasicAckOptions::default()).await;
                 continue;
@@ -222,7 +235,22 @@ async fn consume(
                 }
             }
         }
+        "raw consumer: the consumer was cancelled".to_string()
     }))
+}
+
+/// Waits for `done`, unless the consumer stops first (its connection or channel died): then
+/// fails at once with the reason instead of waiting out the run limit.
+async fn until_done(
+    done: impl std::future::Future<Output = Result<(), Error>>,
+    consumer: &mut tokio::task::JoinHandle<String>,
+) -> Result<(), Error> {
+    let result = tokio::select! {
+        r = done => r,
+        ended = &mut *consumer => Err(Error::Other(ended.unwrap_or_else(|e| e.to_string()))),
+    };
+    consumer.abort();
+    result
 }
 
 /// The same trivial dispatch on type the warren handler and the Python peer do.
@@ -344,7 +372,9 @@ pub async fn publish_prepared(
     messages: &[(String, Vec<u8>, lapin::BasicProperties)],
     window: usize,
 ) -> Result<Duration, Error> {
-    let conn = Connection::connect_uri(url.uri(), ConnectionProperties::default())
+    let name = format!("warren bench raw {}", std::process::id());
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let conn = Connection::connect_uri(url.uri(), props)
         .await
         .map_err(fail("connect"))?;
     let ch = conn.create_channel().await.map_err(fail("channel"))?;
