@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs warren's whole test suite against a real RabbitMQ (set up by scripts/broker.sh).
-# Extra arguments go to `cargo nextest run` (e.g. `scripts/test.sh --test worker`).
+# Extra arguments go to `cargo nextest run` (e.g. `scripts/test.sh worker::` runs the tests of tests/it/worker.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AMQP_URL="$(scripts/broker.sh)"

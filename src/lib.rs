@@ -28,7 +28,7 @@
 //! - [`worker`]: the consumer loop, the pure `decide()`, the single `settle()`.
 //!
 //! # Writing a handler
-//! Implement [`worker::Handler`] and pass it to [`worker::run`] (`tests/custom_handler.rs` runs
+//! Implement [`worker::Handler`] and pass it to [`worker::run`] (`tests/it/custom_handler.rs` runs
 //! one against a real broker):
 //! ```no_run
 //! use std::sync::Arc;

@@ -1,0 +1,122 @@
+//! `bench/compare` in a tiny smoke run: warren, raw lapin and the aio-pika peer each measure
+//! consume and e2e once against the real broker, the report carries every figure the comparison
+//! needs, and every run's topology is gone afterwards. Checks the plumbing only: no timing is
+//! asserted. Needs python3 (the script is stdlib only; it makes the peer's venv from PyPI with
+//! bench/peers/setup.sh when missing). Without python3 the test fails, unless
+//! WARREN_NO_PYTHON=1 says so on purpose.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::{amqp_url, rabbitmqctl};
+use serde_json::Value;
+
+const MESSAGES: u64 = 200;
+
+fn has_python() -> bool {
+    Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn figure(run: &Value, field: &str) -> f64 {
+    run[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no {field} in {run}"))
+}
+
+#[test]
+fn compare_runs_all_three_contenders_and_cleans_up() {
+    if !has_python() {
+        if std::env::var("WARREN_NO_PYTHON").as_deref() == Ok("1") {
+            eprintln!("SKIPPED on purpose (WARREN_NO_PYTHON=1): bench/compare needs python3");
+            return;
+        }
+        panic!("bench/compare needs python3 (apt-get install python3 python3-venv)");
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .arg(root.join("bench/compare"))
+        .args(["--rounds", "1", "--messages", &MESSAGES.to_string()])
+        .args(["--scenario", "consume", "--scenario", "e2e", "--json"])
+        .args(["--warren", env!("CARGO_BIN_EXE_warren")])
+        .arg("--fsync-dir")
+        .arg(std::env::temp_dir())
+        .env("AMQP_URL", amqp_url())
+        .output()
+        .expect("run bench/compare");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench/compare failed:\n{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}):\n{}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+
+    // One round: every scenario once per contender, in the interleaved order.
+    let rounds = report["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 1, "{report}");
+    let round = &rounds[0];
+    assert!(figure(&round["fsync"], "max_ms") >= 0.0, "{round}");
+    let order: Vec<(String, String)> = round["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| {
+            (
+                r["scenario"].as_str().unwrap_or("").to_string(),
+                r["contender"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = ["consume", "e2e"]
+        .iter()
+        .flat_map(|s| {
+            ["warren", "raw", "peer"]
+                .iter()
+                .map(move |c| (s.to_string(), c.to_string()))
+        })
+        .collect();
+    assert_eq!(order, want, "{round}");
+
+    let queues = rabbitmqctl(&["list_queues", "-q", "name"]);
+    let exchanges = rabbitmqctl(&["list_exchanges", "-q", "name"]);
+    for run in round["runs"].as_array().expect("runs") {
+        let r = &run["result"];
+        let contender = run["contender"].as_str().unwrap_or("");
+        assert_eq!(r["side"], contender, "{run}");
+        assert_eq!(r["messages"].as_u64(), Some(MESSAGES), "{run}");
+        assert!(figure(r, "msgs_per_sec") > 0.0, "{run}");
+        assert!(figure(r, "cpu_us_per_msg") > 0.0, "{run}");
+        assert!(figure(r, "peak_rss_kib") > 0.0, "{run}");
+        assert!(run["steal_pct"].is_number(), "{run}");
+        // Nothing of the run's topology is left on the broker.
+        let prefix = r["prefix"].as_str().expect("prefix");
+        assert!(prefix.starts_with("bench-"), "{run}");
+        for name in queues.lines().chain(exchanges.lines()) {
+            assert!(!name.starts_with(prefix), "left behind: {name}");
+        }
+    }
+
+    // Medians per contender and both ratios, with their spread, for each scenario.
+    for s in report["scenarios"].as_array().expect("scenarios") {
+        for c in ["warren", "raw", "peer"] {
+            let tp = &s["contenders"][c]["throughput"];
+            assert!(figure(tp, "median") > 0.0, "{s}");
+        }
+        for key in ["warren/raw", "warren/peer"] {
+            let r = &s["ratios"][key];
+            for f in ["throughput", "cpu_us_per_msg", "peak_rss_kib"] {
+                let v = &r[f];
+                assert!(
+                    figure(v, "min") <= figure(v, "median")
+                        && figure(v, "median") <= figure(v, "max"),
+                    "{key} {f}: {v}"
+                );
+            }
+        }
+        assert!(!s["targets"].as_array().expect("targets").is_empty(), "{s}");
+    }
+}
