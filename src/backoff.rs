@@ -25,9 +25,16 @@ impl Backoff {
         }
     }
 
-    /// Broker and WebSocket reconnects: 100 ms up to 60 s, reset after 30 s connected.
+    /// Broker and WebSocket reconnects: 100 ms up to 30 s, reset after 1 s connected.
+    ///
+    /// The counter is for attempts that fail to get a working connection (refused, timed out, or
+    /// dropped at once). A connection that worked for a second and was then closed (a broker
+    /// restart, `close_all_connections`) starts again from 100 ms: after ten closes in twenty
+    /// seconds, a 30 s stable period had pushed the ceiling to 51 s and left a healthy broker
+    /// idle for up to that long.
     pub fn reconnect() -> Self {
-        Self::new(Duration::from_millis(100), Duration::from_secs(60))
+        Self::new(Duration::from_millis(100), Duration::from_secs(30))
+            .with_stable_after(Duration::from_secs(1))
     }
 
     /// How long a connection must stay up before the next failure starts from `base` again.
