@@ -77,8 +77,15 @@ impl Publisher {
     /// Publishes and waits for the confirm, with this channel's only publish in flight, so a
     /// returned message is certainly this one.
     pub async fn publish(&self, msg: Message<'_>) -> Result<(), AmqpError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        let channel = self.channels[i].lock().await;
+        // A free channel if there is one (a busy one waits for a confirm), else queue on the
+        // next in turn.
+        let n = self.channels.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let free = (0..n).find_map(|k| self.channels[(start + k) % n].try_lock().ok());
+        let channel = match free {
+            Some(channel) => channel,
+            None => self.channels[start % n].lock().await,
+        };
         send_on(&channel, msg, self.confirm_timeout)
             .await?
             .wait()

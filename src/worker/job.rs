@@ -51,6 +51,10 @@ impl<H: Handler> Job<H> {
     pub async fn run(self, delivery: Delivery, permit: Option<OwnedSemaphorePermit>) {
         let _running = self.in_flight.enter();
         let disposition = self.disposition(&delivery).await;
+        // The permit bounds handlers, not settles: a republish waiting for its confirm must not
+        // keep the next handler from starting. Deliveries in flight stay bounded by prefetch,
+        // and `_running` keeps the drain waiting for the settle.
+        drop(permit);
         let settled = settle(
             &delivery,
             &disposition,
@@ -60,7 +64,6 @@ impl<H: Handler> Job<H> {
         )
         .await;
         self.metrics.settled(settled);
-        drop(permit);
     }
 
     async fn disposition(&self, delivery: &Delivery) -> Disposition {

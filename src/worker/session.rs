@@ -21,8 +21,10 @@ use crate::amqp::{self, Channel, Connection, Delivery, Publisher};
 use crate::backoff::Backoff;
 use crate::error::Error;
 
-/// Publishing channels per worker: republishes are serialized per channel (see `amqp::publish`).
-const PUBLISH_CHANNELS: usize = 4;
+/// Publishing channels per worker. Republishes are serialized per channel (see
+/// `amqp::publish`: one publish in flight makes a return unambiguous), so this many retries or
+/// dead letters can wait for their confirms at once. A channel costs the broker little.
+const PUBLISH_CHANNELS: usize = 64;
 
 /// What the merged consumer streams yield: a delivery from lane `i`, or lane `i`'s end.
 // Deliveries are the common case; boxing them would allocate once per message.
