@@ -2,6 +2,7 @@
 //! confirms, settling deliveries, and reading warren's headers. Every network await here has
 //! a deadline, because lapin has none of its own.
 
+mod batch;
 mod browse;
 mod declare;
 mod headers;
@@ -20,6 +21,7 @@ pub use lapin::{
     types::FieldTable as Headers,
 };
 
+pub use batch::{BatchPublisher, BatchStats};
 pub use browse::Snapshot;
 pub use declare::{
     Arg, bind, cancel, channel, close_channel, declare_exchange, declare_queue, delete_exchange,
@@ -84,6 +86,12 @@ pub enum AmqpError {
         /// in flight on one channel, lapin may attach a return to another publish's confirm, so
         /// pipelined publishers must check this id rather than trust the attribution.
         message_id: Option<String>,
+    },
+    /// The publishing channel closed, or its task stopped, before the publish was confirmed.
+    #[error("{op}: the publishing channel is closed")]
+    Closed {
+        /// What was being done.
+        op: String,
     },
     /// The publish went out on a channel without confirms: warren never does this on purpose.
     #[error("publish to {target}: no publisher confirm was requested")]

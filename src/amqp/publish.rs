@@ -1,16 +1,14 @@
-//! Publishing with publisher confirms. A publish is only done when its confirm says so: a nack,
-//! a returned (unroutable) message or a missing confirm is an error.
+//! Publishing with publisher confirms, for one pipelining caller. A publish is only done when
+//! its confirm says so: a nack, a returned (unroutable) message or a missing confirm is an error.
 //!
-//! lapin hands a returned message to whichever confirm completes next on the channel, not to
-//! the publish it belongs to. [`Publisher::publish`] therefore keeps one mandatory publish in
-//! flight per channel (spread over a small pool of channels), so a return is always its own.
-//! [`Publisher::send`] pipelines on one channel for throughput; its [`AmqpError::Returned`]
-//! names the returned message's id, which the caller must check.
+//! lapin hands a returned message to whichever confirm of the same ack frame completes first,
+//! not to the publish it belongs to, so [`AmqpError::Returned`] names the returned message's id,
+//! which the caller must check. Many callers each waiting for their own confirm use
+//! [`super::BatchPublisher`] instead, which does that matching for them.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -25,11 +23,10 @@ use super::{AmqpError, timed};
 /// alarm) makes confirms stall; the caller then keeps the message and tries again.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Confirm-mode channels on one connection. Cheap to clone; clones share the channels.
+/// A confirm-mode channel. Cheap to clone; clones share the channel.
 #[derive(Clone)]
 pub struct Publisher {
-    channels: Arc<[Mutex<Channel>]>,
-    next: Arc<AtomicUsize>,
+    channel: Arc<Mutex<Channel>>,
     confirm_timeout: Duration,
 }
 
@@ -49,21 +46,16 @@ pub struct Message<'a> {
 }
 
 impl Publisher {
-    /// Opens `channels` (at least one) confirm-mode channels on `conn`.
-    pub async fn open(conn: &Connection, channels: usize) -> Result<Self, AmqpError> {
-        let mut opened = Vec::with_capacity(channels.max(1));
-        for _ in 0..channels.max(1) {
-            let channel = timed(|| "open a publishing channel", conn.create_channel()).await?;
-            timed(
-                || "enable publisher confirms",
-                channel.confirm_select(ConfirmSelectOptions::default()),
-            )
-            .await?;
-            opened.push(Mutex::new(channel));
-        }
+    /// Opens a confirm-mode channel on `conn`.
+    pub async fn open(conn: &Connection) -> Result<Self, AmqpError> {
+        let channel = timed(|| "open a publishing channel", conn.create_channel()).await?;
+        timed(
+            || "enable publisher confirms",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
         Ok(Self {
-            channels: opened.into(),
-            next: Arc::new(AtomicUsize::new(0)),
+            channel: Arc::new(Mutex::new(channel)),
             confirm_timeout: CONFIRM_TIMEOUT,
         })
     }
@@ -74,36 +66,19 @@ impl Publisher {
         self
     }
 
-    /// Publishes and waits for the confirm, with this channel's only publish in flight, so a
-    /// returned message is certainly this one.
-    pub async fn publish(&self, msg: Message<'_>) -> Result<(), AmqpError> {
-        // A free channel if there is one (a busy one waits for a confirm), else queue on the
-        // next in turn.
-        let n = self.channels.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let free = (0..n).find_map(|k| self.channels[(start + k) % n].try_lock().ok());
-        let channel = match free {
-            Some(channel) => channel,
-            None => self.channels[start % n].lock().await,
-        };
-        send_on(&channel, msg, self.confirm_timeout)
-            .await?
-            .wait()
-            .await
-    }
-
-    /// Sends on the first channel and returns the pending confirm without waiting: for a single
-    /// pipelining caller (with [`ConfirmWindow`]) that does not also call [`Publisher::publish`].
+    /// Sends and returns the pending confirm without waiting, for a single pipelining caller
+    /// (with [`ConfirmWindow`]).
     pub async fn send(&self, msg: Message<'_>) -> Result<Confirm, AmqpError> {
-        let channel = self.channels[0].lock().await;
+        let channel = self.channel.lock().await;
         send_on(&channel, msg, self.confirm_timeout).await
     }
 
-    /// True while every channel can publish.
+    /// True while the channel can publish.
     pub fn is_open(&self) -> bool {
-        self.channels
-            .iter()
-            .all(|c| c.try_lock().map(|c| c.status().connected()).unwrap_or(true))
+        self.channel
+            .try_lock()
+            .map(|c| c.status().connected())
+            .unwrap_or(true)
     }
 }
 
@@ -134,7 +109,7 @@ async fn send_on(
     })
 }
 
-fn target(exchange: &str, routing_key: &str) -> String {
+pub(super) fn target(exchange: &str, routing_key: &str) -> String {
     let exchange = if exchange.is_empty() {
         "(default exchange)"
     } else {

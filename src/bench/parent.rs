@@ -363,7 +363,7 @@ pub async fn one_run(
 
 /// Fills the work queue with a backlog, outside the measured process.
 async fn fill(conn: &amqp::Connection, t: &Topology, opts: &BenchOptions) -> Result<(), Error> {
-    let publisher = Publisher::open(conn, 1).await?;
+    let publisher = Publisher::open(conn).await?;
     let mut window = ConfirmWindow::new(1024);
     for _ in 0..opts.messages {
         if window.is_full()

@@ -30,7 +30,7 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
     match scenario {
         Scenario::Publish { window } => {
             let conn = amqp::connect(url, "bench", "publish").await?;
-            let publisher = Publisher::open(&conn, 1).await?;
+            let publisher = Publisher::open(&conn).await?;
             let cpu_before = stats::cpu_time();
             tally.start();
             let sent =
@@ -55,7 +55,7 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
             let label = scenario.label();
             let driver = async {
                 let conn = amqp::connect(url, "bench", "publish").await?;
-                let publisher = Publisher::open(&conn, 1).await?;
+                let publisher = Publisher::open(&conn).await?;
                 tally.start();
                 let sent = publish_all(
                     &publisher,
@@ -78,7 +78,7 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
         Scenario::Retry => {
             let driver = async {
                 let conn = amqp::connect(url, "bench", "publish").await?;
-                let publisher = Publisher::open(&conn, 1).await?;
+                let publisher = Publisher::open(&conn).await?;
                 tally.start();
                 let dlq = t.queues[0].dlq();
                 let sent = publish_all(

@@ -45,7 +45,7 @@ pub async fn replay(
     let read_conn = super::connect(url, "replay-read").await?;
     let publish_conn = super::connect(url, "replay-publish").await?;
     let result = async {
-        let publisher = Publisher::open(&publish_conn, 1).await?;
+        let publisher = Publisher::open(&publish_conn).await?;
         let mut run = Run {
             topology,
             opts,

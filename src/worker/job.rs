@@ -14,7 +14,7 @@ use super::decide::{Disposition, decide, defer};
 use super::handler::{Context, Handler, HandlerError, HandlerResult};
 use super::metrics::QueueMetrics;
 use super::settle::settle;
-use crate::amqp::{self, Delivery, ErrorKind, Publisher, hdr};
+use crate::amqp::{self, BatchPublisher, Delivery, ErrorKind, hdr};
 use crate::envelope::Envelope;
 use crate::topology::QueueSpec;
 
@@ -22,7 +22,7 @@ use crate::topology::QueueSpec;
 pub(super) struct Job<H> {
     pub handler: Arc<H>,
     pub spec: Arc<QueueSpec>,
-    pub publisher: Publisher,
+    pub publisher: BatchPublisher,
     pub dead_letter_exchange: Arc<str>,
     pub metrics: QueueMetrics,
     pub handler_timeout: Duration,

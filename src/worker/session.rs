@@ -17,14 +17,13 @@ use super::Worker;
 use super::handler::Handler;
 use super::job::{InFlight, Job};
 use super::settle;
-use crate::amqp::{self, Channel, Connection, Delivery, Publisher};
+use crate::amqp::{self, BatchPublisher, Channel, Connection, Delivery};
 use crate::backoff::Backoff;
 use crate::error::Error;
 
-/// Publishing channels per worker. Republishes are serialized per channel (see
-/// `amqp::publish`: one publish in flight makes a return unambiguous), so this many retries or
-/// dead letters can wait for their confirms at once. A channel costs the broker little.
-const PUBLISH_CHANNELS: usize = 64;
+/// Publishing channels per worker. Each carries one batch of retries and dead letters at a
+/// time (see `amqp::batch`), so while one waits for its confirms the next can go out.
+const PUBLISH_CHANNELS: usize = 4;
 
 /// What the merged consumer streams yield: a delivery from lane `i`, or lane `i`'s end.
 // Deliveries are the common case; boxing them would allocate once per message.
@@ -64,7 +63,7 @@ pub(super) struct Session<'w, H> {
     w: &'w Worker<H>,
     consume_conn: Connection,
     publish_conn: Connection,
-    publisher: Publisher,
+    publisher: BatchPublisher,
     lanes: Vec<Lane>,
     streams: SelectAll<LaneStream>,
     resubscribes: FuturesUnordered<Timer>,
@@ -79,7 +78,7 @@ impl<'w, H: Handler> Session<'w, H> {
         let url = &w.settings.url;
         let consume_conn = amqp::connect(url, "worker", "consume").await?;
         let publish_conn = amqp::connect(url, "worker", "publish").await?;
-        let publisher = Publisher::open(&publish_conn, PUBLISH_CHANNELS).await?;
+        let publisher = BatchPublisher::open(&publish_conn, PUBLISH_CHANNELS).await?;
         let mut s = Session {
             w,
             consume_conn,

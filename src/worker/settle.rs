@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use lapin::types::FieldTable;
 
 use super::decide::Disposition;
-use crate::amqp::{self, Delivery, ErrorKind, FailureHeaders, Message, Publisher};
+use crate::amqp::{self, BatchPublisher, Delivery, ErrorKind, FailureHeaders, Message};
 use crate::topology::QueueSpec;
 
 /// The pause before requeueing a message whose republish failed.
@@ -35,7 +35,7 @@ pub async fn settle(
     delivery: &Delivery,
     disposition: &Disposition,
     queue: &QueueSpec,
-    publisher: &Publisher,
+    publisher: &BatchPublisher,
     dead_letter_exchange: &str,
 ) -> Settled {
     let republished = match disposition {
@@ -103,7 +103,7 @@ pub async fn settle(
 /// Publishes a copy of the delivery with new headers and waits for its confirm.
 async fn republish(
     delivery: &Delivery,
-    publisher: &Publisher,
+    publisher: &BatchPublisher,
     exchange: &str,
     routing_key: &str,
     headers: FieldTable,

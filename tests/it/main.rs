@@ -4,6 +4,7 @@
 
 mod support;
 
+mod batch_publish;
 mod bench_compare;
 mod bridge_bench;
 mod bridge_broker;

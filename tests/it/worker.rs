@@ -258,6 +258,74 @@ async fn a_permanent_failure_is_dead_lettered_after_exactly_one_call() {
     t.cleanup(&conn).await;
 }
 
+/// With a retry tier gone, each republish to it comes back unroutable: that message is
+/// requeued, never acked away, while the dead letters sent beside it in the same batches land.
+/// Once the tier is back, every message ends in the DLQ exactly once.
+#[tokio::test]
+async fn an_unroutable_retry_is_requeued_while_dead_letters_beside_it_land() {
+    let t = TestTopology::fast("tier-gone");
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let dlq = format!("{work}.dlq");
+    let mut w = worker(&t, &["work"], &[], "w.log");
+    let first = support::publish_events(&conn, &t, "test.fine", json!({}), 1).await;
+    wait_done(&t, &first, Duration::from_secs(10)).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_delete(
+        format!("{work}.retry.300ms").as_str().into(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let failing = support::publish_events(
+        &conn,
+        &t,
+        "test.fail",
+        json!({"chaos": {"action": "transient"}}),
+        5,
+    )
+    .await;
+    let bad = support::publish_events(
+        &conn,
+        &t,
+        "test.bad",
+        json!({"chaos": {"action": "permanent"}}),
+        5,
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the permanent failures dead-lettered, a retry returned",
+        || {
+            let (conn, dlq) = (&conn, &dlq);
+            let returned = w.log_text().contains("Republish failed");
+            async move { returned && queue_len(conn, dlq).await >= 5 }
+        },
+    )
+    .await;
+
+    t.apply(&conn).await;
+    eventually(Duration::from_secs(60), "all ten dead-lettered", || {
+        let (conn, dlq) = (&conn, &dlq);
+        async move { queue_len(conn, dlq).await >= 10 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut dead: Vec<String> = support::drain(&conn, &dlq)
+        .await
+        .iter()
+        .map(|m| m.properties.message_id().as_ref().unwrap().to_string())
+        .collect();
+    dead.sort();
+    let mut all = [failing, bad].concat();
+    assert_eq!(all.len(), 10);
+    all.sort();
+    assert_eq!(dead, all, "each message dead-lettered exactly once");
+    assert!(w.running());
+    t.cleanup(&conn).await;
+}
+
 #[tokio::test]
 async fn a_retry_returns_only_to_the_queue_that_failed() {
     let t = TestTopology::fast("retry-route");

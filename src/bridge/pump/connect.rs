@@ -30,7 +30,7 @@ impl Pump {
         }
         let attempt = async {
             let conn = amqp::connect(&self.url, "bridge", "publish").await?;
-            match Publisher::open(&conn, 1).await {
+            match Publisher::open(&conn).await {
                 Ok(p) => Ok(Broker {
                     publisher: p.with_confirm_timeout(CONFIRM_TIMEOUT),
                     conn,

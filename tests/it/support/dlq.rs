@@ -108,7 +108,7 @@ impl Dead {
 /// Publishes dead letters to the topology's DLX (routing key = origin), pipelined with
 /// confirms, as the worker's DeadLetter disposition does.
 pub async fn publish_dead(conn: &Connection, t: &TestTopology, dead: &[Dead]) {
-    let publisher = Publisher::open(conn, 1).await.expect("publisher");
+    let publisher = Publisher::open(conn).await.expect("publisher");
     let mut window: ConfirmWindow<usize> = ConfirmWindow::new(256);
     for (i, d) in dead.iter().enumerate() {
         let confirm = publisher

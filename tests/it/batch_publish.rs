@@ -1,0 +1,197 @@
+//! `amqp::BatchPublisher` against the real broker: hundreds of callers at once, routed and
+//! unroutable publishes mixed in the same batches, identical messages side by side, and a
+//! connection that goes away. Each caller must learn the fate of its own message.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use warren::amqp::{self, AmqpError, BasicProperties, BatchPublisher, Message};
+
+use crate::support::proxy::{Mode, Proxy};
+use crate::support::{self, TestTopology, connect, eventually};
+
+fn properties(id: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_message_id(id.into())
+        .with_delivery_mode(2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_caller_learns_the_fate_of_its_own_message() {
+    let t = TestTopology::fast("batch-returns");
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let nowhere = format!("{}nowhere", t.prefix);
+    let publisher = BatchPublisher::open(&conn, 2).await.unwrap();
+
+    // Three in five go to a queue that does not exist. Every tenth message is an exact copy
+    // of the one before it (id, body and target), which a return cannot tell apart.
+    let jobs: Vec<(String, Vec<u8>, bool)> = (0..600)
+        .scan(None::<(String, Vec<u8>, bool)>, |prev, i| {
+            let job = match prev.as_ref() {
+                Some(p) if i % 10 == 9 => p.clone(),
+                _ => {
+                    let id = format!("m{i}");
+                    let body = format!("{{\"n\":{i}}}").into_bytes();
+                    (id, body, i % 5 >= 3)
+                }
+            };
+            *prev = Some(job.clone());
+            Some(job)
+        })
+        .collect();
+    let results = join_all(jobs.iter().map(|(id, body, routed)| {
+        publisher.publish(Message {
+            exchange: "",
+            routing_key: if *routed { &work } else { &nowhere },
+            body,
+            properties: properties(id),
+            mandatory: true,
+        })
+    }))
+    .await;
+
+    for ((id, _, routed), result) in jobs.iter().zip(&results) {
+        match (routed, result) {
+            (true, Ok(())) => {}
+            (false, Err(AmqpError::Returned { message_id, .. })) => {
+                assert_eq!(message_id.as_deref(), Some(id.as_str()));
+            }
+            _ => panic!("{id} (routed: {routed}): {result:?}"),
+        }
+    }
+    let stats = publisher.stats();
+    let (batches, messages) = (
+        stats.batches.load(Ordering::Relaxed),
+        stats.messages.load(Ordering::Relaxed),
+    );
+    assert_eq!(messages, 600);
+    assert!(
+        batches * 4 <= messages,
+        "{batches} batches for {messages} publishes: too few were in flight together to test anything"
+    );
+
+    // The queue holds each routed message exactly as often as it was published.
+    let mut want = BTreeMap::<String, usize>::new();
+    for (id, _, routed) in &jobs {
+        if *routed {
+            *want.entry(id.clone()).or_default() += 1;
+        }
+    }
+    let mut got = BTreeMap::<String, usize>::new();
+    for d in support::drain(&conn, &work).await {
+        let id = d.properties.message_id().as_ref().unwrap().to_string();
+        *got.entry(id).or_default() += 1;
+    }
+    assert_eq!(got, want);
+    t.cleanup(&conn).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_connection_fails_publishes_at_once_instead_of_hanging() {
+    let t = TestTopology::fast("batch-closed");
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let publisher = BatchPublisher::open(&conn, 2)
+        .await
+        .unwrap()
+        .with_confirm_timeout(Duration::from_secs(20));
+    let ok = publisher
+        .publish(Message {
+            exchange: "",
+            routing_key: &work,
+            body: b"{}",
+            properties: properties("before"),
+            mandatory: true,
+        })
+        .await;
+    assert!(ok.is_ok(), "{ok:?}");
+
+    amqp::close(&conn).await;
+    let started = std::time::Instant::now();
+    let results = join_all((0..50).map(|i| {
+        let id = format!("after-{i}");
+        let publisher = publisher.clone();
+        let work = work.clone();
+        async move {
+            publisher
+                .publish(Message {
+                    exchange: "",
+                    routing_key: &work,
+                    body: b"{}",
+                    properties: properties(&id),
+                    mandatory: true,
+                })
+                .await
+        }
+    }))
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "publishes waited for the confirm deadline"
+    );
+    assert!(!publisher.is_open());
+    for r in results {
+        assert!(
+            matches!(r, Err(AmqpError::Broker { .. } | AmqpError::Closed { .. })),
+            "{r:?}"
+        );
+    }
+
+    let conn = connect().await;
+    let left = support::drain(&conn, &work).await;
+    assert_eq!(left.len(), 1, "only the confirmed message is in the queue");
+    t.cleanup(&conn).await;
+}
+
+/// Confirms that never come (the connection black-holed) must not hold a channel forever: the
+/// caller gets a timeout, and the channel is closed so that its owner replaces the publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overdue_confirms_time_out_and_close_the_channel() {
+    let t = TestTopology::fast("batch-overdue");
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let url: amqp::AmqpUrl = proxy.amqp_url(60).parse().unwrap();
+    let via = amqp::connect(&url, "test", "publish").await.unwrap();
+    let publisher = BatchPublisher::open(&via, 1)
+        .await
+        .unwrap()
+        .with_confirm_timeout(Duration::from_secs(2));
+    let publish = |id: &'static str| {
+        let (publisher, work) = (publisher.clone(), work.clone());
+        async move {
+            publisher
+                .publish(Message {
+                    exchange: "",
+                    routing_key: &work,
+                    body: b"{}",
+                    properties: properties(id),
+                    mandatory: true,
+                })
+                .await
+        }
+    };
+    let ok = publish("before").await;
+    assert!(ok.is_ok(), "{ok:?}");
+
+    proxy.set(Mode::BlackHole);
+    let started = std::time::Instant::now();
+    let lost = publish("into-the-hole").await;
+    assert!(matches!(lost, Err(AmqpError::Timeout { .. })), "{lost:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    eventually(Duration::from_secs(5), "the channel closed", || {
+        let open = publisher.is_open();
+        async move { !open }
+    })
+    .await;
+    let after = publish("after").await;
+    assert!(after.is_err(), "a closed channel took a publish: {after:?}");
+    proxy.set(Mode::Pass);
+    t.cleanup(&conn).await;
+}
