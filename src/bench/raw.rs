@@ -39,6 +39,15 @@ fn fail(what: &str) -> impl Fn(lapin::Error) -> Error + '_ {
     move |e| Error::Other(format!("raw {what}: {e}"))
 }
 
+/// A confirm-mode channel on `conn`.
+async fn publish_channel(conn: &Connection) -> Result<Channel, Error> {
+    let ch = conn.create_channel().await.map_err(fail("channel"))?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(fail("confirm.select"))?;
+    Ok(ch)
+}
+
 /// Runs the raw side of `spec`.
 pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
     let t = Topology::load(&spec.topology_file, &spec.prefix)?;
@@ -51,16 +60,19 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
     let conn = Connection::connect_uri(url.uri(), props)
         .await
         .map_err(fail("connect"))?;
-    let publish_channel = || async {
-        let ch = conn.create_channel().await.map_err(fail("channel"))?;
-        ch.confirm_select(ConfirmSelectOptions::default())
+    // The load generator of the pipeline scenarios publishes on a connection of its own, as
+    // warren's side does: the driver costs the same on both sides, and only the consuming
+    // loop under test differs.
+    let driver = || async {
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("warren bench raw driver {}", std::process::id()).into());
+        Connection::connect_uri(url.uri(), props)
             .await
-            .map_err(fail("confirm.select"))?;
-        Ok::<_, Error>(ch)
+            .map_err(fail("connect"))
     };
     let outcome = match scenario {
         Scenario::Publish { window } => {
-            let ch = publish_channel().await?;
+            let ch = publish_channel(&conn).await?;
             let cpu_before = stats::cpu_time();
             tally.start();
             publish_all(&ch, &t.events_exchange, spec, window, Some(&tally)).await?;
@@ -74,20 +86,22 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
         Scenario::Saturation | Scenario::Latency { .. } => {
             let mut consumer =
                 consume(&conn, &queue, scenario.prefetch(), tally.clone(), None).await?;
-            let ch = publish_channel().await?;
+            let driver = driver().await?;
+            let ch = publish_channel(&driver).await?;
             tally.start();
             let run = async {
                 publish_all(&ch, &t.events_exchange, spec, scenario.window(), None).await?;
                 tally.wait(RUN_LIMIT, "raw pipeline").await
             };
             let waited = until_done(run, &mut consumer).await;
+            let _ = driver.close(200, "bench done".into()).await;
             waited.map(|()| tally.result(Side::Raw, cpu_before))
         }
         Scenario::Retry => {
             let spec0 = &t.queues[0];
             let delay = spec0.retry_delays.first().copied().unwrap_or_default();
             let retry = Retry {
-                channel: publish_channel().await?,
+                channel: publish_channel(&conn).await?,
                 retry_queue: spec0.retry_queue(delay),
                 dead_letter_exchange: t.dead_letter_exchange.clone(),
                 queue: queue.clone(),
@@ -100,19 +114,22 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
                 Some(Arc::new(retry)),
             )
             .await?;
-            let ch = publish_channel().await?;
+            let driver = driver().await?;
+            let ch = publish_channel(&driver).await?;
             tally.start();
             let run = async {
                 publish_all(&ch, &t.events_exchange, spec, scenario.window(), None).await?;
                 count_depth_raw(url, &spec0.dlq(), &tally).await
             };
             let waited = until_done(run, &mut consumer).await;
+            let _ = driver.close(200, "bench done".into()).await;
             waited.map(|()| tally.result(Side::Raw, cpu_before))
         }
         Scenario::EndToEnd => {
             let mut consumer =
                 consume(&conn, &queue, scenario.prefetch(), tally.clone(), None).await?;
-            let ch = publish_channel().await?;
+            let driver = driver().await?;
+            let ch = publish_channel(&driver).await?;
             tally.start();
             let forwarder = forward(spec, ch, t.events_exchange.clone());
             let run = async {
@@ -122,6 +139,7 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
                 }
             };
             let waited = until_done(run, &mut consumer).await;
+            let _ = driver.close(200, "bench done".into()).await;
             waited.map(|()| tally.result(Side::Raw, cpu_before))
         }
     };
