@@ -25,13 +25,13 @@ use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::BasicReturnMessage;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::publish::{CONFIRM_TIMEOUT, target};
-use super::{AmqpError, Message, timed};
+use super::publish::{CONFIRM_TIMEOUT, confirm_channel, target};
+use super::{AmqpError, Message};
 
 /// The most publishes one batch takes; the rest wait for the next.
 const MAX_BATCH: usize = 256;
@@ -74,13 +74,7 @@ impl BatchPublisher {
     pub async fn open(conn: &Connection, channels: usize) -> Result<Self, AmqpError> {
         let mut opened = Vec::with_capacity(channels.max(1));
         for _ in 0..channels.max(1) {
-            let channel = timed(|| "open a publishing channel", conn.create_channel()).await?;
-            timed(
-                || "enable publisher confirms",
-                channel.confirm_select(ConfirmSelectOptions::default()),
-            )
-            .await?;
-            opened.push(channel);
+            opened.push(confirm_channel(conn).await?);
         }
         let channels: Arc<[Channel]> = opened.into();
         let (requests, queue) = mpsc::unbounded_channel();

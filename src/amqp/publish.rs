@@ -48,14 +48,8 @@ pub struct Message<'a> {
 impl Publisher {
     /// Opens a confirm-mode channel on `conn`.
     pub async fn open(conn: &Connection) -> Result<Self, AmqpError> {
-        let channel = timed(|| "open a publishing channel", conn.create_channel()).await?;
-        timed(
-            || "enable publisher confirms",
-            channel.confirm_select(ConfirmSelectOptions::default()),
-        )
-        .await?;
         Ok(Self {
-            channel: Arc::new(Mutex::new(channel)),
+            channel: Arc::new(Mutex::new(confirm_channel(conn).await?)),
             confirm_timeout: CONFIRM_TIMEOUT,
         })
     }
@@ -80,6 +74,17 @@ impl Publisher {
             .map(|c| c.status().connected())
             .unwrap_or(true)
     }
+}
+
+/// A new channel on `conn` with publisher confirms on.
+pub(super) async fn confirm_channel(conn: &Connection) -> Result<Channel, AmqpError> {
+    let channel = timed(|| "open a publishing channel", conn.create_channel()).await?;
+    timed(
+        || "enable publisher confirms",
+        channel.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await?;
+    Ok(channel)
 }
 
 async fn send_on(

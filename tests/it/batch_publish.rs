@@ -18,6 +18,19 @@ fn properties(id: &str) -> BasicProperties {
         .with_delivery_mode(2)
 }
 
+/// Publishes `{}` with message id `id` straight to `queue`.
+async fn publish_one(publisher: &BatchPublisher, queue: &str, id: &str) -> Result<(), AmqpError> {
+    publisher
+        .publish(Message {
+            exchange: "",
+            routing_key: queue,
+            body: b"{}",
+            properties: properties(id),
+            mandatory: true,
+        })
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_caller_learns_the_fate_of_its_own_message() {
     let t = TestTopology::fast("batch-returns");
@@ -100,15 +113,7 @@ async fn a_closed_connection_fails_publishes_at_once_instead_of_hanging() {
         .await
         .unwrap()
         .with_confirm_timeout(Duration::from_secs(20));
-    let ok = publisher
-        .publish(Message {
-            exchange: "",
-            routing_key: &work,
-            body: b"{}",
-            properties: properties("before"),
-            mandatory: true,
-        })
-        .await;
+    let ok = publish_one(&publisher, &work, "before").await;
     assert!(ok.is_ok(), "{ok:?}");
 
     amqp::close(&conn).await;
@@ -117,17 +122,7 @@ async fn a_closed_connection_fails_publishes_at_once_instead_of_hanging() {
         let id = format!("after-{i}");
         let publisher = publisher.clone();
         let work = work.clone();
-        async move {
-            publisher
-                .publish(Message {
-                    exchange: "",
-                    routing_key: &work,
-                    body: b"{}",
-                    properties: properties(&id),
-                    mandatory: true,
-                })
-                .await
-        }
+        async move { publish_one(&publisher, &work, &id).await }
     }))
     .await;
     assert!(
@@ -165,17 +160,7 @@ async fn overdue_confirms_time_out_and_close_the_channel() {
         .with_confirm_timeout(Duration::from_secs(2));
     let publish = |id: &'static str| {
         let (publisher, work) = (publisher.clone(), work.clone());
-        async move {
-            publisher
-                .publish(Message {
-                    exchange: "",
-                    routing_key: &work,
-                    body: b"{}",
-                    properties: properties(id),
-                    mandatory: true,
-                })
-                .await
-        }
+        async move { publish_one(&publisher, &work, id).await }
     };
     let ok = publish("before").await;
     assert!(ok.is_ok(), "{ok:?}");
