@@ -199,7 +199,7 @@ pub async fn run(global: &GlobalArgs, cmd: DlqCommand) -> Result<u8> {
                     print(&texts.join("\n\n"))?;
                     if found.len() > 1 {
                         eprintln!(
-                            "{} copies of '{id}' found (a replay interrupted by a kill leaves at most one duplicate).",
+                            "{} copies of '{id}' found (a worker or a replay killed between a dead letter and its ack leaves a copy; replaying both repeats one idempotency key).",
                             found.len()
                         );
                     }
