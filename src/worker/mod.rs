@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 pub use decide::{Disposition, decide, defer};
 pub use handler::{Context, Handler, HandlerError, HandlerResult};
@@ -80,9 +81,22 @@ pub async fn run<H: Handler>(
         settings,
         shutdown,
     };
+    // The sessions run as a task of their own, on the runtime's workers: called from
+    // `block_on`, they would run on the caller's thread, and each job they spawn would have to
+    // wake a parked worker. Dropping this future aborts the task, as dropping the loop would.
+    let sessions = AbortOnDropHandle::new(tokio::spawn(async move { run_sessions(&worker).await }));
+    match sessions.await {
+        Ok(result) => result,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(error) => Err(Error::Other(format!("the worker's task ended: {error}"))),
+    }
+}
+
+/// Opens sessions, one after the other, until shutdown.
+async fn run_sessions<H: Handler>(worker: &Worker<H>) -> Result<(), Error> {
     let mut backoff = Backoff::reconnect();
     loop {
-        let result = match session::Session::open(&worker).await {
+        let result = match session::Session::open(worker).await {
             Ok(session) => {
                 if worker.metrics.sessions.inc() > 0 {
                     worker.metrics.reconnects.inc();
