@@ -89,7 +89,10 @@ pub enum Scenario {
         percent: u8,
     },
     /// Every message fails, waits in a retry tier, fails again and is dead-lettered.
-    Retry,
+    Retry {
+        /// Per-consumer prefetch: how many deliveries may wait for their republish's confirm.
+        prefetch: u16,
+    },
 }
 
 /// Confirm window of the scenarios that publish without a `publish` parameter.
@@ -106,14 +109,14 @@ impl Scenario {
             Scenario::Saturation => "saturation".into(),
             Scenario::EndToEnd => "e2e bridge+worker".into(),
             Scenario::Latency { percent } => format!("latency at {percent}%"),
-            Scenario::Retry => "retry+dead-letter".into(),
+            Scenario::Retry { prefetch } => format!("retry+dead-letter prefetch={prefetch}"),
         }
     }
 
     /// The prefetch the consumer side uses.
     pub fn prefetch(&self) -> u16 {
         match self {
-            Scenario::Consume { prefetch } => *prefetch,
+            Scenario::Consume { prefetch } | Scenario::Retry { prefetch } => *prefetch,
             _ => PIPELINE_PREFETCH,
         }
     }
@@ -130,7 +133,7 @@ impl Scenario {
     /// `message.process(requeue=True)`, a requeue loop with no retry tiers, so it has no retry
     /// scenario to compare.
     pub fn peer_applies(&self) -> bool {
-        !matches!(self, Scenario::Retry)
+        !matches!(self, Scenario::Retry { .. })
     }
 
     /// True when per-message latency means something here (a backlog's wait does not).

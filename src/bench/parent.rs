@@ -278,7 +278,7 @@ fn summarize(runs: Vec<SideResult>) -> Option<Summary> {
 /// 100 ms retry tier and two attempts.
 fn topology_toml(qt: QueueType, scenario: Scenario) -> String {
     let (attempts, delays) = match scenario {
-        Scenario::Retry => (2, r#"["100ms"]"#),
+        Scenario::Retry { .. } => (2, r#"["100ms"]"#),
         _ => (1, "[]"),
     };
     format!(

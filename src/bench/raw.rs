@@ -97,7 +97,7 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
             let _ = driver.close(200, "bench done".into()).await;
             waited.map(|()| tally.result(Side::Raw, cpu_before))
         }
-        Scenario::Retry => {
+        Scenario::Retry { .. } => {
             let spec0 = &t.queues[0];
             let delay = spec0.retry_delays.first().copied().unwrap_or_default();
             let retry = Retry {

@@ -75,7 +75,7 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
             with_worker(url, &t, spec, tally.clone(), false, driver).await?;
             Ok(tally.result(Side::Warren, cpu_before))
         }
-        Scenario::Retry => {
+        Scenario::Retry { .. } => {
             let driver = async {
                 let conn = amqp::connect(url, "bench", "publish").await?;
                 let publisher = Publisher::open(&conn).await?;

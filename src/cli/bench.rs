@@ -4,7 +4,9 @@
 use clap::{Args, ValueEnum};
 
 use super::{GlobalArgs, stdout_error};
-use crate::bench::{self, BenchOptions, BenchReport, QueueType, RunSpec, Scenario, Side};
+use crate::bench::{
+    self, BenchOptions, BenchReport, PIPELINE_PREFETCH, QueueType, RunSpec, Scenario, Side,
+};
 use crate::error::{Error, Result};
 use crate::output::{self, OutputFormat};
 
@@ -21,7 +23,8 @@ pub enum ScenarioName {
     E2e,
     /// Publish → handler latency at 10, 25, 50 and 75% of the measured ceiling.
     Latency,
-    /// Every message fails, waits in a 100 ms retry tier, fails again and is dead-lettered.
+    /// Every message fails, waits in a 100 ms retry tier, fails again and is dead-lettered
+    /// (prefetch 100 unless --prefetch is given).
     Retry,
     /// All of the above.
     All,
@@ -71,7 +74,8 @@ pub struct BenchArgs {
     /// Run only this side (for scripts that interleave other clients, like bench/compare).
     #[arg(long, value_enum, conflicts_with = "baseline")]
     pub side: Option<Side>,
-    /// Prefetch of the `consume` scenario; repeat for several (default: 1, 10, 100 and 1000).
+    /// Prefetch of the `consume` and `retry` scenarios; repeat for several (default: 1, 10, 100
+    /// and 1000 for `consume`, 100 for `retry`).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: Vec<u16>,
     /// The aio-pika peer program, run as `PEER --child SPEC` (for `--side peer`, `--baseline peer`).
@@ -118,7 +122,17 @@ fn expand(names: &[ScenarioName], prefetches: &[u16]) -> Vec<Scenario> {
         out.extend([10, 25, 50, 75].map(|percent| Scenario::Latency { percent }));
     }
     if has(ScenarioName::Retry) {
-        out.push(Scenario::Retry);
+        let default = [PIPELINE_PREFETCH];
+        let prefetches = if prefetches.is_empty() {
+            &default[..]
+        } else {
+            prefetches
+        };
+        out.extend(
+            prefetches
+                .iter()
+                .map(|&prefetch| Scenario::Retry { prefetch }),
+        );
     }
     out
 }
@@ -253,4 +267,30 @@ fn render(report: &BenchReport) -> String {
         report.size,
         report.rounds
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_applies_to_consume_and_retry_and_each_has_its_own_default() {
+        use ScenarioName::{Consume, Retry};
+        assert_eq!(
+            expand(&[Retry], &[]),
+            [Scenario::Retry {
+                prefetch: PIPELINE_PREFETCH
+            }]
+        );
+        assert_eq!(
+            expand(&[Consume, Retry], &[10, 1000]),
+            [
+                Scenario::Consume { prefetch: 10 },
+                Scenario::Consume { prefetch: 1000 },
+                Scenario::Retry { prefetch: 10 },
+                Scenario::Retry { prefetch: 1000 },
+            ]
+        );
+        assert_eq!(expand(&[Consume], &[]).len(), 4);
+    }
 }

@@ -5,6 +5,7 @@
 mod support;
 
 mod batch_publish;
+mod bench_cli;
 mod bench_compare;
 mod bridge_bench;
 mod bridge_broker;

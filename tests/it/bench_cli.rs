@@ -1,0 +1,51 @@
+//! `warren bench` itself in a tiny smoke run against the real broker: the retry scenario at a
+//! prefetch given on the command line, beside the raw baseline. Checks the plumbing (every
+//! message reaches the dead-letter queue on both sides, the report names the prefetch, the
+//! topology is gone afterwards); no timing is asserted.
+
+use std::process::Command;
+
+use crate::support::{amqp_url, rabbitmqctl};
+use serde_json::Value;
+
+const MESSAGES: u64 = 100;
+
+#[test]
+fn retry_runs_at_the_given_prefetch_on_both_sides_and_cleans_up() {
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["bench", "--scenario", "retry", "--prefetch", "7"])
+        .args(["--messages", &MESSAGES.to_string(), "--baseline", "raw"])
+        .args(["-o", "json"])
+        .env("AMQP_URL", amqp_url())
+        .output()
+        .expect("run warren bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "warren bench failed:\n{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}):\n{}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{report}");
+    let row = &rows[0];
+    assert_eq!(row["scenario"], "retry+dead-letter prefetch=7", "{row}");
+    assert_eq!(row["params"]["kind"], "retry", "{row}");
+    assert_eq!(row["params"]["prefetch"], 7, "{row}");
+    assert!(row["ratios"].is_object(), "no warren ÷ raw: {row}");
+
+    let queues = rabbitmqctl(&["list_queues", "-q", "name"]);
+    let exchanges = rabbitmqctl(&["list_exchanges", "-q", "name"]);
+    for side in ["warren", "raw"] {
+        let run = &row[side]["runs"][0];
+        // A run ends only once its dead-letter queue holds every message.
+        assert_eq!(run["messages"].as_u64(), Some(MESSAGES), "{side}: {run}");
+        assert!(run["msgs_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{run}");
+        let prefix = run["prefix"].as_str().expect("prefix");
+        assert!(prefix.starts_with("bench-"), "{run}");
+        for name in queues.lines().chain(exchanges.lines()) {
+            assert!(!name.starts_with(prefix), "left behind: {name}");
+        }
+    }
+}
