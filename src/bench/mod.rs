@@ -196,6 +196,11 @@ pub struct SideResult {
     pub cpu_us_per_msg: f64,
     /// The side's process's peak resident set, KiB.
     pub peak_rss_kib: u64,
+    /// Retry scenario: mean ms from a handler's failure to its delivery's ack (republish,
+    /// confirm, ack). With at most `prefetch` deliveries unacked, throughput can be no more
+    /// than prefetch ÷ this, per consume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle_ms: Option<f64>,
     /// The run's topology prefix (set by the parent, which deleted everything under it).
     #[serde(default)]
     pub prefix: String,
@@ -234,6 +239,9 @@ pub struct Tally {
     last: std::sync::Mutex<Option<Instant>>,
     latencies: std::sync::Mutex<Vec<u64>>,
     record_latency: bool,
+    /// Outcome → ack times of the retry scenario: total µs and how many.
+    settle_us: AtomicU64,
+    settles: AtomicU64,
     /// Cancelled when `target` messages have been counted.
     pub done: CancellationToken,
 }
@@ -252,6 +260,8 @@ impl Tally {
                 0
             })),
             record_latency,
+            settle_us: AtomicU64::new(0),
+            settles: AtomicU64::new(0),
             done: CancellationToken::new(),
         })
     }
@@ -277,6 +287,13 @@ impl Tally {
             *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
             self.done.cancel();
         }
+    }
+
+    /// Adds `n` settles that took `total` together (retry scenario).
+    pub fn settled(&self, total: Duration, n: u64) {
+        self.settle_us
+            .fetch_add(total.as_micros() as u64, Ordering::Relaxed);
+        self.settles.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Messages counted.
@@ -316,6 +333,10 @@ impl Tally {
             latency: Percentiles::of(&mut lat),
             cpu_us_per_msg: cpu.as_secs_f64() * 1e6 / messages.max(1) as f64,
             peak_rss_kib: stats::peak_rss_kib(),
+            settle_ms: match self.settles.load(Ordering::Relaxed) {
+                0 => None,
+                n => Some(self.settle_us.load(Ordering::Relaxed) as f64 / 1000.0 / n as f64),
+            },
             prefix: String::new(),
         }
     }

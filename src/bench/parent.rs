@@ -59,6 +59,9 @@ pub struct Summary {
     pub cpu_us_per_msg: f64,
     /// Peak RSS, KiB, the largest of the rounds.
     pub peak_rss_kib: u64,
+    /// Retry scenario: outcome → ack ms, median (see [`SideResult::settle_ms`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settle_ms: Option<f64>,
     /// Every round.
     pub runs: Vec<SideResult>,
 }
@@ -76,6 +79,9 @@ pub struct Ratios {
     pub cpu: f64,
     /// p99 latency ratio, median (where latency is measured).
     pub p99: Option<f64>,
+    /// Outcome → ack time ratio, median (retry scenario).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settle: Option<f64>,
     /// Peak RSS ratio (largest of each side).
     pub rss: f64,
 }
@@ -230,6 +236,10 @@ fn ratios(a: &[SideResult], b: &[SideResult]) -> Option<Ratios> {
         .clone()
         .map(|(a, b)| a.cpu_us_per_msg / b.cpu_us_per_msg)
         .collect();
+    let mut settle: Vec<f64> = pairs
+        .clone()
+        .filter_map(|(a, b)| Some(a.settle_ms? / b.settle_ms?.max(1e-6)))
+        .collect();
     let mut p99: Vec<f64> = pairs
         .filter_map(|(a, b)| Some(a.latency?.p99_us as f64 / b.latency?.p99_us.max(1) as f64))
         .collect();
@@ -241,6 +251,7 @@ fn ratios(a: &[SideResult], b: &[SideResult]) -> Option<Ratios> {
         throughput_max: tp.last().copied().unwrap_or(0.0),
         cpu: median(&mut cpu),
         p99: (!p99.is_empty()).then(|| median(&mut p99)),
+        settle: (!settle.is_empty()).then(|| median(&mut settle)),
         rss: peak(a) as f64 / peak(b).max(1) as f64,
     })
 }
@@ -270,6 +281,10 @@ fn summarize(runs: Vec<SideResult>) -> Option<Summary> {
         latency,
         cpu_us_per_msg: med(&|r| r.cpu_us_per_msg),
         peak_rss_kib: runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0),
+        settle_ms: {
+            let mut v: Vec<f64> = runs.iter().filter_map(|r| r.settle_ms).collect();
+            (!v.is_empty()).then(|| median(&mut v))
+        },
         runs,
     })
 }

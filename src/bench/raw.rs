@@ -249,7 +249,12 @@ async fn consume(
                 }
                 Some(retry) => {
                     let retry = retry.clone();
-                    tokio::spawn(async move { republish(&retry, delivery).await });
+                    let tally = tally.clone();
+                    tokio::spawn(async move {
+                        let started = Instant::now();
+                        republish(&retry, delivery).await;
+                        tally.settled(started.elapsed(), 1);
+                    });
                 }
             }
         }

@@ -242,7 +242,7 @@ where
     let exited = CancellationToken::new();
     let handler = Counted {
         inner: LogHandler,
-        tally,
+        tally: tally.clone(),
         fail,
     };
     let worker = async {
@@ -266,8 +266,32 @@ where
         r
     };
     let (worked, driven) = tokio::join!(worker, drive);
+    if fail && let Some((sum, count)) = settle_totals(&metrics) {
+        tally.settled(Duration::from_secs_f64(sum), count);
+    }
     worked?;
     driven
+}
+
+/// The worker's settle-time sum (seconds) and count, read from its Prometheus exposition as an
+/// operator's scrape would (the bench queue is the only one).
+fn settle_totals(metrics: &WorkerMetrics) -> Option<(f64, u64)> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))?
+            .rsplit(' ')
+            .next()?
+            .parse::<f64>()
+            .ok()
+    };
+    Some((
+        value("warren_worker_settle_duration_seconds_sum{")?,
+        value("warren_worker_settle_duration_seconds_count{")? as u64,
+    ))
 }
 
 /// Bridge and worker in this process, reading the parent's simulated upstream.

@@ -234,9 +234,11 @@ fn render(report: &BenchReport) -> String {
                 queue: row.queue_type.as_str(),
                 side,
                 rate: format!("{:.0}", s.msgs_per_sec),
-                latency: s.latency.map_or("-".into(), |l| {
-                    format!("{}/{}/{}", l.p50_us, l.p99_us, l.max_us)
-                }),
+                latency: match (s.latency, s.settle_ms) {
+                    (Some(l), _) => format!("{}/{}/{}", l.p50_us, l.p99_us, l.max_us),
+                    (None, Some(ms)) => format!("settle {ms:.1} ms"),
+                    (None, None) => "-".into(),
+                },
                 cpu: format!("{:.1}", s.cpu_us_per_msg),
                 rss: format!("{:.1}", s.peak_rss_kib as f64 / 1024.0),
             });
@@ -254,7 +256,11 @@ fn render(report: &BenchReport) -> String {
                     "{:.2}× ({:.2}–{:.2})",
                     r.throughput, r.throughput_min, r.throughput_max
                 ),
-                latency: r.p99.map_or("-".into(), |p| format!("p99 {p:.2}×")),
+                latency: match (r.p99, r.settle) {
+                    (Some(p), _) => format!("p99 {p:.2}×"),
+                    (None, Some(s)) => format!("settle {s:.2}×"),
+                    (None, None) => "-".into(),
+                },
                 cpu: format!("{:.2}×", r.cpu),
                 rss: format!("{:.2}×", r.rss),
             });

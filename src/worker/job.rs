@@ -55,6 +55,7 @@ impl<H: Handler> Job<H> {
         // keep the next handler from starting. Deliveries in flight stay bounded by prefetch,
         // and `_running` keeps the drain waiting for the settle.
         drop(permit);
+        let started = Instant::now();
         let settled = settle(
             &delivery,
             &disposition,
@@ -63,6 +64,9 @@ impl<H: Handler> Job<H> {
             &self.dead_letter_exchange,
         )
         .await;
+        self.metrics
+            .settle_duration
+            .observe(started.elapsed().as_secs_f64());
         self.metrics.settled(settled);
     }
 

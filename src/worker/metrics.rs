@@ -32,6 +32,9 @@ pub struct WorkerMetrics {
     pub deliveries: Family<DeliveryLabels, Counter>,
     /// Handler run time in seconds, by queue.
     pub handler_duration: Family<QueueLabels, Histogram>,
+    /// Seconds from a handler's outcome to its delivery settled (a republish and its confirm,
+    /// then the ack), by queue.
+    pub settle_duration: Family<QueueLabels, Histogram>,
     /// Handlers running now.
     pub in_flight: Gauge,
     /// Now minus the event's `ts`, in seconds, when its handler starts.
@@ -50,6 +53,9 @@ impl Default for WorkerMetrics {
             deliveries: Family::default(),
             handler_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
+            settle_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
             in_flight: Gauge::default(),
             event_lag: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
@@ -73,6 +79,12 @@ impl WorkerMetrics {
             "handler_duration_seconds",
             "Handler run time",
             self.handler_duration.clone(),
+        );
+        r.register(
+            "settle_duration_seconds",
+            "Time from a handler's outcome to its delivery settled: a retry or dead letter's \
+             republish and confirm, then the ack",
+            self.settle_duration.clone(),
         );
         r.register("in_flight", "Handlers running now", self.in_flight.clone());
         r.register(
@@ -109,6 +121,12 @@ impl WorkerMetrics {
                     queue: queue.to_string(),
                 })
                 .clone(),
+            settle_duration: self
+                .settle_duration
+                .get_or_create(&QueueLabels {
+                    queue: queue.to_string(),
+                })
+                .clone(),
             in_flight: self.in_flight.clone(),
             event_lag: self.event_lag.clone(),
         }
@@ -135,6 +153,8 @@ pub struct QueueMetrics {
     lost: Counter,
     /// Handler run time.
     pub handler_duration: Histogram,
+    /// Outcome → settled time.
+    pub settle_duration: Histogram,
     /// Handlers running now (shared by all queues).
     pub in_flight: Gauge,
     /// Event lag (shared by all queues).

@@ -34,6 +34,10 @@ fn retry_runs_at_the_given_prefetch_on_both_sides_and_cleans_up() {
     assert_eq!(row["params"]["kind"], "retry", "{row}");
     assert_eq!(row["params"]["prefetch"], 7, "{row}");
     assert!(row["ratios"].is_object(), "no warren ÷ raw: {row}");
+    assert!(
+        row["ratios"]["settle"].as_f64().unwrap_or(0.0) > 0.0,
+        "{row}"
+    );
 
     let queues = rabbitmqctl(&["list_queues", "-q", "name"]);
     let exchanges = rabbitmqctl(&["list_exchanges", "-q", "name"]);
@@ -42,6 +46,11 @@ fn retry_runs_at_the_given_prefetch_on_both_sides_and_cleans_up() {
         // A run ends only once its dead-letter queue holds every message.
         assert_eq!(run["messages"].as_u64(), Some(MESSAGES), "{side}: {run}");
         assert!(run["msgs_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{run}");
+        // Each side timed its settles (failure → republish confirmed → ack).
+        assert!(
+            run["settle_ms"].as_f64().unwrap_or(0.0) > 0.0,
+            "{side}: {run}"
+        );
         let prefix = run["prefix"].as_str().expect("prefix");
         assert!(prefix.starts_with("bench-"), "{run}");
         for name in queues.lines().chain(exchanges.lines()) {

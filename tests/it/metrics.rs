@@ -121,6 +121,7 @@ async fn worker_metrics_move_and_readiness_follows_the_broker_connection() {
     let body = get(&addr, "/metrics").await.1;
     for series in [
         "warren_worker_handler_duration_seconds_bucket",
+        "warren_worker_settle_duration_seconds_bucket",
         "warren_worker_event_lag_seconds_bucket",
         "warren_worker_in_flight",
         "warren_worker_reconnects_total",
