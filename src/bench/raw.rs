@@ -39,6 +39,13 @@ fn fail(what: &str) -> impl Fn(lapin::Error) -> Error + '_ {
     move |e| Error::Other(format!("raw {what}: {e}"))
 }
 
+/// Closes a connection, giving up after 5 s: lapin's close has no deadline of its own, and a
+/// bench run once hung on one after its connection's I/O thread had gone.
+async fn close(conn: &Connection) {
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bench done".into())).await;
+}
+
 /// A confirm-mode channel on `conn`.
 async fn publish_channel(conn: &Connection) -> Result<Channel, Error> {
     let ch = conn.create_channel().await.map_err(fail("channel"))?;
@@ -94,7 +101,7 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
                 tally.wait(RUN_LIMIT, "raw pipeline").await
             };
             let waited = until_done(run, &mut consumer).await;
-            let _ = driver.close(200, "bench done".into()).await;
+            close(&driver).await;
             waited.map(|()| tally.result(Side::Raw, cpu_before))
         }
         Scenario::Retry { .. } => {
@@ -122,7 +129,7 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
                 count_depth_raw(url, &spec0.dlq(), &tally).await
             };
             let waited = until_done(run, &mut consumer).await;
-            let _ = driver.close(200, "bench done".into()).await;
+            close(&driver).await;
             waited.map(|()| tally.result(Side::Raw, cpu_before))
         }
         Scenario::EndToEnd => {
@@ -139,11 +146,11 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
                 }
             };
             let waited = until_done(run, &mut consumer).await;
-            let _ = driver.close(200, "bench done".into()).await;
+            close(&driver).await;
             waited.map(|()| tally.result(Side::Raw, cpu_before))
         }
     };
-    let _ = conn.close(200, "bench done".into()).await;
+    close(&conn).await;
     outcome
 }
 
@@ -434,6 +441,6 @@ pub async fn publish_prepared(
         check(r)?;
     }
     let took = started.elapsed();
-    let _ = conn.close(200, "bench done".into()).await;
+    close(&conn).await;
     Ok(took)
 }
