@@ -99,17 +99,19 @@ fn expand(names: &[ScenarioName], prefetches: &[u16]) -> Vec<Scenario> {
     if has(ScenarioName::Publish) {
         out.extend([1, 16, 256, 1024].map(|window| Scenario::Publish { window }));
     }
-    if has(ScenarioName::Consume) {
-        let default = [1, 10, 100, 1000];
-        let prefetches = if prefetches.is_empty() {
-            &default[..]
+    // --prefetch, or the scenario's own default list.
+    let prefetch_or = |default: &'static [u16]| {
+        if prefetches.is_empty() {
+            default.to_vec()
         } else {
-            prefetches
-        };
+            prefetches.to_vec()
+        }
+    };
+    if has(ScenarioName::Consume) {
         out.extend(
-            prefetches
-                .iter()
-                .map(|&prefetch| Scenario::Consume { prefetch }),
+            prefetch_or(&[1, 10, 100, 1000])
+                .into_iter()
+                .map(|prefetch| Scenario::Consume { prefetch }),
         );
     }
     if has(ScenarioName::Saturation) {
@@ -122,16 +124,10 @@ fn expand(names: &[ScenarioName], prefetches: &[u16]) -> Vec<Scenario> {
         out.extend([10, 25, 50, 75].map(|percent| Scenario::Latency { percent }));
     }
     if has(ScenarioName::Retry) {
-        let default = [PIPELINE_PREFETCH];
-        let prefetches = if prefetches.is_empty() {
-            &default[..]
-        } else {
-            prefetches
-        };
         out.extend(
-            prefetches
-                .iter()
-                .map(|&prefetch| Scenario::Retry { prefetch }),
+            prefetch_or(&[PIPELINE_PREFETCH])
+                .into_iter()
+                .map(|prefetch| Scenario::Retry { prefetch }),
         );
     }
     out
