@@ -6,16 +6,17 @@
 //! which the caller must check. Many callers each waiting for their own confirm use
 //! [`super::BatchPublisher`] instead, which does that matching for them.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesOrdered;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use tokio::sync::Mutex;
+use tokio::time::{Instant, Sleep};
 
 use super::{AmqpError, timed};
 
@@ -111,6 +112,7 @@ async fn send_on(
         exchange: msg.exchange.to_string(),
         routing_key: msg.routing_key.to_string(),
         timeout,
+        deadline: Instant::now() + timeout,
     })
 }
 
@@ -129,24 +131,38 @@ pub struct Confirm {
     exchange: String,
     routing_key: String,
     timeout: Duration,
+    /// When the confirm is overdue: `timeout` after the send.
+    deadline: Instant,
 }
 
 impl Confirm {
     /// Waits for the broker's confirm. Only a plain ack of a routed message is `Ok`.
-    pub async fn wait(self) -> Result<(), AmqpError> {
+    pub async fn wait(mut self) -> Result<(), AmqpError> {
+        match tokio::time::timeout_at(self.deadline, &mut self.inner).await {
+            Ok(r) => self.outcome(r),
+            Err(_) => Err(self.overdue()),
+        }
+    }
+
+    fn overdue(&self) -> AmqpError {
+        AmqpError::Timeout {
+            op: format!(
+                "confirm of publish to {}",
+                target(&self.exchange, &self.routing_key)
+            ),
+            after: self.timeout,
+        }
+    }
+
+    /// What the broker's answer means for this publish.
+    fn outcome(&self, answer: lapin::Result<Confirmation>) -> Result<(), AmqpError> {
         let target = || target(&self.exchange, &self.routing_key);
-        let confirmation = match tokio::time::timeout(self.timeout, self.inner).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(source)) => {
+        let confirmation = match answer {
+            Ok(c) => c,
+            Err(source) => {
                 return Err(AmqpError::Broker {
                     op: format!("confirm of publish to {}", target()),
                     source,
-                });
-            }
-            Err(_) => {
-                return Err(AmqpError::Timeout {
-                    op: format!("confirm of publish to {}", target()),
-                    after: self.timeout,
                 });
             }
         };
@@ -176,22 +192,30 @@ fn returned_id(returned: &lapin::message::BasicReturnMessage) -> Option<String> 
         .map(|id| id.to_string())
 }
 
-type Pending<T> = Pin<Box<dyn Future<Output = (T, Result<(), AmqpError>)> + Send>>;
-
 /// At most `capacity` confirms outstanding, yielded in publish order. A caller that publishes
 /// while [`ConfirmWindow::is_full`] is false and drains with [`ConfirmWindow::next`] otherwise
 /// never waits for one confirm per message, and never holds more than `capacity` unconfirmed.
+///
+/// Only the oldest confirm is polled and timed, by one timer reset as the head moves: the broker
+/// confirms in publish order, and a per-confirm timer would cost a timer-wheel entry for every
+/// message in flight.
 pub struct ConfirmWindow<T> {
-    pending: FuturesOrdered<Pending<T>>,
+    pending: VecDeque<(T, Confirm)>,
     capacity: usize,
+    /// The head's deadline (made on first use, so a window can be built outside a runtime),
+    /// armed for `armed`.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: Option<Instant>,
 }
 
 impl<T: Send + 'static> ConfirmWindow<T> {
     /// A window of `capacity` (at least 1) outstanding confirms.
     pub fn new(capacity: usize) -> Self {
         Self {
-            pending: FuturesOrdered::new(),
+            pending: VecDeque::new(),
             capacity: capacity.max(1),
+            timer: None,
+            armed: None,
         }
     }
 
@@ -212,12 +236,39 @@ impl<T: Send + 'static> ConfirmWindow<T> {
 
     /// Tracks a confirm, tagged with whatever the caller needs back (an event id, a delivery).
     pub fn push(&mut self, tag: T, confirm: Confirm) {
-        self.pending
-            .push_back(Box::pin(async move { (tag, confirm.wait().await) }));
+        self.pending.push_back((tag, confirm));
     }
 
-    /// The oldest outstanding confirm, once it has resolved.
+    /// The oldest outstanding confirm, once it has resolved or is overdue. Cancel-safe: a
+    /// confirm leaves the window only when it is returned.
     pub async fn next(&mut self) -> Option<(T, Result<(), AmqpError>)> {
-        self.pending.next().await
+        std::future::poll_fn(|cx| self.poll_head(cx)).await
+    }
+
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Option<(T, Result<(), AmqpError>)>> {
+        let Some((_, head)) = self.pending.front_mut() else {
+            return Poll::Ready(None);
+        };
+        let result = match Pin::new(&mut head.inner).poll(cx) {
+            Poll::Ready(answer) => head.outcome(answer),
+            Poll::Pending => {
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(head.deadline)));
+                if self.armed != Some(head.deadline) {
+                    timer.as_mut().reset(head.deadline);
+                    self.armed = Some(head.deadline);
+                }
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                Err(head.overdue())
+            }
+        };
+        self.pending
+            .pop_front()
+            .map_or(Poll::Ready(None), |(tag, _)| {
+                Poll::Ready(Some((tag, result)))
+            })
     }
 }

@@ -180,3 +180,71 @@ async fn overdue_confirms_time_out_and_close_the_channel() {
     proxy.set(Mode::Pass);
     t.cleanup(&conn).await;
 }
+
+/// `ConfirmWindow` (the bridge's and `dlq replay`'s pipelined confirms) yields confirms in
+/// publish order, survives being cancelled mid-wait without losing one, and turns a confirm
+/// that never comes (the connection black-holed) into a timeout for each message in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirm_window_yields_in_order_is_cancel_safe_and_times_out_overdue_confirms() {
+    let t = TestTopology::fast("window");
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let url: amqp::AmqpUrl = proxy.amqp_url(60).parse().unwrap();
+    let via = amqp::connect(&url, "test", "publish").await.unwrap();
+    let publisher = amqp::Publisher::open(&via)
+        .await
+        .unwrap()
+        .with_confirm_timeout(Duration::from_secs(2));
+    let send = |id: &'static str| {
+        let (publisher, work) = (publisher.clone(), work.clone());
+        async move {
+            publisher
+                .send(Message {
+                    exchange: "",
+                    routing_key: &work,
+                    body: b"{}",
+                    properties: properties(id),
+                    mandatory: true,
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let mut window = amqp::ConfirmWindow::new(16);
+    for id in ["a", "b", "c"] {
+        window.push(id, send(id).await);
+    }
+    let mut got = Vec::new();
+    while let Some((id, r)) = window.next().await {
+        assert!(r.is_ok(), "{id}: {r:?}");
+        got.push(id);
+    }
+    assert_eq!(got, ["a", "b", "c"]);
+
+    proxy.set(Mode::BlackHole);
+    let started = std::time::Instant::now();
+    for id in ["x", "y"] {
+        window.push(id, send(id).await);
+    }
+    // Cancelled waits give nothing back and take nothing away.
+    for _ in 0..3 {
+        let cancelled = tokio::time::timeout(Duration::from_millis(100), window.next()).await;
+        assert!(cancelled.is_err(), "{cancelled:?}");
+        assert_eq!(window.len(), 2);
+    }
+    let mut overdue = Vec::new();
+    while let Some((id, r)) = window.next().await {
+        assert!(matches!(r, Err(AmqpError::Timeout { .. })), "{id}: {r:?}");
+        overdue.push(id);
+    }
+    assert_eq!(overdue, ["x", "y"]);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    proxy.set(Mode::Pass);
+    t.cleanup(&conn).await;
+}
