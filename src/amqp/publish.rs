@@ -202,10 +202,8 @@ fn returned_id(returned: &lapin::message::BasicReturnMessage) -> Option<String> 
 pub struct ConfirmWindow<T> {
     pending: VecDeque<(T, Confirm)>,
     capacity: usize,
-    /// The head's deadline (made on first use, so a window can be built outside a runtime),
-    /// armed for `armed`.
+    /// The head's deadline (made on first use, so a window can be built outside a runtime).
     timer: Option<Pin<Box<Sleep>>>,
-    armed: Option<Instant>,
 }
 
 impl<T: Send + 'static> ConfirmWindow<T> {
@@ -215,7 +213,6 @@ impl<T: Send + 'static> ConfirmWindow<T> {
             pending: VecDeque::new(),
             capacity: capacity.max(1),
             timer: None,
-            armed: None,
         }
     }
 
@@ -255,9 +252,8 @@ impl<T: Send + 'static> ConfirmWindow<T> {
                 let timer = self
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(head.deadline)));
-                if self.armed != Some(head.deadline) {
+                if timer.deadline() != head.deadline {
                     timer.as_mut().reset(head.deadline);
-                    self.armed = Some(head.deadline);
                 }
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;

@@ -18,6 +18,14 @@ fn properties(id: &str) -> BasicProperties {
         .with_delivery_mode(2)
 }
 
+/// A publishing connection through a proxy the test can black-hole.
+async fn through_proxy() -> (Proxy, amqp::Connection) {
+    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let url: amqp::AmqpUrl = proxy.amqp_url(60).parse().unwrap();
+    let via = amqp::connect(&url, "test", "publish").await.unwrap();
+    (proxy, via)
+}
+
 /// Publishes `{}` with message id `id` straight to `queue`.
 async fn publish_one(publisher: &BatchPublisher, queue: &str, id: &str) -> Result<(), AmqpError> {
     publisher
@@ -151,9 +159,7 @@ async fn overdue_confirms_time_out_and_close_the_channel() {
     let conn = connect().await;
     t.apply(&conn).await;
     let work = t.queue("work");
-    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
-    let url: amqp::AmqpUrl = proxy.amqp_url(60).parse().unwrap();
-    let via = amqp::connect(&url, "test", "publish").await.unwrap();
+    let (proxy, via) = through_proxy().await;
     let publisher = BatchPublisher::open(&via, 1)
         .await
         .unwrap()
@@ -190,9 +196,7 @@ async fn a_confirm_window_yields_in_order_is_cancel_safe_and_times_out_overdue_c
     let conn = connect().await;
     t.apply(&conn).await;
     let work = t.queue("work");
-    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
-    let url: amqp::AmqpUrl = proxy.amqp_url(60).parse().unwrap();
-    let via = amqp::connect(&url, "test", "publish").await.unwrap();
+    let (proxy, via) = through_proxy().await;
     let publisher = amqp::Publisher::open(&via)
         .await
         .unwrap()
