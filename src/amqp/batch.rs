@@ -1,58 +1,65 @@
-//! Publishing for many concurrent callers, each waiting for its own confirm, pipelined in
-//! batches on a few channels: the worker's retry and dead-letter republishes.
+//! Publishing for many concurrent callers, each waiting for its own confirm: the worker's
+//! retry and dead-letter republishes. Publishes are pipelined on a few confirm-mode channels
+//! ("lanes"), and each caller is answered as soon as its own confirm is in.
 //!
-//! lapin hands a returned (unroutable) message to whichever confirm of the same ack frame it
-//! completes first, not to the publish it belongs to. A batch therefore owns its channel from
-//! its first publish until its last confirm: the broker returns a message before it acks it,
-//! so once every confirm of the batch is in, every return of the batch is too, and no other
-//! batch's. Returns are then matched to publishes by exchange, routing key, `message_id` and
-//! body, and a batch never holds two publishes that match alike. A return that matches no
-//! publish fails the whole batch: a message kept is at worst a duplicate, one acked wrongly
-//! would be lost.
+//! lapin hands a returned (unroutable) message to the first confirm it completes after the
+//! return arrived, whichever publish that confirm belongs to. The broker sends a message's
+//! return before its ack, so the confirm that carries the return completes, and wakes its
+//! poller, no later than the message's own. A lane therefore keeps every confirm of its
+//! channel, each with its own waker, and answers callers only once no confirm is left woken
+//! and unpolled: every confirm completed before one it answers has then been seen, and with
+//! it every return. Returns are matched to publishes by exchange, routing key, `message_id`
+//! and body, and a lane never has two publishes in flight that match alike. A return that
+//! matches none fails every publish in flight on the lane: a message kept is at worst a
+//! duplicate, one acked wrongly would be lost.
 //!
-//! Requests arriving while every channel's batch is out wait for the next batch, so under load
-//! a batch grows to whatever arrived during one confirm round trip: one multiple-ack frame from
-//! the broker settles it, where one publish in flight per channel needs a frame and a wake-up
-//! per message.
+//! Requests that arrive while a lane is writing go out together as the next group, so frames
+//! are written in runs under load, while no caller waits for another's confirm.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::future::{Future, poll_fn};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::task::AtomicWaker;
 use lapin::message::BasicReturnMessage;
 use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::publish::{CONFIRM_TIMEOUT, confirm_channel, target};
 use super::{AmqpError, Message};
 
-/// The most publishes one batch takes; the rest wait for the next.
-const MAX_BATCH: usize = 256;
+/// The most requests a lane takes off its queue for one group of writes.
+const MAX_GROUP: usize = 256;
 
-/// Confirm-mode channels fed by one batching task. Cheap to clone; clones share the task, which
-/// ends once every clone is dropped and its last batch is settled.
+/// Confirm-mode channels, each fed by its own task. Cheap to clone; clones share the tasks,
+/// which end once every clone is dropped and their last confirms are in.
 #[derive(Clone)]
 pub struct BatchPublisher {
-    requests: mpsc::UnboundedSender<Request>,
-    channels: Arc<[Channel]>,
+    lanes: Arc<[Lane]>,
     confirm_timeout: Duration,
     stats: Arc<BatchStats>,
 }
 
-/// How many batches went out, and how many publishes they held.
+/// How many groups of writes went out, and how many publishes they held.
 #[derive(Debug, Default)]
 pub struct BatchStats {
-    /// Batches sent.
+    /// Groups written.
     pub batches: AtomicU64,
     /// Publishes sent in them.
     pub messages: AtomicU64,
+}
+
+struct Lane {
+    requests: mpsc::UnboundedSender<Request>,
+    channel: Channel,
 }
 
 struct Request {
@@ -65,24 +72,25 @@ struct Request {
     key: u64,
     /// When the caller stops waiting.
     deadline: Instant,
+    /// How long the caller waits, for the error it gets when the confirm is overdue.
+    timeout: Duration,
     reply: oneshot::Sender<Result<(), AmqpError>>,
 }
 
 impl BatchPublisher {
-    /// Opens `channels` (at least one) confirm-mode channels on `conn` and starts the task
-    /// that batches publishes onto them.
+    /// Opens `channels` (at least one) confirm-mode channels on `conn`, each with the task
+    /// that publishes onto it.
     pub async fn open(conn: &Connection, channels: usize) -> Result<Self, AmqpError> {
-        let mut opened = Vec::with_capacity(channels.max(1));
-        for _ in 0..channels.max(1) {
-            opened.push(confirm_channel(conn).await?);
-        }
-        let channels: Arc<[Channel]> = opened.into();
-        let (requests, queue) = mpsc::unbounded_channel();
         let stats = Arc::new(BatchStats::default());
-        tokio::spawn(drive(channels.clone(), queue, stats.clone()));
+        let mut lanes = Vec::with_capacity(channels.max(1));
+        for _ in 0..channels.max(1) {
+            let channel = confirm_channel(conn).await?;
+            let (requests, queue) = mpsc::unbounded_channel();
+            tokio::spawn(run_lane(channel.clone(), queue, stats.clone()));
+            lanes.push(Lane { requests, channel });
+        }
         Ok(Self {
-            requests,
-            channels,
+            lanes: lanes.into(),
             confirm_timeout: CONFIRM_TIMEOUT,
             stats,
         })
@@ -98,48 +106,55 @@ impl BatchPublisher {
     /// message is `Ok`. After the deadline the caller gets [`AmqpError::Timeout`], and a
     /// message not yet sent by then is never sent.
     pub async fn publish(&self, msg: Message<'_>) -> Result<(), AmqpError> {
+        let key = identity(
+            msg.exchange,
+            msg.routing_key,
+            msg.properties.message_id().as_ref().map(|id| id.as_str()),
+            msg.body,
+        );
         let (reply, answer) = oneshot::channel();
         let request = Request {
-            key: identity(
-                msg.exchange,
-                msg.routing_key,
-                msg.properties.message_id().as_ref().map(|id| id.as_str()),
-                msg.body,
-            ),
+            key,
             exchange: msg.exchange.to_string(),
             routing_key: msg.routing_key.to_string(),
             body: msg.body.to_vec(),
             properties: msg.properties,
             mandatory: msg.mandatory,
             deadline: Instant::now() + self.confirm_timeout,
+            timeout: self.confirm_timeout,
             reply,
         };
         let closed = || AmqpError::Closed {
             op: format!("publish to {}", target(msg.exchange, msg.routing_key)),
         };
-        self.requests.send(request).map_err(|_| closed())?;
+        // Look-alikes share a lane, which keeps them apart (see `Flight::admits`).
+        let lane = &self.lanes[(key % self.lanes.len() as u64) as usize];
+        lane.requests.send(request).map_err(|_| closed())?;
         match tokio::time::timeout(self.confirm_timeout, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(closed()),
-            Err(_) => Err(AmqpError::Timeout {
-                op: format!(
-                    "confirm of publish to {}",
-                    target(msg.exchange, msg.routing_key)
-                ),
-                after: self.confirm_timeout,
-            }),
+            Err(_) => Err(overdue(msg.exchange, msg.routing_key, self.confirm_timeout)),
         }
     }
 
     /// True while every channel can publish. A channel that owes confirms past the deadline
     /// is closed, so this turns false: the owner should replace the publisher.
     pub fn is_open(&self) -> bool {
-        !self.requests.is_closed() && self.channels.iter().all(|c| c.status().connected())
+        self.lanes
+            .iter()
+            .all(|l| !l.requests.is_closed() && l.channel.status().connected())
     }
 
-    /// Batches and publishes sent so far.
+    /// Groups and publishes sent so far.
     pub fn stats(&self) -> &BatchStats {
         &self.stats
+    }
+}
+
+fn overdue(exchange: &str, routing_key: &str, after: Duration) -> AmqpError {
+    AmqpError::Timeout {
+        op: format!("confirm of publish to {}", target(exchange, routing_key)),
+        after,
     }
 }
 
@@ -160,173 +175,6 @@ fn returned_identity(r: &BasicReturnMessage) -> u64 {
     )
 }
 
-/// The batching task: queues requests, and whenever a channel is free, sends it the next
-/// batch.
-async fn drive(
-    channels: Arc<[Channel]>,
-    mut requests: mpsc::UnboundedReceiver<Request>,
-    stats: Arc<BatchStats>,
-) {
-    let mut free: Vec<usize> = (0..channels.len()).rev().collect();
-    let mut queue = VecDeque::new();
-    let mut busy = FuturesUnordered::new();
-    let mut open = true;
-    loop {
-        while let Some(&lane) = free.last() {
-            let batch = next_batch(&mut queue);
-            if batch.is_empty() {
-                break;
-            }
-            free.pop();
-            stats.batches.fetch_add(1, Ordering::Relaxed);
-            stats
-                .messages
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            busy.push(run_batch(channels[lane].clone(), batch).map(move |()| lane));
-        }
-        if !open && queue.is_empty() && busy.is_empty() {
-            return;
-        }
-        tokio::select! {
-            request = requests.recv(), if open => match request {
-                Some(r) => {
-                    queue.push_back(r);
-                    while let Ok(r) = requests.try_recv() {
-                        queue.push_back(r);
-                    }
-                }
-                None => open = false,
-            },
-            Some(lane) = busy.next() => free.push(lane),
-            else => return,
-        }
-    }
-}
-
-/// Takes up to [`MAX_BATCH`] requests in order, leaving for later any that a return could not
-/// tell apart from one already taken, and dropping those whose caller stopped waiting.
-fn next_batch(queue: &mut VecDeque<Request>) -> Vec<Request> {
-    let mut batch = Vec::new();
-    let mut keys = HashSet::new();
-    let mut later = VecDeque::new();
-    while batch.len() < MAX_BATCH
-        && let Some(r) = queue.pop_front()
-    {
-        if r.reply.is_closed() {
-            continue;
-        }
-        if keys.insert(r.key) {
-            batch.push(r);
-        } else {
-            later.push_back(r);
-        }
-    }
-    later.append(queue);
-    *queue = later;
-    batch
-}
-
-/// Sends the batch, waits for every confirm, then answers each caller. A batch whose confirms
-/// are not all in when its last caller stops waiting closes its channel: a confirm that never
-/// comes would hold the channel, and every batch after it, forever.
-async fn run_batch(channel: Channel, batch: Vec<Request>) {
-    let deadline = batch.iter().map(|r| r.deadline).max();
-    let confirmed = async {
-        // All sends start at once, so their frames go out together, in order.
-        let sent = join_all(batch.iter().map(|r| {
-            channel.basic_publish(
-                r.exchange.as_str().into(),
-                r.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: r.mandatory,
-                    immediate: false,
-                },
-                &r.body,
-                r.properties.clone(),
-            )
-        }))
-        .await;
-        join_all(sent.into_iter().map(|s| async move {
-            match s {
-                Ok(confirm) => Ok(confirm.await),
-                Err(source) => Err(source),
-            }
-        }))
-        .await
-    };
-    let confirms =
-        match tokio::time::timeout_at(deadline.unwrap_or_else(Instant::now), confirmed).await {
-            Ok(confirms) => confirms,
-            Err(_) => {
-                tracing::warn!(
-                    channel = channel.id(),
-                    publishes = batch.len(),
-                    "Confirms overdue; closing the publishing channel."
-                );
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    channel.close(200, "confirms overdue".into()),
-                )
-                .await;
-                // Every caller has stopped waiting by now.
-                return;
-            }
-        };
-
-    let mut returned = vec![None; batch.len()];
-    let mut unattributed = None;
-    let index: HashMap<u64, usize> = batch.iter().enumerate().map(|(i, r)| (r.key, i)).collect();
-    for message in confirms.iter().filter_map(|c| match c {
-        Ok(Ok(Confirmation::Ack(Some(m)) | Confirmation::Nack(Some(m)))) => Some(m),
-        _ => None,
-    }) {
-        let reply = format!("{} {}", message.reply_code, message.reply_text);
-        match index.get(&returned_identity(message)) {
-            Some(&i) if matches_request(message, &batch[i]) => returned[i] = Some(reply),
-            _ => unattributed = Some(reply),
-        }
-    }
-
-    for ((request, confirm), returned) in batch.into_iter().zip(confirms).zip(returned) {
-        let target = || target(&request.exchange, &request.routing_key);
-        let message_id = || {
-            request
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|id| id.to_string())
-        };
-        let result = match confirm {
-            Err(source) => Err(AmqpError::Broker {
-                op: format!("publish to {}", target()),
-                source,
-            }),
-            Ok(Err(source)) => Err(AmqpError::Broker {
-                op: format!("confirm of publish to {}", target()),
-                source,
-            }),
-            Ok(Ok(Confirmation::Nack(_))) => Err(AmqpError::Nacked {
-                target: target(),
-                returned: returned.is_some().then(message_id),
-            }),
-            Ok(Ok(Confirmation::NotRequested)) => Err(AmqpError::NotConfirmed { target: target() }),
-            Ok(Ok(Confirmation::Ack(_))) => match returned.or_else(|| {
-                unattributed.as_ref().map(|reply| {
-                    format!("{reply}, a message of the same batch that cannot be told apart")
-                })
-            }) {
-                Some(reply) => Err(AmqpError::Returned {
-                    target: target(),
-                    reply,
-                    message_id: message_id(),
-                }),
-                None => Ok(()),
-            },
-        };
-        let _ = request.reply.send(result);
-    }
-}
-
 /// True when a returned message is this request's publish, not a hash collision.
 fn matches_request(m: &BasicReturnMessage, r: &Request) -> bool {
     let d = &m.delivery;
@@ -334,4 +182,333 @@ fn matches_request(m: &BasicReturnMessage, r: &Request) -> bool {
         && d.routing_key.as_str() == r.routing_key
         && d.properties.message_id() == r.properties.message_id()
         && d.data == r.body
+}
+
+/// One publish sent on a lane and not yet answered.
+struct Sent {
+    request: Request,
+    /// `None` once it completed, into `outcome`.
+    confirm: Option<PublisherConfirm>,
+    outcome: Option<lapin::Result<Confirmation>>,
+    /// The broker's reply, when this publish came back unroutable.
+    returned: Option<String>,
+    /// Notes this publish in [`Woken`] when its confirm may have completed.
+    waker: Waker,
+}
+
+/// Which confirms of a lane were woken, in the order they were, and the lane's task to wake.
+#[derive(Default)]
+struct Woken {
+    ids: Mutex<Vec<u64>>,
+    lane: AtomicWaker,
+}
+
+struct SlotWaker {
+    id: u64,
+    woken: Arc<Woken>,
+}
+
+impl Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        lock(&self.woken.ids).push(self.id);
+        self.woken.lane.wake();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Everything a lane has sent and not answered, by the order sent.
+#[derive(Default)]
+struct Flight {
+    sent: BTreeMap<u64, Sent>,
+    keys: HashSet<u64>,
+    next_id: u64,
+    woken: Arc<Woken>,
+    /// Ids taken from `woken`, reused between polls.
+    taken: Vec<u64>,
+}
+
+impl Flight {
+    /// False while a publish that a return could not tell apart from `r` is in flight.
+    fn admits(&self, r: &Request) -> bool {
+        !self.keys.contains(&r.key)
+    }
+
+    fn push(&mut self, request: Request, confirm: PublisherConfirm) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.keys.insert(request.key);
+        let waker = Waker::from(Arc::new(SlotWaker {
+            id,
+            woken: self.woken.clone(),
+        }));
+        // Never polled yet, so no wake-up would name it: it is looked at on the next poll.
+        lock(&self.woken.ids).push(id);
+        self.sent.insert(
+            id,
+            Sent {
+                request,
+                confirm: Some(confirm),
+                outcome: None,
+                returned: None,
+                waker,
+            },
+        );
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sent.is_empty()
+    }
+
+    /// Polls the confirms woken since the last call, again and again until none was, then
+    /// answers every completed publish. `Ready` once it answered at least one.
+    ///
+    /// Why until none was: lapin completes confirms one after another, each waking its
+    /// poller as it does. So when a confirm is seen complete, every confirm completed before
+    /// it (among them any that carries its return) has already been woken, and is polled
+    /// before the list of woken confirms runs dry. Then every return owed to a completed
+    /// publish is in hand.
+    fn poll_settle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.woken.lane.register(cx.waker());
+        let mut returns = Vec::new();
+        let mut completed = Vec::new();
+        loop {
+            std::mem::swap(&mut self.taken, &mut *lock(&self.woken.ids));
+            if self.taken.is_empty() {
+                break;
+            }
+            for id in self.taken.drain(..) {
+                let Some(s) = self.sent.get_mut(&id) else {
+                    continue;
+                };
+                let Some(confirm) = &mut s.confirm else {
+                    continue;
+                };
+                let Poll::Ready(outcome) =
+                    Pin::new(confirm).poll(&mut Context::from_waker(&s.waker))
+                else {
+                    continue;
+                };
+                // The return goes to the publish it belongs to, which may be another.
+                let outcome = match outcome {
+                    Ok(Confirmation::Ack(Some(m))) => {
+                        returns.push(m);
+                        Ok(Confirmation::Ack(None))
+                    }
+                    Ok(Confirmation::Nack(Some(m))) => {
+                        returns.push(m);
+                        Ok(Confirmation::Nack(None))
+                    }
+                    other => other,
+                };
+                s.confirm = None;
+                s.outcome = Some(outcome);
+                completed.push(id);
+            }
+        }
+        if completed.is_empty() {
+            return Poll::Pending;
+        }
+        for message in &returns {
+            self.attribute(message);
+        }
+        for id in completed {
+            if let Some(s) = self.sent.remove(&id) {
+                self.keys.remove(&s.request.key);
+                if let Some(outcome) = s.outcome {
+                    answer(s.request, outcome, s.returned);
+                }
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// Marks the publish a return belongs to, or, when none matches, every publish in flight.
+    fn attribute(&mut self, message: &BasicReturnMessage) {
+        let reply = format!("{} {}", message.reply_code, message.reply_text);
+        let key = returned_identity(message);
+        if let Some(s) = self
+            .sent
+            .values_mut()
+            .find(|s| s.request.key == key && matches_request(message, &s.request))
+        {
+            s.returned = Some(reply);
+            return;
+        }
+        tracing::warn!(%reply, "A returned message matches no publish in flight; failing them all.");
+        for s in self.sent.values_mut() {
+            s.returned.get_or_insert_with(|| {
+                format!("{reply}, a message in flight with it that cannot be told apart")
+            });
+        }
+    }
+
+    /// When the oldest publish in flight stops waiting for its confirm.
+    fn deadline(&self) -> Option<Instant> {
+        self.sent.first_key_value().map(|(_, s)| s.request.deadline)
+    }
+
+    fn into_requests(self) -> impl Iterator<Item = Request> {
+        self.sent.into_values().map(|s| s.request)
+    }
+}
+
+fn answer(request: Request, outcome: lapin::Result<Confirmation>, returned: Option<String>) {
+    let target = || target(&request.exchange, &request.routing_key);
+    let message_id = || {
+        request
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string())
+    };
+    let result = match outcome {
+        Err(source) => Err(AmqpError::Broker {
+            op: format!("confirm of publish to {}", target()),
+            source,
+        }),
+        Ok(Confirmation::Nack(_)) => Err(AmqpError::Nacked {
+            target: target(),
+            returned: returned.is_some().then(message_id),
+        }),
+        Ok(Confirmation::NotRequested) => Err(AmqpError::NotConfirmed { target: target() }),
+        Ok(Confirmation::Ack(_)) => match returned {
+            Some(reply) => Err(AmqpError::Returned {
+                target: target(),
+                reply,
+                message_id: message_id(),
+            }),
+            None => Ok(()),
+        },
+    };
+    let _ = request.reply.send(result);
+}
+
+/// A lane's task: writes requests in groups, answers each caller when its confirm is in, and
+/// closes the channel when a confirm is overdue or a write fails. Ends when every sender is
+/// gone and nothing is left in flight, or when it closed its channel.
+async fn run_lane(
+    channel: Channel,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    stats: Arc<BatchStats>,
+) {
+    let mut flight = Flight::default();
+    // Requests held back while a look-alike is in flight, in arrival order.
+    let mut held: VecDeque<Request> = VecDeque::new();
+    let mut arrived = Vec::new();
+    let mut open = true;
+    let mut keys = HashSet::new();
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
+    loop {
+        let mut group = Vec::new();
+        let mut later = VecDeque::new();
+        keys.clear();
+        for r in held.drain(..).chain(arrived.drain(..)) {
+            if r.reply.is_closed() {
+                // The caller stopped waiting: never send it.
+            } else if flight.admits(&r) && keys.insert(r.key) {
+                group.push(r);
+            } else {
+                later.push_back(r);
+            }
+        }
+        held = later;
+        if !group.is_empty() && !send_group(&channel, group, &mut flight, &stats).await {
+            close(&channel, "a publish could not be written", flight, held).await;
+            return;
+        }
+        if !open && flight.is_empty() && held.is_empty() {
+            return;
+        }
+        if let Some(deadline) = flight.deadline()
+            && timer.deadline() != deadline
+        {
+            timer.as_mut().reset(deadline);
+        }
+        // Answers first: under a steady stream of requests the lane must not only write.
+        tokio::select! {
+            biased;
+            () = poll_fn(|cx| flight.poll_settle(cx)) => {}
+            n = requests.recv_many(&mut arrived, MAX_GROUP), if open => {
+                if n == 0 {
+                    open = false;
+                }
+            }
+            () = &mut timer, if !flight.is_empty() => {
+                tracing::warn!(
+                    channel = channel.id(),
+                    publishes = flight.sent.len(),
+                    "Confirms overdue; closing the publishing channel."
+                );
+                close(&channel, "confirms overdue", flight, held).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Writes a group, all sends at once so their frames go out together, in order. Every
+/// confirm goes into `flight` before the lane looks at any: a confirm the lane did not hold
+/// could carry another publish's return. False when a write failed.
+async fn send_group(
+    channel: &Channel,
+    group: Vec<Request>,
+    flight: &mut Flight,
+    stats: &BatchStats,
+) -> bool {
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats
+        .messages
+        .fetch_add(group.len() as u64, Ordering::Relaxed);
+    let sent = join_all(group.iter().map(|r| {
+        channel.basic_publish(
+            r.exchange.as_str().into(),
+            r.routing_key.as_str().into(),
+            BasicPublishOptions {
+                mandatory: r.mandatory,
+                immediate: false,
+            },
+            &r.body,
+            r.properties.clone(),
+        )
+    }))
+    .await;
+    let mut ok = true;
+    for (request, sent) in group.into_iter().zip(sent) {
+        match sent {
+            Ok(confirm) => flight.push(request, confirm),
+            Err(source) => {
+                ok = false;
+                let op = format!(
+                    "publish to {}",
+                    target(&request.exchange, &request.routing_key)
+                );
+                let _ = request.reply.send(Err(AmqpError::Broker { op, source }));
+            }
+        }
+    }
+    ok
+}
+
+/// Closes the lane's channel and fails everything it still holds. A publish in flight may
+/// have been confirmed; its caller keeps the message, a duplicate at worst.
+async fn close(channel: &Channel, why: &str, flight: Flight, held: VecDeque<Request>) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), channel.close(200, why.into())).await;
+    for r in flight.into_requests().chain(held) {
+        let error = if Instant::now() >= r.deadline {
+            overdue(&r.exchange, &r.routing_key, r.timeout)
+        } else {
+            AmqpError::Closed {
+                op: format!("publish to {} ({why})", target(&r.exchange, &r.routing_key)),
+            }
+        };
+        let _ = r.reply.send(Err(error));
+    }
 }

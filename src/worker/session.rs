@@ -21,8 +21,9 @@ use crate::amqp::{self, BatchPublisher, Channel, Connection, Delivery};
 use crate::backoff::Backoff;
 use crate::error::Error;
 
-/// Publishing channels per worker. Each carries one batch of retries and dead letters at a
-/// time (see `amqp::batch`), so while one waits for its confirms the next can go out.
+/// Publishing channels per worker for retries and dead letters, each pipelined by its own task
+/// (see `amqp::batch`): more broker-side parallelism than one, and fewer confirm frames than
+/// dozens.
 const PUBLISH_CHANNELS: usize = 4;
 
 /// What the merged consumer streams yield: a delivery from lane `i`, or lane `i`'s end.

@@ -39,18 +39,11 @@ async fn publish_one(publisher: &BatchPublisher, queue: &str, id: &str) -> Resul
         .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_caller_learns_the_fate_of_its_own_message() {
-    let t = TestTopology::fast("batch-returns");
-    let conn = connect().await;
-    t.apply(&conn).await;
-    let work = t.queue("work");
-    let nowhere = format!("{}nowhere", t.prefix);
-    let publisher = BatchPublisher::open(&conn, 2).await.unwrap();
-
-    // Three in five go to a queue that does not exist. Every tenth message is an exact copy
-    // of the one before it (id, body and target), which a return cannot tell apart.
-    let jobs: Vec<(String, Vec<u8>, bool)> = (0..600)
+/// `(message id, body, routed)`: three in five go to a queue that does not exist, and every
+/// tenth message is an exact copy of the one before it (id, body and target), which a return
+/// cannot tell apart.
+fn mixed_jobs(n: usize) -> Vec<(String, Vec<u8>, bool)> {
+    (0..n)
         .scan(None::<(String, Vec<u8>, bool)>, |prev, i| {
             let job = match prev.as_ref() {
                 Some(p) if i % 10 == 9 => p.clone(),
@@ -63,7 +56,50 @@ async fn each_caller_learns_the_fate_of_its_own_message() {
             *prev = Some(job.clone());
             Some(job)
         })
-        .collect();
+        .collect()
+}
+
+/// Each routed message was confirmed and is in `work` exactly as often as it was published;
+/// each unroutable one came back to its own caller.
+async fn assert_each_fate(
+    conn: &amqp::Connection,
+    work: &str,
+    jobs: &[(String, Vec<u8>, bool)],
+    results: &[Result<(), AmqpError>],
+) {
+    for ((id, _, routed), result) in jobs.iter().zip(results) {
+        match (routed, result) {
+            (true, Ok(())) => {}
+            (false, Err(AmqpError::Returned { message_id, .. })) => {
+                assert_eq!(message_id.as_deref(), Some(id.as_str()));
+            }
+            _ => panic!("{id} (routed: {routed}): {result:?}"),
+        }
+    }
+    let mut want = BTreeMap::<String, usize>::new();
+    for (id, _, routed) in jobs {
+        if *routed {
+            *want.entry(id.clone()).or_default() += 1;
+        }
+    }
+    let mut got = BTreeMap::<String, usize>::new();
+    for d in support::drain(conn, work).await {
+        let id = d.properties.message_id().as_ref().unwrap().to_string();
+        *got.entry(id).or_default() += 1;
+    }
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_caller_learns_the_fate_of_its_own_message() {
+    let t = TestTopology::fast("batch-returns");
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let nowhere = format!("{}nowhere", t.prefix);
+    let publisher = BatchPublisher::open(&conn, 2).await.unwrap();
+
+    let jobs = mixed_jobs(600);
     let results = join_all(jobs.iter().map(|(id, body, routed)| {
         publisher.publish(Message {
             exchange: "",
@@ -75,15 +111,6 @@ async fn each_caller_learns_the_fate_of_its_own_message() {
     }))
     .await;
 
-    for ((id, _, routed), result) in jobs.iter().zip(&results) {
-        match (routed, result) {
-            (true, Ok(())) => {}
-            (false, Err(AmqpError::Returned { message_id, .. })) => {
-                assert_eq!(message_id.as_deref(), Some(id.as_str()));
-            }
-            _ => panic!("{id} (routed: {routed}): {result:?}"),
-        }
-    }
     let stats = publisher.stats();
     let (batches, messages) = (
         stats.batches.load(Ordering::Relaxed),
@@ -92,22 +119,68 @@ async fn each_caller_learns_the_fate_of_its_own_message() {
     assert_eq!(messages, 600);
     assert!(
         batches * 4 <= messages,
-        "{batches} batches for {messages} publishes: too few were in flight together to test anything"
+        "{batches} groups for {messages} publishes: too few were in flight together to test anything"
     );
+    assert_each_fate(&conn, &work, &jobs, &results).await;
+    t.cleanup(&conn).await;
+}
 
-    // The queue holds each routed message exactly as often as it was published.
-    let mut want = BTreeMap::<String, usize>::new();
-    for (id, _, routed) in &jobs {
-        if *routed {
-            *want.entry(id.clone()).or_default() += 1;
-        }
-    }
-    let mut got = BTreeMap::<String, usize>::new();
-    for d in support::drain(&conn, &work).await {
-        let id = d.properties.message_id().as_ref().unwrap().to_string();
-        *got.entry(id).or_default() += 1;
-    }
-    assert_eq!(got, want);
+/// Callers that arrive one after another, as a worker's failing deliveries do: each is answered
+/// while later ones are still being written and earlier ones confirmed, so returns land on
+/// confirms of publishes sent in other groups. Each caller must still learn its own fate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_arriving_one_after_another_learn_their_own_fate() {
+    let t = TestTopology::fast("batch-stream");
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let nowhere = format!("{}nowhere", t.prefix);
+    let publisher = BatchPublisher::open(&conn, 2).await.unwrap();
+
+    let jobs = mixed_jobs(1500);
+    let tasks: Vec<_> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, (id, body, routed))| {
+            let publisher = publisher.clone();
+            let (id, body) = (id.clone(), body.clone());
+            let target = if *routed {
+                work.clone()
+            } else {
+                nowhere.clone()
+            };
+            tokio::spawn(async move {
+                // A new caller about every 100 µs, for about 150 ms.
+                tokio::time::sleep(Duration::from_micros(100 * i as u64)).await;
+                publisher
+                    .publish(Message {
+                        exchange: "",
+                        routing_key: &target,
+                        body: &body,
+                        properties: properties(&id),
+                        mandatory: true,
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let results: Vec<_> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+
+    let stats = publisher.stats();
+    let (groups, messages) = (
+        stats.batches.load(Ordering::Relaxed),
+        stats.messages.load(Ordering::Relaxed),
+    );
+    assert_eq!(messages, 1500);
+    assert!(
+        groups >= 20,
+        "{groups} groups for {messages} publishes: the callers did not arrive one after another"
+    );
+    assert_each_fate(&conn, &work, &jobs, &results).await;
     t.cleanup(&conn).await;
 }
 
