@@ -1,20 +1,29 @@
 //! Publishing for many concurrent callers, each waiting for its own confirm: the worker's
 //! retry and dead-letter republishes. Publishes are pipelined on a few confirm-mode channels
-//! ("lanes"), and each caller is answered as soon as its own confirm is in.
+//! ("lanes"), and a caller is answered once its own confirm and those of the publishes sent
+//! before it on its lane are in, without waiting for any sent after it.
 //!
-//! lapin hands a returned (unroutable) message to the first confirm it completes after the
-//! return arrived, whichever publish that confirm belongs to. The broker sends a message's
-//! return before its ack, so the confirm that carries the return completes, and wakes its
-//! poller, no later than the message's own. A lane therefore keeps every confirm of its
-//! channel, each with its own waker, and answers callers only once no confirm is left woken
-//! and unpolled: every confirm completed before one it answers has then been seen, and with
-//! it every return. Returns are matched to publishes by exchange, routing key, `message_id`
-//! and body, and a lane never has two publishes in flight that match alike. A return that
-//! matches none fails every publish in flight on the lane: a message kept is at worst a
-//! duplicate, one acked wrongly would be lost.
+//! Returns. lapin queues each returned (unroutable) message, and hands the oldest queued one
+//! to every confirm it completes, whichever publish that confirm belongs to; within one
+//! multiple-ack it completes confirms in hash order. A return can therefore ride on a
+//! confirm that completes after its own publish's. But the broker returns a channel's
+//! messages in the order they were published, each before its ack, so once every publish up
+//! to and including `m` is confirmed, enough confirms have completed to carry every return up
+//! to `m`'s, and with it `m`'s. A lane therefore answers only the oldest publishes, up to the
+//! first whose confirm is still out.
+//!
+//! It must also have seen those carrying confirms. Each confirm is polled with its own waker,
+//! which notes it as woken; lapin completes confirms one after another, each waking its
+//! poller as it does, so a confirm completed before one the lane sees complete is already
+//! noted. The lane polls noted confirms until none is left, and only then answers.
+//!
+//! Returns are matched to publishes by exchange, routing key, `message_id` and body, and a
+//! lane never has two publishes in flight that match alike. A return that matches none fails
+//! every publish in flight on the lane: a message kept is at worst a duplicate, one acked
+//! wrongly would be lost.
 //!
 //! Requests that arrive while a lane is writing go out together as the next group, so frames
-//! are written in runs under load, while no caller waits for another's confirm.
+//! are written in runs under load.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::{Future, poll_fn};
@@ -267,17 +276,11 @@ impl Flight {
     }
 
     /// Polls the confirms woken since the last call, again and again until none was, then
-    /// answers every completed publish. `Ready` once it answered at least one.
-    ///
-    /// Why until none was: lapin completes confirms one after another, each waking its
-    /// poller as it does. So when a confirm is seen complete, every confirm completed before
-    /// it (among them any that carries its return) has already been woken, and is polled
-    /// before the list of woken confirms runs dry. Then every return owed to a completed
-    /// publish is in hand.
+    /// answers the oldest publishes whose confirms are in, up to the first still out (see the
+    /// module docs). `Ready` once it answered at least one.
     fn poll_settle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.woken.lane.register(cx.waker());
         let mut returns = Vec::new();
-        let mut completed = Vec::new();
         loop {
             std::mem::swap(&mut self.taken, &mut *lock(&self.woken.ids));
             if self.taken.is_empty() {
@@ -309,24 +312,28 @@ impl Flight {
                 };
                 s.confirm = None;
                 s.outcome = Some(outcome);
-                completed.push(id);
             }
-        }
-        if completed.is_empty() {
-            return Poll::Pending;
         }
         for message in &returns {
             self.attribute(message);
         }
-        for id in completed {
-            if let Some(s) = self.sent.remove(&id) {
-                self.keys.remove(&s.request.key);
-                if let Some(outcome) = s.outcome {
-                    answer(s.request, outcome, s.returned);
-                }
+        // Only the oldest publishes, up to the first still pending: see the module docs.
+        let mut answered = false;
+        while let Some(entry) = self.sent.first_entry()
+            && entry.get().outcome.is_some()
+        {
+            let s = entry.remove();
+            self.keys.remove(&s.request.key);
+            if let Some(outcome) = s.outcome {
+                answer(s.request, outcome, s.returned);
             }
+            answered = true;
         }
-        Poll::Ready(())
+        if answered {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Marks the publish a return belongs to, or, when none matches, every publish in flight.
@@ -349,7 +356,9 @@ impl Flight {
         }
     }
 
-    /// When the oldest publish in flight stops waiting for its confirm.
+    /// When the oldest publish in flight stops waiting for its confirm. It holds back every
+    /// answer after it, so its deadline is the one that closes the channel; a caller with an
+    /// earlier one (a look-alike that was held back) times out on its own.
     fn deadline(&self) -> Option<Instant> {
         self.sent.first_key_value().map(|(_, s)| s.request.deadline)
     }
@@ -420,8 +429,11 @@ async fn run_lane(
             }
         }
         held = later;
-        if !group.is_empty() && !send_group(&channel, group, &mut flight, &stats).await {
-            close(&channel, "a publish could not be written", flight, held).await;
+        if !group.is_empty()
+            && let Err(unsent) = send_group(&channel, group, &mut flight, &stats).await
+        {
+            held.extend(unsent);
+            close(&channel, "publishes could not be written", flight, held).await;
             return;
         }
         if !open && flight.is_empty() && held.is_empty() {
@@ -432,15 +444,11 @@ async fn run_lane(
         {
             timer.as_mut().reset(deadline);
         }
-        // Answers first: under a steady stream of requests the lane must not only write.
+        // Answers, then the deadline, then new requests: a steady stream of requests must not
+        // keep the lane from either.
         tokio::select! {
             biased;
             () = poll_fn(|cx| flight.poll_settle(cx)) => {}
-            n = requests.recv_many(&mut arrived, MAX_GROUP), if open => {
-                if n == 0 {
-                    open = false;
-                }
-            }
             () = &mut timer, if !flight.is_empty() => {
                 tracing::warn!(
                     channel = channel.id(),
@@ -450,24 +458,40 @@ async fn run_lane(
                 close(&channel, "confirms overdue", flight, held).await;
                 return;
             }
+            n = requests.recv_many(&mut arrived, MAX_GROUP), if open => {
+                if n == 0 {
+                    open = false;
+                }
+            }
         }
     }
 }
 
-/// Writes a group, all sends at once so their frames go out together, in order. Every
-/// confirm goes into `flight` before the lane looks at any: a confirm the lane did not hold
-/// could carry another publish's return. False when a write failed.
+/// Writes a group, all sends at once so their frames go out together. `join_all` first polls
+/// the sends in order, which is when lapin numbers them, so `flight` keeps them in delivery-tag
+/// order. Every confirm goes into `flight` before the lane looks at any: a confirm the lane
+/// did not hold could carry another publish's return.
+///
+/// Writes that outlast the earliest deadline in play (a blocked connection stops reading)
+/// give up. `Err` then carries the requests not yet answered; so it does after a failed
+/// write, which answers its own request.
 async fn send_group(
     channel: &Channel,
     group: Vec<Request>,
     flight: &mut Flight,
     stats: &BatchStats,
-) -> bool {
+) -> Result<(), Vec<Request>> {
     stats.batches.fetch_add(1, Ordering::Relaxed);
     stats
         .messages
         .fetch_add(group.len() as u64, Ordering::Relaxed);
-    let sent = join_all(group.iter().map(|r| {
+    let deadline = group
+        .iter()
+        .map(|r| r.deadline)
+        .chain(flight.deadline())
+        .min()
+        .unwrap_or_else(Instant::now);
+    let writes = join_all(group.iter().map(|r| {
         channel.basic_publish(
             r.exchange.as_str().into(),
             r.routing_key.as_str().into(),
@@ -478,8 +502,10 @@ async fn send_group(
             &r.body,
             r.properties.clone(),
         )
-    }))
-    .await;
+    }));
+    let Ok(sent) = tokio::time::timeout_at(deadline, writes).await else {
+        return Err(group);
+    };
     let mut ok = true;
     for (request, sent) in group.into_iter().zip(sent) {
         match sent {
@@ -494,7 +520,7 @@ async fn send_group(
             }
         }
     }
-    ok
+    if ok { Ok(()) } else { Err(Vec::new()) }
 }
 
 /// Closes the lane's channel and fails everything it still holds. A publish in flight may

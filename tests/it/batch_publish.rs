@@ -150,7 +150,8 @@ async fn callers_arriving_one_after_another_learn_their_own_fate() {
                 nowhere.clone()
             };
             tokio::spawn(async move {
-                // A new caller about every 100 µs, for about 150 ms.
+                // Callers in small bunches, a millisecond apart (the timer's resolution),
+                // for about 150 ms.
                 tokio::time::sleep(Duration::from_micros(100 * i as u64)).await;
                 publisher
                     .publish(Message {
