@@ -12,10 +12,13 @@
 //! to `m`'s, and with it `m`'s. A lane therefore answers only the oldest publishes, up to the
 //! first whose confirm is still out.
 //!
-//! It must also have seen those carrying confirms. Each confirm is polled with its own waker,
+//! The lane must also have seen the confirms that carry those returns. Each confirm is polled with its own waker,
 //! which notes it as woken; lapin completes confirms one after another, each waking its
 //! poller as it does, so a confirm completed before one the lane sees complete is already
 //! noted. The lane polls noted confirms until none is left, and only then answers.
+//!
+//! A confirm failed by a channel that closed comes without the return lapin may still hold
+//! for it, so the first failed confirm fails everything the lane holds, and closes it.
 //!
 //! Returns are matched to publishes by exchange, routing key, `message_id` and body, and a
 //! lane never has two publishes in flight that match alike. A return that matches none fails
@@ -241,6 +244,8 @@ struct Flight {
     woken: Arc<Woken>,
     /// Ids taken from `woken`, reused between polls.
     taken: Vec<u64>,
+    /// A confirm failed: the channel closed or errored.
+    broken: bool,
 }
 
 impl Flight {
@@ -310,12 +315,19 @@ impl Flight {
                     }
                     other => other,
                 };
+                // lapin fails every pending confirm of a channel that closed, without
+                // handing out the returns it still holds: nothing after this is trusted.
+                self.broken |= outcome.is_err();
                 s.confirm = None;
                 s.outcome = Some(outcome);
             }
         }
         for message in &returns {
             self.attribute(message);
+        }
+        if self.broken {
+            // Answered as in `close`; the lane's task closes next.
+            return Poll::Ready(());
         }
         // Only the oldest publishes, up to the first still pending: see the module docs.
         let mut answered = false;
@@ -422,6 +434,9 @@ async fn run_lane(
         for r in held.drain(..).chain(arrived.drain(..)) {
             if r.reply.is_closed() {
                 // The caller stopped waiting: never send it.
+            } else if Instant::now() >= r.deadline {
+                let error = overdue(&r.exchange, &r.routing_key, r.timeout);
+                let _ = r.reply.send(Err(error));
             } else if flight.admits(&r) && keys.insert(r.key) {
                 group.push(r);
             } else {
@@ -448,7 +463,12 @@ async fn run_lane(
         // keep the lane from either.
         tokio::select! {
             biased;
-            () = poll_fn(|cx| flight.poll_settle(cx)) => {}
+            () = poll_fn(|cx| flight.poll_settle(cx)) => {
+                if flight.broken {
+                    close(&channel, "the channel failed", flight, held).await;
+                    return;
+                }
+            }
             () = &mut timer, if !flight.is_empty() => {
                 tracing::warn!(
                     channel = channel.id(),
@@ -485,9 +505,13 @@ async fn send_group(
     stats
         .messages
         .fetch_add(group.len() as u64, Ordering::Relaxed);
+    // Until the last caller of the group stops waiting, or the oldest in flight does: the
+    // lane answers nothing while it writes.
     let deadline = group
         .iter()
         .map(|r| r.deadline)
+        .max()
+        .into_iter()
         .chain(flight.deadline())
         .min()
         .unwrap_or_else(Instant::now);
@@ -526,7 +550,6 @@ async fn send_group(
 /// Closes the lane's channel and fails everything it still holds. A publish in flight may
 /// have been confirmed; its caller keeps the message, a duplicate at worst.
 async fn close(channel: &Channel, why: &str, flight: Flight, held: VecDeque<Request>) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), channel.close(200, why.into())).await;
     for r in flight.into_requests().chain(held) {
         let error = if Instant::now() >= r.deadline {
             overdue(&r.exchange, &r.routing_key, r.timeout)
@@ -537,4 +560,5 @@ async fn close(channel: &Channel, why: &str, flight: Flight, held: VecDeque<Requ
         };
         let _ = r.reply.send(Err(error));
     }
+    let _ = tokio::time::timeout(Duration::from_secs(5), channel.close(200, why.into())).await;
 }
