@@ -199,9 +199,7 @@ fn matches_request(m: &BasicReturnMessage, r: &Request) -> bool {
 /// One publish sent on a lane and not yet answered.
 struct Sent {
     request: Request,
-    /// `None` once it completed, into `outcome`.
-    confirm: Option<PublisherConfirm>,
-    outcome: Option<lapin::Result<Confirmation>>,
+    confirm: Confirm,
     /// The broker's reply, when this publish came back unroutable.
     returned: Option<String>,
     /// Notes this publish in [`Woken`] when its confirm may have completed.
@@ -233,6 +231,14 @@ impl Wake for SlotWaker {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A publish's confirm: still out, or in. Unboxed: a box would be an allocation per publish,
+/// and every `Sent` holds a request far larger than the outcome anyway.
+#[allow(clippy::large_enum_variant)]
+enum Confirm {
+    Out(PublisherConfirm),
+    In(lapin::Result<Confirmation>),
 }
 
 /// Everything a lane has sent and not answered, by the order sent.
@@ -268,8 +274,7 @@ impl Flight {
             id,
             Sent {
                 request,
-                confirm: Some(confirm),
-                outcome: None,
+                confirm: Confirm::Out(confirm),
                 returned: None,
                 waker,
             },
@@ -295,7 +300,7 @@ impl Flight {
                 let Some(s) = self.sent.get_mut(&id) else {
                     continue;
                 };
-                let Some(confirm) = &mut s.confirm else {
+                let Confirm::Out(confirm) = &mut s.confirm else {
                     continue;
                 };
                 let Poll::Ready(outcome) =
@@ -318,8 +323,7 @@ impl Flight {
                 // lapin fails every pending confirm of a channel that closed, without
                 // handing out the returns it still holds: nothing after this is trusted.
                 self.broken |= outcome.is_err();
-                s.confirm = None;
-                s.outcome = Some(outcome);
+                s.confirm = Confirm::In(outcome);
             }
         }
         for message in &returns {
@@ -332,11 +336,11 @@ impl Flight {
         // Only the oldest publishes, up to the first still pending: see the module docs.
         let mut answered = false;
         while let Some(entry) = self.sent.first_entry()
-            && entry.get().outcome.is_some()
+            && matches!(entry.get().confirm, Confirm::In(_))
         {
             let s = entry.remove();
             self.keys.remove(&s.request.key);
-            if let Some(outcome) = s.outcome {
+            if let Confirm::In(outcome) = s.confirm {
                 answer(s.request, outcome, s.returned);
             }
             answered = true;
@@ -431,10 +435,11 @@ async fn run_lane(
         let mut group = Vec::new();
         let mut later = VecDeque::new();
         keys.clear();
+        let now = Instant::now();
         for r in held.drain(..).chain(arrived.drain(..)) {
             if r.reply.is_closed() {
                 // The caller stopped waiting: never send it.
-            } else if Instant::now() >= r.deadline {
+            } else if now >= r.deadline {
                 let error = overdue(&r.exchange, &r.routing_key, r.timeout);
                 let _ = r.reply.send(Err(error));
             } else if flight.admits(&r) && keys.insert(r.key) {
@@ -550,8 +555,9 @@ async fn send_group(
 /// Closes the lane's channel and fails everything it still holds. A publish in flight may
 /// have been confirmed; its caller keeps the message, a duplicate at worst.
 async fn close(channel: &Channel, why: &str, flight: Flight, held: VecDeque<Request>) {
+    let now = Instant::now();
     for r in flight.into_requests().chain(held) {
-        let error = if Instant::now() >= r.deadline {
+        let error = if now >= r.deadline {
             overdue(&r.exchange, &r.routing_key, r.timeout)
         } else {
             AmqpError::Closed {

@@ -59,6 +59,15 @@ fn mixed_jobs(n: usize) -> Vec<(String, Vec<u8>, bool)> {
         .collect()
 }
 
+/// How many groups of writes the publisher sent, and how many publishes they held.
+fn groups_and_messages(publisher: &BatchPublisher) -> (u64, u64) {
+    let stats = publisher.stats();
+    (
+        stats.batches.load(Ordering::Relaxed),
+        stats.messages.load(Ordering::Relaxed),
+    )
+}
+
 /// Each routed message was confirmed and is in `work` exactly as often as it was published;
 /// each unroutable one came back to its own caller.
 async fn assert_each_fate(
@@ -111,11 +120,7 @@ async fn each_caller_learns_the_fate_of_its_own_message() {
     }))
     .await;
 
-    let stats = publisher.stats();
-    let (batches, messages) = (
-        stats.batches.load(Ordering::Relaxed),
-        stats.messages.load(Ordering::Relaxed),
-    );
+    let (batches, messages) = groups_and_messages(&publisher);
     assert_eq!(messages, 600);
     assert!(
         batches * 4 <= messages,
@@ -171,11 +176,7 @@ async fn callers_arriving_one_after_another_learn_their_own_fate() {
         .map(|r| r.unwrap())
         .collect();
 
-    let stats = publisher.stats();
-    let (groups, messages) = (
-        stats.batches.load(Ordering::Relaxed),
-        stats.messages.load(Ordering::Relaxed),
-    );
+    let (groups, messages) = groups_and_messages(&publisher);
     assert_eq!(messages, 1500);
     assert!(
         groups >= 20,
