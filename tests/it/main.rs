@@ -44,3 +44,4 @@ mod status;
 mod topology;
 mod trader;
 mod worker;
+mod worker_rss;
