@@ -41,6 +41,7 @@ use futures_util::future::join_all;
 use futures_util::task::AtomicWaker;
 use lapin::message::BasicReturnMessage;
 use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -78,7 +79,11 @@ struct Request {
     exchange: String,
     routing_key: String,
     body: Vec<u8>,
+    /// Handed to lapin as the request is written (a copy kept here would cost an allocation
+    /// per header, and hold them all until the confirm).
     properties: BasicProperties,
+    /// What a return is matched by, kept when `properties` goes.
+    message_id: Option<ShortString>,
     mandatory: bool,
     /// What a returned message is matched by (see [`identity`]).
     key: u64,
@@ -130,6 +135,7 @@ impl BatchPublisher {
             exchange: msg.exchange.to_string(),
             routing_key: msg.routing_key.to_string(),
             body: msg.body.to_vec(),
+            message_id: msg.properties.message_id().clone(),
             properties: msg.properties,
             mandatory: msg.mandatory,
             deadline: Instant::now() + self.confirm_timeout,
@@ -192,7 +198,7 @@ fn matches_request(m: &BasicReturnMessage, r: &Request) -> bool {
     let d = &m.delivery;
     d.exchange.as_str() == r.exchange
         && d.routing_key.as_str() == r.routing_key
-        && d.properties.message_id() == r.properties.message_id()
+        && d.properties.message_id() == &r.message_id
         && d.data == r.body
 }
 
@@ -386,13 +392,7 @@ impl Flight {
 
 fn answer(request: Request, outcome: lapin::Result<Confirmation>, returned: Option<String>) {
     let target = || target(&request.exchange, &request.routing_key);
-    let message_id = || {
-        request
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.to_string())
-    };
+    let message_id = || request.message_id.as_ref().map(|id| id.to_string());
     let result = match outcome {
         Err(source) => Err(AmqpError::Broker {
             op: format!("confirm of publish to {}", target()),
@@ -502,7 +502,7 @@ async fn run_lane(
 /// write, which answers its own request.
 async fn send_group(
     channel: &Channel,
-    group: Vec<Request>,
+    mut group: Vec<Request>,
     flight: &mut Flight,
     stats: &BatchStats,
 ) -> Result<(), Vec<Request>> {
@@ -520,7 +520,9 @@ async fn send_group(
         .chain(flight.deadline())
         .min()
         .unwrap_or_else(Instant::now);
-    let writes = join_all(group.iter().map(|r| {
+    let writes = join_all(group.iter_mut().map(|r| {
+        let properties = std::mem::take(&mut r.properties);
+        let r: &Request = r;
         channel.basic_publish(
             r.exchange.as_str().into(),
             r.routing_key.as_str().into(),
@@ -529,7 +531,7 @@ async fn send_group(
                 immediate: false,
             },
             &r.body,
-            r.properties.clone(),
+            properties,
         )
     }));
     let Ok(sent) = tokio::time::timeout_at(deadline, writes).await else {
