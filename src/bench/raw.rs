@@ -304,7 +304,8 @@ fn dispatch(event: &Event<'_>) -> u64 {
 }
 
 /// First failure: to the retry tier. Second: to the dead-letter exchange. Then ack. A failed
-/// republish leaves the delivery to be redelivered.
+/// republish leaves the delivery unacked; the broker redelivers it when the channel closes
+/// (the bench run has failed by then).
 ///
 /// Each copy carries the failure headers of the wire contract, as warren's do (attempt, origin
 /// queue, error kind and text, first and last failure time, worker), over the delivery's own

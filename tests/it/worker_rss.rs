@@ -79,14 +79,17 @@ async fn run(conn: &lapin::Connection, queue_type: &str, prefetch: u16, fail: bo
         let through = if fail {
             support::queue_len(conn, &dlq).await as usize >= N
         } else {
-            support::queue_len(conn, &queue).await == 0 && support::unacked(&queue) == 0
+            // Exact unacked counts from the worker's channels (quorum queue stats lag).
+            support::queue_len(conn, &queue).await == 0 && support::unacked_of(w.pid()) == 0
         };
         if through {
             break;
         }
+        assert!(w.running(), "{name}: the worker exited:\n{}", w.log_text());
         assert!(
             Instant::now() < deadline,
-            "{name}: the worker did not finish"
+            "{name}: the worker did not finish:\n{}",
+            w.log_text()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -94,6 +97,17 @@ async fn run(conn: &lapin::Connection, queue_type: &str, prefetch: u16, fail: bo
     w.kill9();
     if fail {
         assert_eq!(support::queue_len(conn, &dlq).await as usize, N);
+        // A dead letter of this run: exhausted after its second attempt.
+        let dead = support::bridge::get_one(conn, &dlq)
+            .await
+            .expect("a dead letter");
+        let kind = warren::amqp::header_str(&dead.properties, warren::amqp::hdr::ERROR_KIND);
+        assert_eq!(kind, Some("exhausted"), "{name}");
+        let attempt = warren::amqp::header_u32(&dead.properties, warren::amqp::hdr::ATTEMPT);
+        assert_eq!(attempt, 2, "{name}");
+    } else {
+        let dead = support::queue_len(conn, &dlq).await;
+        assert_eq!(dead, 0, "{name}: events were dead-lettered");
     }
     t.cleanup(conn).await;
     rss
