@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::scenarios::{count_depth, pace, properties, upstream_settings};
 use super::{RUN_LIMIT, RunSpec, Scenario, Side, SideResult, Stamp, Tally, message_body, stats};
-use crate::amqp::{AmqpUrl, hdr};
+use crate::amqp::{AmqpUrl, hdr, identity, is_broker_death_header};
 use crate::error::Error;
 use crate::topology::Topology;
 
@@ -118,7 +118,6 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
                 retry_queue: spec0.retry_queue(delay),
                 dead_letter_exchange: t.dead_letter_exchange.clone(),
                 queue: queue.clone(),
-                worker: crate::amqp::identity().to_string(),
             };
             let mut consumer = consume(
                 &conn,
@@ -168,8 +167,6 @@ struct Retry {
     retry_queue: String,
     dead_letter_exchange: String,
     queue: String,
-    /// `host:pid`, as warren stamps its worker.
-    worker: String,
 }
 
 /// Publishes with confirms, at most `window` unconfirmed; counts confirms into `confirms`.
@@ -320,12 +317,7 @@ async fn republish(retry: &Retry, delivery: lapin::message::Delivery) {
         .map(|h| {
             h.inner()
                 .iter()
-                .filter(|(k, _)| {
-                    let k = k.as_str();
-                    k != "x-death"
-                        && !k.starts_with("x-first-death-")
-                        && !k.starts_with("x-last-death-")
-                })
+                .filter(|(k, _)| !is_broker_death_header(k.as_str()))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         })
@@ -362,7 +354,7 @@ async fn republish(retry: &Retry, delivery: lapin::message::Delivery) {
     headers.insert(hdr::ORIGIN_QUEUE.into(), text(&retry.queue));
     headers.insert(hdr::ERROR_KIND.into(), text(kind));
     headers.insert(hdr::ERROR.into(), text(&error));
-    headers.insert(hdr::WORKER.into(), text(&retry.worker));
+    headers.insert(hdr::WORKER.into(), text(identity()));
     let confirm = retry
         .channel
         .basic_publish(

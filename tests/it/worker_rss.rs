@@ -44,13 +44,8 @@ bind = ["bench.*"]
 
 /// `VmHWM` (peak resident set) of a process, in MiB.
 fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kib / 1024.0
+    let kib = warren::bench::stats::proc_status_kib(&pid.to_string(), "VmHWM:").expect("VmHWM");
+    kib as f64 / 1024.0
 }
 
 /// Fills the queue, runs a worker over it until every event is through (acked, or in the
