@@ -327,3 +327,58 @@ async fn a_confirm_window_yields_in_order_is_cancel_safe_and_times_out_overdue_c
     proxy.set(Mode::Pass);
     t.cleanup(&conn).await;
 }
+
+/// A broker may return several unroutable messages and then confirm them with one
+/// multiple-ack. lapin completes those confirms one after another, in no set order, each
+/// carrying the oldest return it holds, so a publish's confirm can complete without its own
+/// return, which rides on another confirm still to complete. A lane that answered every
+/// confirm as it came in, instead of only the oldest ones up to the first still out, would
+/// tell some of these callers that their unroutable message was delivered: a lost message.
+/// RabbitMQ confirms each unroutable publish right after its return, so a proxy coalesces the
+/// confirms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returns_confirmed_by_one_multiple_ack_each_reach_their_own_caller() {
+    let t = TestTopology::fast("batch-multi");
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let nowhere = format!("{}nowhere", t.prefix);
+    let proxy = Proxy::start_coalescing_confirms("127.0.0.1:5672".parse().unwrap()).await;
+    let url: amqp::AmqpUrl = proxy.amqp_url(60).parse().unwrap();
+    let via = amqp::connect(&url, "test", "publish").await.unwrap();
+    let publisher = BatchPublisher::open(&via, 1).await.unwrap();
+
+    let mut jobs = Vec::new();
+    let mut results = Vec::new();
+    for round in 0..20 {
+        // Mostly unroutable, so one multiple-ack completes many returned publishes.
+        let batch: Vec<_> = (0..200)
+            .map(|i| {
+                let id = format!("r{round}-{i}");
+                let body = format!("{{\"n\":{i}}}").into_bytes();
+                (id, body, i % 10 == 9)
+            })
+            .collect();
+        results.extend(
+            join_all(batch.iter().map(|(id, body, routed)| {
+                publisher.publish(Message {
+                    exchange: "",
+                    routing_key: if *routed { &work } else { &nowhere },
+                    body,
+                    properties: properties(id),
+                    mandatory: true,
+                })
+            }))
+            .await,
+        );
+        jobs.extend(batch);
+    }
+    assert!(
+        proxy.merged_confirms() >= 20,
+        "only {} multiple-acks confirmed more than one publish: nothing was coalesced",
+        proxy.merged_confirms()
+    );
+    assert_each_fate(&conn, &work, &jobs, &results).await;
+    via.close(200, "done".into()).await.ok();
+    t.cleanup(&conn).await;
+}

@@ -2,7 +2,8 @@
 //! hole (connections stay open, bytes vanish: half-open, only heartbeats notice), resets, and
 //! refusing new connections. It can also record the AMQP methods on each connection, so a test
 //! can see what the process itself did (a `basic.nack`) apart from what the broker does on its
-//! own (requeueing on connection close), and what it holds unacked at any moment.
+//! own (requeueing on connection close), and what it holds unacked at any moment. And it can
+//! coalesce the broker's publisher confirms into multiple-acks, as a broker may.
 //!
 //! A test that uses it must run on a multi-thread runtime: the proxy's tasks have to keep
 //! forwarding while the test body blocks (`rabbitmqctl`, `Warren::wait_exit`).
@@ -150,6 +151,7 @@ pub struct Proxy {
     mode: watch::Sender<Mode>,
     resets: watch::Sender<u64>,
     accepted: Arc<AtomicUsize>,
+    merged: Arc<AtomicUsize>,
     seen: Seen,
     task: tokio::task::JoinHandle<()>,
 }
@@ -157,21 +159,33 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy on 127.0.0.1:0 forwarding to `upstream`.
     pub async fn start(upstream: SocketAddr) -> Self {
-        Self::start_with(upstream, false).await
+        Self::start_with(upstream, false, false).await
+    }
+
+    /// [`Proxy::start`], holding back the broker's publisher confirms (`basic.ack`) and
+    /// passing them on as one multiple-ack per read, up to the highest tag below which every
+    /// publish is confirmed. Returns and every other frame pass at once, so a multiple-ack
+    /// arrives after the returns of several of the publishes it confirms. AMQP allows that;
+    /// RabbitMQ itself confirms an unroutable publish right after returning it. Broker
+    /// `basic.nack`s are not expected and pass as they are.
+    pub async fn start_coalescing_confirms(upstream: SocketAddr) -> Self {
+        Self::start_with(upstream, false, true).await
     }
 
     /// [`Proxy::start`], also keeping every method on every connection (see [`Proxy::methods`]).
     pub async fn start_recording(upstream: SocketAddr) -> Self {
-        Self::start_with(upstream, true).await
+        Self::start_with(upstream, true, false).await
     }
 
-    async fn start_with(upstream: SocketAddr, record: bool) -> Self {
+    async fn start_with(upstream: SocketAddr, record: bool, coalesce: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().unwrap();
         let (mode, mode_rx) = watch::channel(Mode::Pass);
         let (resets, resets_rx) = watch::channel(0u64);
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
+        let merged = Arc::new(AtomicUsize::new(0));
+        let merges = merged.clone();
         let seen: Seen = Arc::default();
         let all_seen = seen.clone();
         let task = tokio::spawn(async move {
@@ -190,11 +204,12 @@ impl Proxy {
                     m
                 });
                 let (mode_rx, resets_rx) = (mode_rx.clone(), resets_rx.clone());
+                let confirms = coalesce.then(|| Confirms::new(merges.clone()));
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
                     };
-                    pipe(client, server, mode_rx, resets_rx, methods).await;
+                    pipe(client, server, mode_rx, resets_rx, methods, confirms).await;
                 });
             }
         });
@@ -203,6 +218,7 @@ impl Proxy {
             mode,
             resets,
             accepted,
+            merged,
             seen,
             task,
         }
@@ -236,6 +252,11 @@ impl Proxy {
         self.resets.send_modify(|n| *n += 1);
     }
 
+    /// Multiple-acks passed on that confirm more than one publish, when coalescing confirms.
+    pub fn merged_confirms(&self) -> usize {
+        self.merged.load(Ordering::Relaxed)
+    }
+
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::Relaxed)
@@ -255,6 +276,7 @@ async fn pipe(
     mode: watch::Receiver<Mode>,
     mut resets: watch::Receiver<u64>,
     methods: Option<Arc<Mutex<Vec<Method>>>>,
+    confirms: Option<Confirms>,
 ) {
     resets.mark_unchanged();
     let (cr, cw) = client.into_split();
@@ -264,8 +286,15 @@ async fn pipe(
         sw,
         mode.clone(),
         methods.clone().map(|m| Frames::new(m, true)),
+        None,
     );
-    let down = copy(sr, cw, mode.clone(), methods.map(|m| Frames::new(m, false)));
+    let down = copy(
+        sr,
+        cw,
+        mode.clone(),
+        methods.map(|m| Frames::new(m, false)),
+        confirms,
+    );
     let mut mode = mode;
     tokio::select! {
         _ = up => {}
@@ -280,6 +309,7 @@ async fn copy(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mode: watch::Receiver<Mode>,
     mut frames: Option<Frames>,
+    mut confirms: Option<Confirms>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -297,9 +327,82 @@ async fn copy(
         if let Some(frames) = &mut frames {
             frames.feed(&buf[..n]);
         }
-        if to.write_all(&buf[..n]).await.is_err() {
+        let out = match &mut confirms {
+            Some(confirms) => confirms.rewrite(&buf[..n]),
+            None => buf[..n].to_vec(),
+        };
+        if to.write_all(&out).await.is_err() {
             return;
         }
+    }
+}
+
+/// The broker's side of a connection with its publisher confirms held back (see
+/// [`Proxy::start_coalescing_confirms`]).
+struct Confirms {
+    pending: Vec<u8>,
+    /// Per channel: the tags confirmed and not yet passed on, and the highest passed on.
+    channels: std::collections::HashMap<u16, (BTreeSet<u64>, u64)>,
+    /// Multiple-acks passed on that confirm more than one publish.
+    merged: Arc<AtomicUsize>,
+}
+
+impl Confirms {
+    fn new(merged: Arc<AtomicUsize>) -> Self {
+        Self {
+            pending: Vec::new(),
+            channels: Default::default(),
+            merged,
+        }
+    }
+
+    /// Every whole frame in `bytes` (and what was left over before), with `basic.ack`s taken
+    /// out and one multiple-ack per channel appended where the confirmed run grew.
+    fn rewrite(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.pending.extend_from_slice(bytes);
+        let mut out = Vec::with_capacity(self.pending.len());
+        let mut at = 0;
+        while self.pending.len() - at >= 7 {
+            let f = &self.pending[at..];
+            let size = u32::from_be_bytes([f[3], f[4], f[5], f[6]]) as usize;
+            if f.len() < 7 + size + 1 {
+                break;
+            }
+            let channel = u16::from_be_bytes([f[1], f[2]]);
+            let p = &f[7..7 + size];
+            if f[0] == 1 && size >= 13 && p[..4] == [0, 60, 0, 80] {
+                let tag = u64::from_be_bytes(p[4..12].try_into().unwrap());
+                let (acked, passed) = self.channels.entry(channel).or_default();
+                if p[12] & 1 != 0 {
+                    acked.extend(*passed + 1..=tag);
+                } else {
+                    acked.insert(tag);
+                }
+            } else {
+                out.extend_from_slice(&f[..7 + size + 1]);
+            }
+            at += 7 + size + 1;
+        }
+        self.pending.drain(..at);
+        for (&channel, (acked, passed)) in &mut self.channels {
+            let mut upto = *passed;
+            while acked.remove(&(upto + 1)) {
+                upto += 1;
+            }
+            if upto > *passed {
+                if upto > *passed + 1 {
+                    self.merged.fetch_add(1, Ordering::Relaxed);
+                }
+                *passed = upto;
+                out.extend_from_slice(&[1]);
+                out.extend_from_slice(&channel.to_be_bytes());
+                out.extend_from_slice(&13u32.to_be_bytes());
+                out.extend_from_slice(&[0, 60, 0, 80]);
+                out.extend_from_slice(&upto.to_be_bytes());
+                out.extend_from_slice(&[1, 0xCE]);
+            }
+        }
+        out
     }
 }
 
