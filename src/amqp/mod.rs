@@ -6,6 +6,7 @@ mod batch;
 mod browse;
 mod declare;
 mod headers;
+mod inbound;
 mod publish;
 mod url;
 
@@ -31,6 +32,7 @@ pub use headers::{
     ErrorKind, FailureHeaders, MAX_ERROR_BYTES, XDeath, hdr, header_str, header_u32, header_u64,
     is_broker_death_header, republish_properties, set_header, truncate, x_death,
 };
+pub use inbound::Inbound;
 pub use publish::{Confirm, ConfirmWindow, Message, Publisher};
 pub use url::{AmqpUrl, AmqpUrlError, DEFAULT_AMQP_URL, redact};
 

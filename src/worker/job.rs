@@ -14,7 +14,7 @@ use super::decide::{Disposition, decide, defer};
 use super::handler::{Context, Handler, HandlerError, HandlerResult};
 use super::metrics::QueueMetrics;
 use super::settle::settle;
-use crate::amqp::{self, BatchPublisher, Delivery, ErrorKind, hdr};
+use crate::amqp::{self, BatchPublisher, ErrorKind, Inbound, hdr};
 use crate::envelope::Envelope;
 use crate::topology::QueueSpec;
 
@@ -48,7 +48,7 @@ impl<H> Clone for Job<H> {
 impl<H: Handler> Job<H> {
     /// Handles and settles one delivery. Never leaves it unsettled: if the drain deadline
     /// stops the handler, the delivery is requeued.
-    pub async fn run(self, delivery: Delivery, permit: Option<OwnedSemaphorePermit>) {
+    pub async fn run(self, delivery: Inbound, permit: Option<OwnedSemaphorePermit>) {
         let _running = self.in_flight.enter();
         let disposition = self.disposition(&delivery).await;
         // The permit bounds handlers, not settles: a republish waiting for its confirm must not
@@ -70,7 +70,7 @@ impl<H: Handler> Job<H> {
         self.metrics.settled(settled);
     }
 
-    async fn disposition(&self, delivery: &Delivery) -> Disposition {
+    async fn disposition(&self, delivery: &Inbound) -> Disposition {
         let attempt = amqp::header_u32(&delivery.properties, hdr::ATTEMPT);
         let event = match Envelope::parse(&delivery.data) {
             Ok(event) => event,
@@ -113,7 +113,7 @@ impl<H: Handler> Job<H> {
     async fn call(
         &self,
         event: &Envelope,
-        delivery: &Delivery,
+        delivery: &Inbound,
         attempt: u32,
     ) -> Option<HandlerResult> {
         let ctx = Context {

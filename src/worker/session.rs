@@ -17,7 +17,7 @@ use super::Worker;
 use super::handler::Handler;
 use super::job::{InFlight, Job};
 use super::settle;
-use crate::amqp::{self, BatchPublisher, Channel, Connection, Delivery};
+use crate::amqp::{self, BatchPublisher, Channel, Connection, Inbound};
 use crate::backoff::Backoff;
 use crate::error::Error;
 
@@ -30,7 +30,7 @@ const PUBLISH_CHANNELS: usize = 4;
 // Deliveries are the common case; boxing them would allocate once per message.
 #[allow(clippy::large_enum_variant)]
 enum Item {
-    Delivery(usize, lapin::Result<Delivery>),
+    Delivery(usize, lapin::Result<Inbound>),
     Ended(usize),
 }
 
@@ -40,7 +40,7 @@ enum State {
     /// Consumer cancelled; taking what it had buffered before resubscribing.
     Pausing {
         to_careful: bool,
-        suspects: VecDeque<Delivery>,
+        suspects: VecDeque<Inbound>,
     },
     /// No consumer; a resubscribe is scheduled.
     Down,
@@ -52,7 +52,7 @@ struct Lane {
     state: State,
     backoff: Backoff,
     /// Single-active-consumer queues run one message at a time, in order, on their own task.
-    sequential: Option<mpsc::UnboundedSender<Delivery>>,
+    sequential: Option<mpsc::UnboundedSender<Inbound>>,
 }
 
 // `Sync` as well as `Send`: the session is borrowed across awaits, and `worker::run` must be a
@@ -131,8 +131,8 @@ impl<'w, H: Handler> Session<'w, H> {
     }
 
     /// The task that runs a single-active-consumer queue's messages one by one, in order.
-    fn start_sequential(&self, i: usize) -> mpsc::UnboundedSender<Delivery> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
+    fn start_sequential(&self, i: usize) -> mpsc::UnboundedSender<Inbound> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Inbound>();
         let job = self.job(i);
         let shutdown = self.w.shutdown.clone();
         let metrics = self.w.queue_metrics[i].clone();
@@ -183,9 +183,11 @@ impl<'w, H: Handler> Session<'w, H> {
             ulid::Ulid::generate()
         );
         let consumer = amqp::consume(channel, &spec.name, prefetch, &tag).await?;
+        // Each delivery keeps the channel it came on, to be settled there.
+        let on = Arc::new(channel.clone());
         self.streams.push(Box::pin(
             consumer
-                .map(move |d| Item::Delivery(i, d))
+                .map(move |d| Item::Delivery(i, d.map(|d| Inbound::new(d, on.clone()))))
                 .chain(stream::once(async move { Item::Ended(i) })),
         ));
         lane.tag = tag;
@@ -235,7 +237,7 @@ impl<'w, H: Handler> Session<'w, H> {
         }
     }
 
-    async fn on_delivery(&mut self, i: usize, delivery: Delivery) -> Result<(), Error> {
+    async fn on_delivery(&mut self, i: usize, delivery: Inbound) -> Result<(), Error> {
         if let Some(tx) = &self.lanes[i].sequential {
             if let Err(unsent) = tx.send(delivery) {
                 self.requeue(i, &unsent.0).await;
@@ -268,7 +270,7 @@ impl<'w, H: Handler> Session<'w, H> {
         &mut self,
         i: usize,
         to_careful: bool,
-        suspects: VecDeque<Delivery>,
+        suspects: VecDeque<Inbound>,
     ) -> Result<(), Error> {
         if let Some(channel) = &self.lanes[i].channel
             && let Err(error) = amqp::cancel(channel, &self.lanes[i].tag).await
@@ -340,7 +342,7 @@ impl<'w, H: Handler> Session<'w, H> {
     }
 
     /// Waits for a concurrency permit, then runs the delivery in a tracked task.
-    async fn dispatch(&mut self, i: usize, delivery: Delivery) {
+    async fn dispatch(&mut self, i: usize, delivery: Inbound) {
         let permit = tokio::select! {
             p = self.permits.clone().acquire_owned() => p.ok(),
             _ = self.w.shutdown.cancelled() => None,
@@ -354,7 +356,7 @@ impl<'w, H: Handler> Session<'w, H> {
     }
 
     /// Runs one delivery with nothing else in flight, and waits for it to settle.
-    async fn run_alone(&mut self, i: usize, delivery: Delivery) {
+    async fn run_alone(&mut self, i: usize, delivery: Inbound) {
         self.wait_idle().await;
         if self.w.shutdown.is_cancelled() {
             self.requeue(i, &delivery).await;
@@ -372,7 +374,7 @@ impl<'w, H: Handler> Session<'w, H> {
         }
     }
 
-    async fn requeue(&self, i: usize, delivery: &Delivery) {
+    async fn requeue(&self, i: usize, delivery: &Inbound) {
         self.w.queue_metrics[i].settled(settle::requeue(delivery).await);
     }
 

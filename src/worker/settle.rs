@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use lapin::types::FieldTable;
 
 use super::decide::Disposition;
-use crate::amqp::{self, BatchPublisher, Delivery, ErrorKind, FailureHeaders, Message};
+use crate::amqp::{self, BatchPublisher, ErrorKind, FailureHeaders, Inbound, Message};
 use crate::topology::QueueSpec;
 
 /// The pause before requeueing a message whose republish failed.
@@ -32,7 +32,7 @@ pub enum Settled {
 
 /// Settles `delivery` from `queue` according to `disposition`.
 pub async fn settle(
-    delivery: &Delivery,
+    delivery: &Inbound,
     disposition: &Disposition,
     queue: &QueueSpec,
     publisher: &BatchPublisher,
@@ -102,7 +102,7 @@ pub async fn settle(
 
 /// Publishes a copy of the delivery with new headers and waits for its confirm.
 async fn republish(
-    delivery: &Delivery,
+    delivery: &Inbound,
     publisher: &BatchPublisher,
     exchange: &str,
     routing_key: &str,
@@ -119,8 +119,8 @@ async fn republish(
         .await
 }
 
-async fn ack(delivery: &Delivery, done: Settled) -> Settled {
-    match amqp::ack(delivery).await {
+async fn ack(delivery: &Inbound, done: Settled) -> Settled {
+    match delivery.ack().await {
         Ok(true) => done,
         Ok(false) => {
             tracing::warn!(
@@ -137,8 +137,8 @@ async fn ack(delivery: &Delivery, done: Settled) -> Settled {
 }
 
 /// Nacks with requeue; the only other place a delivery is settled.
-pub(crate) async fn requeue(delivery: &Delivery) -> Settled {
-    match amqp::requeue(delivery).await {
+pub(crate) async fn requeue(delivery: &Inbound) -> Settled {
+    match delivery.requeue().await {
         Ok(true) => Settled::Requeued,
         Ok(false) => {
             tracing::warn!(
