@@ -58,12 +58,9 @@ impl Inbound {
             requeue: true,
         };
         let tag = self.delivery.delivery_tag;
-        timed(
-            || "nack (requeue)",
-            self.channel.basic_nack(tag, options),
-        )
-        .await
-        .map(|()| true)
+        timed(|| "nack (requeue)", self.channel.basic_nack(tag, options))
+            .await
+            .map(|()| true)
     }
 
     /// True once, if the channel is still open: then the caller settles it.

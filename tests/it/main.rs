@@ -35,6 +35,7 @@ mod http_bench;
 mod http_chaos;
 mod http_client;
 mod http_worker;
+mod inbound;
 mod metrics;
 mod permissions;
 mod reliability;
