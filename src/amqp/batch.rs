@@ -71,18 +71,20 @@ pub struct BatchStats {
 }
 
 struct Lane {
-    requests: mpsc::UnboundedSender<Request>,
+    requests: mpsc::UnboundedSender<Queued>,
     channel: Channel,
 }
+
+/// A request on its way to the lane, with the properties that go to lapin as it is written:
+/// a copy kept until the confirm would cost an allocation per header and hold them all, and
+/// the properties' room in every [`Sent`] alone is 300 bytes per publish in flight.
+type Queued = (Request, BasicProperties);
 
 struct Request {
     exchange: String,
     routing_key: String,
     body: Vec<u8>,
-    /// Handed to lapin as the request is written (a copy kept here would cost an allocation
-    /// per header, and hold them all until the confirm).
-    properties: BasicProperties,
-    /// What a return is matched by, kept when `properties` goes.
+    /// What a return is matched by.
     message_id: Option<ShortString>,
     mandatory: bool,
     /// What a returned message is matched by (see [`identity`]).
@@ -136,7 +138,6 @@ impl BatchPublisher {
             routing_key: msg.routing_key.to_string(),
             body: msg.body.to_vec(),
             message_id: msg.properties.message_id().clone(),
-            properties: msg.properties,
             mandatory: msg.mandatory,
             deadline: Instant::now() + self.confirm_timeout,
             timeout: self.confirm_timeout,
@@ -147,7 +148,9 @@ impl BatchPublisher {
         };
         // Look-alikes share a lane, which keeps them apart (see `Flight::admits`).
         let lane = &self.lanes[(key % self.lanes.len() as u64) as usize];
-        lane.requests.send(request).map_err(|_| closed())?;
+        lane.requests
+            .send((request, msg.properties))
+            .map_err(|_| closed())?;
         match tokio::time::timeout(self.confirm_timeout, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(closed()),
@@ -239,12 +242,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A publish's confirm: still out, or in. Unboxed: a box would be an allocation per publish,
-/// and every `Sent` holds a request far larger than the outcome anyway.
-#[allow(clippy::large_enum_variant)]
+/// A publish's confirm: still out, or in.
 enum Confirm {
     Out(PublisherConfirm),
-    In(lapin::Result<Confirmation>),
+    In(Outcome),
+}
+
+/// A confirm that is in, without the return lapin may have handed with it (that one goes to
+/// the publish it belongs to): a `Confirmation` can hold a whole returned message inline,
+/// 470 bytes in every publish in flight.
+enum Outcome {
+    Ack,
+    Nack,
+    NotRequested,
+    /// The channel failed (rare: boxed).
+    Failed(Box<lapin::Error>),
 }
 
 /// Everything a lane has sent and not answered, by the order sent.
@@ -316,19 +328,22 @@ impl Flight {
                 };
                 // The return goes to the publish it belongs to, which may be another.
                 let outcome = match outcome {
-                    Ok(Confirmation::Ack(Some(m))) => {
-                        returns.push(m);
-                        Ok(Confirmation::Ack(None))
+                    Ok(Confirmation::Ack(returned)) => {
+                        returns.extend(returned);
+                        Outcome::Ack
                     }
-                    Ok(Confirmation::Nack(Some(m))) => {
-                        returns.push(m);
-                        Ok(Confirmation::Nack(None))
+                    Ok(Confirmation::Nack(returned)) => {
+                        returns.extend(returned);
+                        Outcome::Nack
                     }
-                    other => other,
+                    Ok(Confirmation::NotRequested) => Outcome::NotRequested,
+                    // lapin fails every pending confirm of a channel that closed, without
+                    // handing out the returns it still holds: nothing after this is trusted.
+                    Err(error) => {
+                        self.broken = true;
+                        Outcome::Failed(Box::new(error))
+                    }
                 };
-                // lapin fails every pending confirm of a channel that closed, without
-                // handing out the returns it still holds: nothing after this is trusted.
-                self.broken |= outcome.is_err();
                 s.confirm = Confirm::In(outcome);
             }
         }
@@ -390,20 +405,20 @@ impl Flight {
     }
 }
 
-fn answer(request: Request, outcome: lapin::Result<Confirmation>, returned: Option<String>) {
+fn answer(request: Request, outcome: Outcome, returned: Option<String>) {
     let target = || target(&request.exchange, &request.routing_key);
     let message_id = || request.message_id.as_ref().map(|id| id.to_string());
     let result = match outcome {
-        Err(source) => Err(AmqpError::Broker {
+        Outcome::Failed(source) => Err(AmqpError::Broker {
             op: format!("confirm of publish to {}", target()),
-            source,
+            source: *source,
         }),
-        Ok(Confirmation::Nack(_)) => Err(AmqpError::Nacked {
+        Outcome::Nack => Err(AmqpError::Nacked {
             target: target(),
             returned: returned.is_some().then(message_id),
         }),
-        Ok(Confirmation::NotRequested) => Err(AmqpError::NotConfirmed { target: target() }),
-        Ok(Confirmation::Ack(_)) => match returned {
+        Outcome::NotRequested => Err(AmqpError::NotConfirmed { target: target() }),
+        Outcome::Ack => match returned {
             Some(reply) => Err(AmqpError::Returned {
                 target: target(),
                 reply,
@@ -420,12 +435,12 @@ fn answer(request: Request, outcome: lapin::Result<Confirmation>, returned: Opti
 /// gone and nothing is left in flight, or when it closed its channel.
 async fn run_lane(
     channel: Channel,
-    mut requests: mpsc::UnboundedReceiver<Request>,
+    mut requests: mpsc::UnboundedReceiver<Queued>,
     stats: Arc<BatchStats>,
 ) {
     let mut flight = Flight::default();
     // Requests held back while a look-alike is in flight, in arrival order.
-    let mut held: VecDeque<Request> = VecDeque::new();
+    let mut held: VecDeque<Queued> = VecDeque::new();
     let mut arrived = Vec::new();
     let mut open = true;
     let mut keys = HashSet::new();
@@ -436,23 +451,24 @@ async fn run_lane(
         let mut later = VecDeque::new();
         keys.clear();
         let now = Instant::now();
-        for r in held.drain(..).chain(arrived.drain(..)) {
+        for q in held.drain(..).chain(arrived.drain(..)) {
+            let r = &q.0;
             if r.reply.is_closed() {
                 // The caller stopped waiting: never send it.
             } else if now >= r.deadline {
                 let error = overdue(&r.exchange, &r.routing_key, r.timeout);
-                let _ = r.reply.send(Err(error));
-            } else if flight.admits(&r) && keys.insert(r.key) {
-                group.push(r);
+                let _ = q.0.reply.send(Err(error));
+            } else if flight.admits(r) && keys.insert(r.key) {
+                group.push(q);
             } else {
-                later.push_back(r);
+                later.push_back(q);
             }
         }
         held = later;
         if !group.is_empty()
             && let Err(unsent) = send_group(&channel, group, &mut flight, &stats).await
         {
-            held.extend(unsent);
+            let held = unsent.into_iter().chain(held.into_iter().map(|q| q.0));
             close(&channel, "publishes could not be written", flight, held).await;
             return;
         }
@@ -470,7 +486,7 @@ async fn run_lane(
             biased;
             () = poll_fn(|cx| flight.poll_settle(cx)) => {
                 if flight.broken {
-                    close(&channel, "the channel failed", flight, held).await;
+                    close(&channel, "the channel failed", flight, held.into_iter().map(|q| q.0)).await;
                     return;
                 }
             }
@@ -480,7 +496,7 @@ async fn run_lane(
                     publishes = flight.sent.len(),
                     "Confirms overdue; closing the publishing channel."
                 );
-                close(&channel, "confirms overdue", flight, held).await;
+                close(&channel, "confirms overdue", flight, held.into_iter().map(|q| q.0)).await;
                 return;
             }
             n = requests.recv_many(&mut arrived, MAX_GROUP), if open => {
@@ -502,7 +518,7 @@ async fn run_lane(
 /// write, which answers its own request.
 async fn send_group(
     channel: &Channel,
-    mut group: Vec<Request>,
+    group: Vec<Queued>,
     flight: &mut Flight,
     stats: &BatchStats,
 ) -> Result<(), Vec<Request>> {
@@ -514,15 +530,14 @@ async fn send_group(
     // lane answers nothing while it writes.
     let deadline = group
         .iter()
-        .map(|r| r.deadline)
+        .map(|(r, _)| r.deadline)
         .max()
         .into_iter()
         .chain(flight.deadline())
         .min()
         .unwrap_or_else(Instant::now);
-    let writes = join_all(group.iter_mut().map(|r| {
-        let properties = std::mem::take(&mut r.properties);
-        let r: &Request = r;
+    let (group, properties): (Vec<Request>, Vec<BasicProperties>) = group.into_iter().unzip();
+    let writes = join_all(group.iter().zip(properties).map(|(r, properties)| {
         channel.basic_publish(
             r.exchange.as_str().into(),
             r.routing_key.as_str().into(),
@@ -556,7 +571,12 @@ async fn send_group(
 
 /// Closes the lane's channel and fails everything it still holds. A publish in flight may
 /// have been confirmed; its caller keeps the message, a duplicate at worst.
-async fn close(channel: &Channel, why: &str, flight: Flight, held: VecDeque<Request>) {
+async fn close(
+    channel: &Channel,
+    why: &str,
+    flight: Flight,
+    held: impl IntoIterator<Item = Request>,
+) {
     let now = Instant::now();
     for r in flight.into_requests().chain(held) {
         let error = if now >= r.deadline {
