@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::{Channel, message::Delivery};
+use lapin::{BasicProperties, Channel, message::Delivery};
 
 use super::{AmqpError, timed};
 
@@ -61,6 +61,13 @@ impl Inbound {
         timed(|| "nack (requeue)", self.channel.basic_nack(tag, options))
             .await
             .map(|()| true)
+    }
+
+    /// Drops the delivery's properties, parsed headers and all, once a republish has taken
+    /// what it needs from them: a delivery waiting for its republish's confirm then holds
+    /// little more than its tag and body.
+    pub fn shed_properties(&mut self) {
+        self.delivery.properties = BasicProperties::default();
     }
 
     /// True once, if the channel is still open: then the caller settles it.

@@ -48,16 +48,19 @@ impl<H> Clone for Job<H> {
 impl<H: Handler> Job<H> {
     /// Handles and settles one delivery. Never leaves it unsettled: if the drain deadline
     /// stops the handler, the delivery is requeued.
-    pub async fn run(self, delivery: Inbound, permit: Option<OwnedSemaphorePermit>) {
+    pub async fn run(self, mut delivery: Inbound, permit: Option<OwnedSemaphorePermit>) {
         let _running = self.in_flight.enter();
-        let disposition = self.disposition(&delivery).await;
+        // Boxed: the handler's future is large and lives only while the handler runs (at
+        // most `--concurrency` at once), while a job waiting for its republish's confirm
+        // (up to prefetch of them) would otherwise keep room for it.
+        let disposition = Box::pin(self.disposition(&delivery)).await;
         // The permit bounds handlers, not settles: a republish waiting for its confirm must not
         // keep the next handler from starting. Deliveries in flight stay bounded by prefetch,
         // and `_running` keeps the drain waiting for the settle.
         drop(permit);
         let started = Instant::now();
         let settled = settle(
-            &delivery,
+            &mut delivery,
             &disposition,
             &self.spec,
             &self.publisher,

@@ -30,9 +30,10 @@ pub enum Settled {
     Lost,
 }
 
-/// Settles `delivery` from `queue` according to `disposition`.
+/// Settles `delivery` from `queue` according to `disposition`. A republished delivery's
+/// properties are dropped once its replacement's are built.
 pub async fn settle(
-    delivery: &Inbound,
+    delivery: &mut Inbound,
     disposition: &Disposition,
     queue: &QueueSpec,
     publisher: &BatchPublisher,
@@ -100,20 +101,24 @@ pub async fn settle(
     }
 }
 
-/// Publishes a copy of the delivery with new headers and waits for its confirm.
+/// Publishes a copy of the delivery with new headers and waits for its confirm. The
+/// delivery's own properties are dropped first: only its tag and body are needed from here,
+/// and a worker at a high prefetch can hold hundreds of deliveries waiting for confirms.
 async fn republish(
-    delivery: &Inbound,
+    delivery: &mut Inbound,
     publisher: &BatchPublisher,
     exchange: &str,
     routing_key: &str,
     headers: FieldTable,
 ) -> Result<(), amqp::AmqpError> {
+    let properties = amqp::republish_properties(&delivery.properties).with_headers(headers);
+    delivery.shed_properties();
     publisher
         .publish(Message {
             exchange,
             routing_key,
             body: &delivery.data,
-            properties: amqp::republish_properties(&delivery.properties).with_headers(headers),
+            properties,
             mandatory: true,
         })
         .await
