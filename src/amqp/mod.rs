@@ -15,7 +15,7 @@ use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 pub use lapin::{
     BasicProperties, Channel, Connection, Consumer, message::Delivery, types::AMQPValue,
@@ -220,18 +220,6 @@ pub async fn ack(delivery: &Delivery) -> Result<bool, AmqpError> {
         delivery
             .acker
             .ack(lapin::options::BasicAckOptions::default()),
-    )
-    .await
-}
-
-/// Nacks a delivery with `requeue = true`.
-pub async fn requeue(delivery: &Delivery) -> Result<bool, AmqpError> {
-    timed(
-        || "nack (requeue)",
-        delivery.acker.nack(BasicNackOptions {
-            multiple: false,
-            requeue: true,
-        }),
     )
     .await
 }

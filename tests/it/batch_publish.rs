@@ -21,9 +21,32 @@ fn properties(id: &str) -> BasicProperties {
 /// A publishing connection through a proxy the test can black-hole.
 async fn through_proxy() -> (Proxy, amqp::Connection) {
     let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
-    let url: amqp::AmqpUrl = proxy.amqp_url(60).parse().unwrap();
-    let via = amqp::connect(&url, "test", "publish").await.unwrap();
+    let via = connect_via(&proxy).await;
     (proxy, via)
+}
+
+async fn connect_via(proxy: &Proxy) -> amqp::Connection {
+    let url: amqp::AmqpUrl = proxy.amqp_url(60).parse().unwrap();
+    amqp::connect(&url, "test", "publish").await.unwrap()
+}
+
+/// Publishes every job at once, the routed ones to `work`, the others to `nowhere`.
+async fn publish_jobs(
+    publisher: &BatchPublisher,
+    jobs: &[(String, Vec<u8>, bool)],
+    work: &str,
+    nowhere: &str,
+) -> Vec<Result<(), AmqpError>> {
+    join_all(jobs.iter().map(|(id, body, routed)| {
+        publisher.publish(Message {
+            exchange: "",
+            routing_key: if *routed { work } else { nowhere },
+            body,
+            properties: properties(id),
+            mandatory: true,
+        })
+    }))
+    .await
 }
 
 /// Publishes `{}` with message id `id` straight to `queue`.
@@ -109,16 +132,7 @@ async fn each_caller_learns_the_fate_of_its_own_message() {
     let publisher = BatchPublisher::open(&conn, 2).await.unwrap();
 
     let jobs = mixed_jobs(600);
-    let results = join_all(jobs.iter().map(|(id, body, routed)| {
-        publisher.publish(Message {
-            exchange: "",
-            routing_key: if *routed { &work } else { &nowhere },
-            body,
-            properties: properties(id),
-            mandatory: true,
-        })
-    }))
-    .await;
+    let results = publish_jobs(&publisher, &jobs, &work, &nowhere).await;
 
     let (batches, messages) = groups_and_messages(&publisher);
     assert_eq!(messages, 600);
@@ -344,8 +358,7 @@ async fn returns_confirmed_by_one_multiple_ack_each_reach_their_own_caller() {
     let work = t.queue("work");
     let nowhere = format!("{}nowhere", t.prefix);
     let proxy = Proxy::start_coalescing_confirms("127.0.0.1:5672".parse().unwrap()).await;
-    let url: amqp::AmqpUrl = proxy.amqp_url(60).parse().unwrap();
-    let via = amqp::connect(&url, "test", "publish").await.unwrap();
+    let via = connect_via(&proxy).await;
     let publisher = BatchPublisher::open(&via, 1).await.unwrap();
 
     let mut jobs = Vec::new();
@@ -359,18 +372,7 @@ async fn returns_confirmed_by_one_multiple_ack_each_reach_their_own_caller() {
                 (id, body, i % 10 == 9)
             })
             .collect();
-        results.extend(
-            join_all(batch.iter().map(|(id, body, routed)| {
-                publisher.publish(Message {
-                    exchange: "",
-                    routing_key: if *routed { &work } else { &nowhere },
-                    body,
-                    properties: properties(id),
-                    mandatory: true,
-                })
-            }))
-            .await,
-        );
+        results.extend(publish_jobs(&publisher, &batch, &work, &nowhere).await);
         jobs.extend(batch);
     }
     assert!(

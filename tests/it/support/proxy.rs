@@ -362,26 +362,20 @@ impl Confirms {
         self.pending.extend_from_slice(bytes);
         let mut out = Vec::with_capacity(self.pending.len());
         let mut at = 0;
-        while self.pending.len() - at >= 7 {
-            let f = &self.pending[at..];
-            let size = u32::from_be_bytes([f[3], f[4], f[5], f[6]]) as usize;
-            if f.len() < 7 + size + 1 {
-                break;
-            }
-            let channel = u16::from_be_bytes([f[1], f[2]]);
-            let p = &f[7..7 + size];
-            if f[0] == 1 && size >= 13 && p[..4] == [0, 60, 0, 80] {
+        while let Some(f) = Frame::at(&self.pending[at..]) {
+            let p = f.payload;
+            if f.kind == 1 && p.len() >= 13 && p[..4] == [0, 60, 0, 80] {
                 let tag = u64::from_be_bytes(p[4..12].try_into().unwrap());
-                let (acked, passed) = self.channels.entry(channel).or_default();
+                let (acked, passed) = self.channels.entry(f.channel).or_default();
                 if p[12] & 1 != 0 {
                     acked.extend(*passed + 1..=tag);
                 } else {
                     acked.insert(tag);
                 }
             } else {
-                out.extend_from_slice(&f[..7 + size + 1]);
+                out.extend_from_slice(&self.pending[at..at + f.len]);
             }
-            at += 7 + size + 1;
+            at += f.len;
         }
         self.pending.drain(..at);
         for (&channel, (acked, passed)) in &mut self.channels {
@@ -436,24 +430,43 @@ impl Frames {
             self.header_seen = true;
         }
         let mut at = 0;
-        while self.pending.len() - at >= 7 {
-            let f = &self.pending[at..];
-            let size = u32::from_be_bytes([f[3], f[4], f[5], f[6]]) as usize;
-            if f.len() < 7 + size + 1 {
-                break;
-            }
-            let payload = &f[7..7 + size];
-            if f[0] == 1 && size >= 4 {
+        while let Some(f) = Frame::at(&self.pending[at..]) {
+            let payload = f.payload;
+            if f.kind == 1 && payload.len() >= 4 {
                 self.out.lock().unwrap().push(Method {
                     from_client: self.from_client,
-                    channel: u16::from_be_bytes([f[1], f[2]]),
+                    channel: f.channel,
                     class: u16::from_be_bytes([payload[0], payload[1]]),
                     method: u16::from_be_bytes([payload[2], payload[3]]),
                     args: payload[4..].to_vec(),
                 });
             }
-            at += 7 + size + 1;
+            at += f.len;
         }
         self.pending.drain(..at);
+    }
+}
+
+/// One whole AMQP 0-9-1 frame at the start of a buffer: type (1), channel (2), size (4),
+/// payload, 0xCE.
+struct Frame<'a> {
+    kind: u8,
+    channel: u16,
+    payload: &'a [u8],
+    /// The whole frame's length.
+    len: usize,
+}
+
+impl<'a> Frame<'a> {
+    /// The frame `bytes` starts with, if all of it is there.
+    fn at(bytes: &'a [u8]) -> Option<Self> {
+        let size = u32::from_be_bytes(bytes.get(3..7)?.try_into().ok()?) as usize;
+        let len = 7 + size + 1;
+        (bytes.len() >= len).then(|| Frame {
+            kind: bytes[0],
+            channel: u16::from_be_bytes([bytes[1], bytes[2]]),
+            payload: &bytes[7..7 + size],
+            len,
+        })
     }
 }
