@@ -27,6 +27,13 @@
 //!
 //! Requests that arrive while a lane is writing go out together as the next group, so frames
 //! are written in runs under load.
+//!
+//! Deadlines. A caller keeps no timer: the lane answers every request by its deadline. It wakes
+//! for the oldest publish in flight, whose overdue confirm closes the channel and fails all it
+//! holds, and for requests held back past theirs. A publish sent after the oldest can wait
+//! past its own deadline until the oldest's, as it waits for the oldest's answer anyway. One
+//! timer per lane, not one per publish: a worker retrying at prefetch 1000 has as many
+//! republishes waiting.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::{Future, poll_fn};
@@ -124,7 +131,33 @@ impl BatchPublisher {
     /// Publishes and waits for this message's own confirm. Only a plain ack of a routed
     /// message is `Ok`. After the deadline the caller gets [`AmqpError::Timeout`], and a
     /// message not yet sent by then is never sent.
-    pub async fn publish(&self, msg: Message<'_>) -> Result<(), AmqpError> {
+    ///
+    /// The message goes to its lane before this returns; the future only waits for the
+    /// answer, and holds nothing but its receiver (a worker has up to prefetch of them
+    /// waiting). The lane answers every request by the deadline of the oldest publish it
+    /// holds (see [`run_lane`]), so the caller keeps no timer of its own.
+    pub fn publish(
+        &self,
+        msg: Message<'_>,
+    ) -> impl Future<Output = Result<(), AmqpError>> + Send + use<> {
+        let answer = self.enqueue(msg);
+        async move {
+            match answer {
+                Ok(answer) => answer.await.unwrap_or_else(|_| {
+                    Err(AmqpError::Closed {
+                        op: "publish (the publishing task ended without an answer)".into(),
+                    })
+                }),
+                Err(closed) => Err(closed),
+            }
+        }
+    }
+
+    /// Hands `msg` to its lane; the receiver gets the answer.
+    fn enqueue(
+        &self,
+        msg: Message<'_>,
+    ) -> Result<oneshot::Receiver<Result<(), AmqpError>>, AmqpError> {
         let key = identity(
             msg.exchange,
             msg.routing_key,
@@ -143,19 +176,14 @@ impl BatchPublisher {
             timeout: self.confirm_timeout,
             reply,
         };
-        let closed = || AmqpError::Closed {
-            op: format!("publish to {}", target(msg.exchange, msg.routing_key)),
-        };
         // Look-alikes share a lane, which keeps them apart (see `Flight::admits`).
         let lane = &self.lanes[(key % self.lanes.len() as u64) as usize];
         lane.requests
             .send((request, msg.properties))
-            .map_err(|_| closed())?;
-        match tokio::time::timeout(self.confirm_timeout, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(closed()),
-            Err(_) => Err(overdue(msg.exchange, msg.routing_key, self.confirm_timeout)),
-        }
+            .map_err(|_| AmqpError::Closed {
+                op: format!("publish to {}", target(msg.exchange, msg.routing_key)),
+            })?;
+        Ok(answer)
     }
 
     /// True while every channel can publish. A channel that owes confirms past the deadline
@@ -394,8 +422,7 @@ impl Flight {
     }
 
     /// When the oldest publish in flight stops waiting for its confirm. It holds back every
-    /// answer after it, so its deadline is the one that closes the channel; a caller with an
-    /// earlier one (a look-alike that was held back) times out on its own.
+    /// answer after it, so its deadline is the one that closes the channel.
     fn deadline(&self) -> Option<Instant> {
         self.sent.first_key_value().map(|(_, s)| s.request.deadline)
     }
@@ -475,7 +502,16 @@ async fn run_lane(
         if !open && flight.is_empty() && held.is_empty() {
             return;
         }
-        if let Some(deadline) = flight.deadline()
+        // Callers keep no timers: the lane wakes for the oldest publish in flight, whose
+        // deadline closes the channel, and for requests held back past theirs, which the top
+        // of the loop answers. A publish sent after the oldest may wait past its own deadline
+        // for the oldest's, as it waits for its answer (see the module docs).
+        let deadline = flight
+            .deadline()
+            .into_iter()
+            .chain(held.iter().map(|(r, _)| r.deadline))
+            .min();
+        if let Some(deadline) = deadline
             && timer.deadline() != deadline
         {
             timer.as_mut().reset(deadline);
@@ -490,7 +526,11 @@ async fn run_lane(
                     return;
                 }
             }
-            () = &mut timer, if !flight.is_empty() => {
+            () = &mut timer, if deadline.is_some() => {
+                if flight.deadline().is_none_or(|d| d > Instant::now()) {
+                    // Only held-back requests are overdue.
+                    continue;
+                }
                 tracing::warn!(
                     channel = channel.id(),
                     publishes = flight.sent.len(),

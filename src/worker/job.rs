@@ -48,29 +48,39 @@ impl<H> Clone for Job<H> {
 impl<H: Handler> Job<H> {
     /// Handles and settles one delivery. Never leaves it unsettled: if the drain deadline
     /// stops the handler, the delivery is requeued.
-    pub async fn run(self, mut delivery: Inbound, permit: Option<OwnedSemaphorePermit>) {
-        let _running = self.in_flight.enter();
-        // Boxed: the handler's future is large and lives only while the handler runs (at
-        // most `--concurrency` at once), while a job waiting for its republish's confirm
-        // (up to prefetch of them) would otherwise keep room for it.
-        let disposition = Box::pin(self.disposition(&delivery)).await;
-        // The permit bounds handlers, not settles: a republish waiting for its confirm must not
-        // keep the next handler from starting. Deliveries in flight stay bounded by prefetch,
-        // and `_running` keeps the drain waiting for the settle.
-        drop(permit);
-        let started = Instant::now();
-        let settled = settle(
-            &mut delivery,
-            &disposition,
-            &self.spec,
-            &self.publisher,
-            &self.dead_letter_exchange,
-        )
-        .await;
-        self.metrics
-            .settle_duration
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.settled(settled);
+    ///
+    /// Not an `async fn`: one keeps its arguments twice in its future (rust-lang/rust#62958),
+    /// and a worker holds up to prefetch of these futures, each with a delivery in it.
+    #[allow(clippy::manual_async_fn)]
+    pub fn run(
+        self,
+        mut delivery: Inbound,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> impl Future<Output = ()> + Send + use<H> {
+        async move {
+            let _running = self.in_flight.enter();
+            // Boxed: the handler's future is large and lives only while the handler runs (at
+            // most `--concurrency` at once), while a job waiting for its republish's confirm
+            // (up to prefetch of them) would otherwise keep room for it.
+            let disposition = Box::pin(self.disposition(&delivery)).await;
+            // The permit bounds handlers, not settles: a republish waiting for its confirm
+            // must not keep the next handler from starting. Deliveries in flight stay bounded
+            // by prefetch, and `_running` keeps the drain waiting for the settle.
+            drop(permit);
+            let started = Instant::now();
+            let settled = settle(
+                &mut delivery,
+                &disposition,
+                &self.spec,
+                &self.publisher,
+                &self.dead_letter_exchange,
+            )
+            .await;
+            self.metrics
+                .settle_duration
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.settled(settled);
+        }
     }
 
     async fn disposition(&self, delivery: &Inbound) -> Disposition {
@@ -204,4 +214,27 @@ pub(super) fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handlers::Builtin;
+
+    /// The size of what `f` returns, without calling it.
+    fn returned<A, B, C, R>(_: fn(A, B, C) -> R) -> usize {
+        size_of::<R>()
+    }
+
+    /// A worker keeps a job's future for each delivery it holds: up to prefetch of them, each
+    /// waiting for its republish's confirm when every message fails. The handler's future is
+    /// boxed and the republish hands its properties over before waiting, so what is left is
+    /// the delivery, the job's handles and the wait for the answer.
+    #[test]
+    fn a_job_future_keeps_little_beyond_its_delivery() {
+        let job = returned(Job::<Builtin>::run);
+        let delivery = size_of::<Inbound>();
+        eprintln!("job future {job} B, delivery {delivery} B");
+        assert!(job <= delivery + 1024, "a job's future is {job} bytes");
+    }
 }

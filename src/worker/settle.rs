@@ -101,27 +101,27 @@ pub async fn settle(
     }
 }
 
-/// Publishes a copy of the delivery with new headers and waits for its confirm. The
+/// Publishes a copy of the delivery with new headers; the future waits for its confirm. The
 /// delivery's own properties are dropped first: only its tag and body are needed from here,
 /// and a worker at a high prefetch can hold hundreds of deliveries waiting for confirms.
-async fn republish(
+/// Not `async`: the properties and headers are handed to the publisher before it returns, so
+/// the job's future keeps no room for them while it waits.
+fn republish(
     delivery: &mut Inbound,
     publisher: &BatchPublisher,
     exchange: &str,
     routing_key: &str,
     headers: FieldTable,
-) -> Result<(), amqp::AmqpError> {
+) -> impl Future<Output = Result<(), amqp::AmqpError>> + use<> {
     let properties = amqp::republish_properties(&delivery.properties).with_headers(headers);
     delivery.shed_properties();
-    publisher
-        .publish(Message {
-            exchange,
-            routing_key,
-            body: &delivery.data,
-            properties,
-            mandatory: true,
-        })
-        .await
+    publisher.publish(Message {
+        exchange,
+        routing_key,
+        body: &delivery.data,
+        properties,
+        mandatory: true,
+    })
 }
 
 async fn ack(delivery: &Inbound, done: Settled) -> Settled {

@@ -276,6 +276,46 @@ async fn overdue_confirms_time_out_and_close_the_channel() {
     t.cleanup(&conn).await;
 }
 
+/// Callers keep no timers of their own: the lane answers each by its deadline. A request held
+/// back behind a look-alike whose confirm never comes (the connection black-holed) has a
+/// deadline of its own, earlier here than the look-alike's, and gets its timeout then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_held_behind_a_look_alike_times_out_by_its_own_deadline() {
+    let t = TestTopology::fast("batch-held");
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let (proxy, via) = through_proxy().await;
+    let patient = BatchPublisher::open(&via, 1)
+        .await
+        .unwrap()
+        .with_confirm_timeout(Duration::from_secs(30));
+    let hasty = patient.clone().with_confirm_timeout(Duration::from_secs(1));
+    let ok = publish_one(&patient, &work, "before").await;
+    assert!(ok.is_ok(), "{ok:?}");
+
+    proxy.set(Mode::BlackHole);
+    // In flight, and never confirmed while the hole lasts.
+    let first = tokio::spawn({
+        let (patient, work) = (patient.clone(), work.clone());
+        async move { publish_one(&patient, &work, "same").await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    // An exact copy: held back until the first is answered.
+    let copy = publish_one(&hasty, &work, "same").await;
+    let took = started.elapsed();
+    assert!(matches!(copy, Err(AmqpError::Timeout { .. })), "{copy:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "the held copy was answered after {took:?}"
+    );
+    assert!(!first.is_finished(), "the first publish was answered early");
+    first.abort();
+    proxy.set(Mode::Pass);
+    t.cleanup(&conn).await;
+}
+
 /// `ConfirmWindow` (the bridge's and `dlq replay`'s pipelined confirms) yields confirms in
 /// publish order, survives being cancelled mid-wait without losing one, and turns a confirm
 /// that never comes (the connection black-holed) into a timeout for each message in turn.
