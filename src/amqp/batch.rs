@@ -499,7 +499,14 @@ async fn run_lane(
             && let Err(unsent) = send_group(&channel, group, &mut flight, &stats).await
         {
             let held = unsent.into_iter().chain(held.into_iter().map(|q| q.0));
-            close(&channel, "publishes could not be written", flight, held).await;
+            close(
+                &channel,
+                "publishes could not be written",
+                flight,
+                held,
+                &mut requests,
+            )
+            .await;
             return;
         }
         if !open && flight.is_empty() && held.is_empty() {
@@ -525,7 +532,7 @@ async fn run_lane(
             biased;
             () = poll_fn(|cx| flight.poll_settle(cx)) => {
                 if flight.broken {
-                    close(&channel, "the channel failed", flight, held.into_iter().map(|q| q.0)).await;
+                    close(&channel, "the channel failed", flight, held.into_iter().map(|q| q.0), &mut requests).await;
                     return;
                 }
             }
@@ -539,7 +546,7 @@ async fn run_lane(
                     publishes = flight.sent.len(),
                     "Confirms overdue; closing the publishing channel."
                 );
-                close(&channel, "confirms overdue", flight, held.into_iter().map(|q| q.0)).await;
+                close(&channel, "confirms overdue", flight, held.into_iter().map(|q| q.0), &mut requests).await;
                 return;
             }
             n = requests.recv_many(&mut arrived, MAX_GROUP), if open => {
@@ -612,16 +619,17 @@ async fn send_group(
     if ok { Ok(()) } else { Err(Vec::new()) }
 }
 
-/// Closes the lane's channel and fails everything it still holds. A publish in flight may
-/// have been confirmed; its caller keeps the message, a duplicate at worst.
+/// Closes the lane's channel and fails everything it still holds or has queued. A publish in
+/// flight may have been confirmed; its caller keeps the message, a duplicate at worst.
 async fn close(
     channel: &Channel,
     why: &str,
     flight: Flight,
     held: impl IntoIterator<Item = Request>,
+    requests: &mut mpsc::UnboundedReceiver<Queued>,
 ) {
     let now = Instant::now();
-    for r in flight.into_requests().chain(held) {
+    let fail = |r: Request| {
         let error = if now >= r.deadline {
             overdue(&r.exchange, &r.routing_key, r.timeout)
         } else {
@@ -630,6 +638,14 @@ async fn close(
             }
         };
         let _ = r.reply.send(Err(error));
+    };
+    flight.into_requests().chain(held).for_each(fail);
+    // Callers keep no timers, so nothing may stay queued unanswered: refuse new requests
+    // (their send fails at once), then answer every one already sent, including one whose
+    // send was under way as the queue closed (`recv` waits for it).
+    requests.close();
+    while let Some((r, _)) = requests.recv().await {
+        fail(r);
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), channel.close(200, why.into())).await;
 }

@@ -270,8 +270,16 @@ async fn overdue_confirms_time_out_and_close_the_channel() {
         async move { !open }
     })
     .await;
+    // Refused at once, not after the lane's (black-holed) channel.close gives up 5 s later:
+    // callers keep no timers, so the lane answers what is queued before it closes.
+    let started = std::time::Instant::now();
     let after = publish("after").await;
     assert!(after.is_err(), "a closed channel took a publish: {after:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a publish to a closing lane waited {:?}",
+        started.elapsed()
+    );
     proxy.set(Mode::Pass);
     t.cleanup(&conn).await;
 }
