@@ -145,14 +145,11 @@ impl BatchPublisher {
     ) -> impl Future<Output = Result<(), AmqpError>> + Send + use<> {
         let answer = self.enqueue(msg);
         async move {
-            match answer {
-                Ok(answer) => answer.await.unwrap_or_else(|_| {
-                    Err(AmqpError::Closed {
-                        op: "publish (the publishing task ended without an answer)".into(),
-                    })
-                }),
-                Err(closed) => Err(closed),
-            }
+            answer?.await.unwrap_or_else(|_| {
+                Err(AmqpError::Closed {
+                    op: "publish (the publishing task ended without an answer)".into(),
+                })
+            })
         }
     }
 

@@ -234,7 +234,6 @@ mod tests {
     fn a_job_future_keeps_little_beyond_its_delivery() {
         let job = returned(Job::<Builtin>::run);
         let delivery = size_of::<Inbound>();
-        eprintln!("job future {job} B, delivery {delivery} B");
         assert!(job <= delivery + 1024, "a job's future is {job} bytes");
     }
 }

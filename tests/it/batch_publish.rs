@@ -240,11 +240,21 @@ async fn a_closed_connection_fails_publishes_at_once_instead_of_hanging() {
     t.cleanup(&conn).await;
 }
 
-/// Confirms that never come (the connection black-holed) must not hold a channel forever: the
-/// caller gets a timeout, and the channel is closed so that its owner replaces the publisher.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overdue_confirms_time_out_and_close_the_channel() {
-    let t = TestTopology::fast("batch-overdue");
+/// A topology with a `work` queue, and a one-lane publisher with `timeout` on a connection
+/// through a proxy the test can black-hole (returned, to keep it open), which has confirmed
+/// one publish ("before").
+async fn one_lane_through_proxy(
+    name: &str,
+    timeout: Duration,
+) -> (
+    TestTopology,
+    amqp::Connection,
+    String,
+    Proxy,
+    amqp::Connection,
+    BatchPublisher,
+) {
+    let t = TestTopology::fast(name);
     let conn = connect().await;
     t.apply(&conn).await;
     let work = t.queue("work");
@@ -252,13 +262,22 @@ async fn overdue_confirms_time_out_and_close_the_channel() {
     let publisher = BatchPublisher::open(&via, 1)
         .await
         .unwrap()
-        .with_confirm_timeout(Duration::from_secs(2));
+        .with_confirm_timeout(timeout);
+    let ok = publish_one(&publisher, &work, "before").await;
+    assert!(ok.is_ok(), "{ok:?}");
+    (t, conn, work, proxy, via, publisher)
+}
+
+/// Confirms that never come (the connection black-holed) must not hold a channel forever: the
+/// caller gets a timeout, and the channel is closed so that its owner replaces the publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overdue_confirms_time_out_and_close_the_channel() {
+    let (t, conn, work, proxy, _via, publisher) =
+        one_lane_through_proxy("batch-overdue", Duration::from_secs(2)).await;
     let publish = |id: &'static str| {
         let (publisher, work) = (publisher.clone(), work.clone());
         async move { publish_one(&publisher, &work, id).await }
     };
-    let ok = publish("before").await;
-    assert!(ok.is_ok(), "{ok:?}");
 
     proxy.set(Mode::BlackHole);
     let started = std::time::Instant::now();
@@ -289,18 +308,9 @@ async fn overdue_confirms_time_out_and_close_the_channel() {
 /// deadline of its own, earlier here than the look-alike's, and gets its timeout then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_held_behind_a_look_alike_times_out_by_its_own_deadline() {
-    let t = TestTopology::fast("batch-held");
-    let conn = connect().await;
-    t.apply(&conn).await;
-    let work = t.queue("work");
-    let (proxy, via) = through_proxy().await;
-    let patient = BatchPublisher::open(&via, 1)
-        .await
-        .unwrap()
-        .with_confirm_timeout(Duration::from_secs(30));
+    let (t, conn, work, proxy, _via, patient) =
+        one_lane_through_proxy("batch-held", Duration::from_secs(30)).await;
     let hasty = patient.clone().with_confirm_timeout(Duration::from_secs(1));
-    let ok = publish_one(&patient, &work, "before").await;
-    assert!(ok.is_ok(), "{ok:?}");
 
     proxy.set(Mode::BlackHole);
     // In flight, and never confirmed while the hole lasts.
