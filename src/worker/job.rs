@@ -145,7 +145,10 @@ impl<H: Handler> Job<H> {
         self.metrics.in_flight.inc();
         let started = Instant::now();
         let handled = AssertUnwindSafe(self.handler.handle(event, &ctx)).catch_unwind();
+        // Biased: a handler that is done at once (most are, or fail at once) never registers
+        // a waiter on the shared stop token, which random order would do half the time.
         let result = tokio::select! {
+            biased;
             r = tokio::time::timeout(self.handler_timeout, handled) => Some(match r {
                 Ok(Ok(result)) => result,
                 Ok(Err(panic)) => {
