@@ -16,6 +16,15 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     exit 1
   fi
 fi
+# bench/instructions' smoke test counts instructions under valgrind.
+if ! valgrind --version >/dev/null 2>&1; then
+  if [ "${CI:-}" = "true" ]; then
+    echo "test: installing valgrind" >&2
+    apt-get install -y valgrind >&2
+  else
+    echo "test: valgrind is missing: apt-get install -y valgrind (or WARREN_NO_VALGRIND=1 to skip bench/instructions' test)" >&2
+  fi
+fi
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci
 exec cargo nextest run --profile "$profile" --no-fail-fast "$@"
