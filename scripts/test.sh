@@ -18,9 +18,10 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 # bench/instructions' smoke test counts instructions under valgrind.
 if ! valgrind --version >/dev/null 2>&1; then
-  if [ "${CI:-}" = "true" ]; then
+  if [ "${CI:-}" = "true" ] && command -v apt-get >/dev/null 2>&1; then
     echo "test: installing valgrind" >&2
-    apt-get install -y valgrind >&2
+    apt-get install -y valgrind >&2 || { apt-get update >&2 && apt-get install -y valgrind >&2; } ||
+      echo "test: valgrind could not be installed; bench/instructions' test will fail" >&2
   else
     echo "test: valgrind is missing: apt-get install -y valgrind (or WARREN_NO_VALGRIND=1 to skip bench/instructions' test)" >&2
   fi

@@ -208,9 +208,11 @@ fn overdue(exchange: &str, routing_key: &str, after: Duration) -> AmqpError {
     }
 }
 
-/// Seeded once per process, so requests and the returns matched to them hash alike, and
-/// nobody can choose bodies that collide. foldhash rather than std's SipHash: this hashes
-/// every republish's body, and SipHash was 2% of a retrying worker's instructions.
+/// Seeded once per process, so requests and the returns matched to them hash alike, and a
+/// random seed makes colliding bodies hard to choose (foldhash is only minimally
+/// DoS-resistant, but a collision merely holds a publish back). foldhash rather than std's
+/// SipHash: this hashes every republish's body, and SipHash was 2% of a retrying worker's
+/// instructions.
 static IDENTITY: LazyLock<foldhash::fast::RandomState> = LazyLock::new(Default::default);
 
 /// A hash of what a returned message carries of its publish. Equal hashes only hold a

@@ -54,9 +54,20 @@ fn instructions_counts_both_sides_of_the_retry_path_and_cleans_up() {
     assert_eq!(report["messages"].as_u64(), Some(MESSAGES), "{report}");
     let warren = report["warren_per_message"].as_f64().expect("warren count");
     let raw = report["raw_per_message"].as_f64().expect("raw count");
-    // A client that consumes, republishes twice and acks twice runs thousands of instructions
-    // per message; a count of the parent alone, or of nothing, would be far below.
     assert!(warren > 10_000.0 && raw > 10_000.0, "{report}");
+    // What was counted is each side's measuring child, of the run the report names.
+    for side in ["warren", "raw"] {
+        let counted = report["counted"][side].as_str().expect("counted");
+        let prefix = report["prefixes"][side].as_str().expect("prefix");
+        assert!(
+            counted.contains("bench --child") && counted.contains(prefix),
+            "{side}: {counted}"
+        );
+        assert!(
+            counted.contains(&format!("\"side\":\"{side}\"")),
+            "{side}: {counted}"
+        );
+    }
     let ratio = report["ratio"].as_f64().expect("ratio");
     assert!((ratio - warren / raw).abs() < 0.01, "{report}");
 
