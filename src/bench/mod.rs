@@ -201,6 +201,11 @@ pub struct SideResult {
     /// than prefetch ÷ this, per consume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settle_ms: Option<f64>,
+    /// Saturation and latency: the load generator's own rate, messages ÷ seconds from the
+    /// first message to its last confirm. Above `msgs_per_sec`, the queue grew, and latency
+    /// with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_msgs_per_sec: Option<f64>,
     /// The run's topology prefix (set by the parent, which deleted everything under it).
     #[serde(default)]
     pub prefix: String,
@@ -237,6 +242,8 @@ pub struct Tally {
     count: AtomicU64,
     first: std::sync::OnceLock<Instant>,
     last: std::sync::Mutex<Option<Instant>>,
+    /// When the load generator had every message confirmed.
+    published: std::sync::OnceLock<Instant>,
     latencies: std::sync::Mutex<Vec<u64>>,
     record_latency: bool,
     /// Outcome → ack times of the retry scenario: total µs and how many.
@@ -254,6 +261,7 @@ impl Tally {
             count: AtomicU64::new(0),
             first: std::sync::OnceLock::new(),
             last: std::sync::Mutex::new(None),
+            published: std::sync::OnceLock::new(),
             latencies: std::sync::Mutex::new(Vec::with_capacity(if record_latency {
                 target as usize
             } else {
@@ -269,6 +277,11 @@ impl Tally {
     /// Marks the start of the measured interval, if nothing has yet.
     pub fn start(&self) {
         let _ = self.first.get_or_init(Instant::now);
+    }
+
+    /// Notes that the load generator has every message confirmed.
+    pub fn published(&self) {
+        let _ = self.published.get_or_init(Instant::now);
     }
 
     /// Counts one message; `sent_us` is its send stamp (0: none).
@@ -337,6 +350,10 @@ impl Tally {
                 0 => None,
                 n => Some(self.settle_us.load(Ordering::Relaxed) as f64 / 1000.0 / n as f64),
             },
+            publish_msgs_per_sec: self
+                .published
+                .get()
+                .map(|p| self.target as f64 / p.duration_since(first).as_secs_f64().max(1e-6)),
             prefix: String::new(),
         }
     }

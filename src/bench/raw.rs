@@ -99,6 +99,7 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
             tally.start();
             let run = async {
                 publish_all(&ch, &t.events_exchange, spec, scenario.window(), None).await?;
+                tally.published();
                 tally.wait(RUN_LIMIT, "raw pipeline").await
             };
             let waited = until_done(run, &mut consumer).await;

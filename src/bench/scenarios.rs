@@ -66,7 +66,10 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
                 )
                 .await;
                 let waited = match sent {
-                    Ok(()) => tally.wait(RUN_LIMIT, &label).await,
+                    Ok(()) => {
+                        tally.published();
+                        tally.wait(RUN_LIMIT, &label).await
+                    }
                     Err(e) => Err(e),
                 };
                 amqp::close(&conn).await;

@@ -58,3 +58,35 @@ fn retry_runs_at_the_given_prefetch_on_both_sides_and_cleans_up() {
         }
     }
 }
+
+/// Saturation reports, beside the completion rate and latency, the load generator's own rate
+/// on each side: how far publishing ran ahead of consuming, which sets the queue's backlog
+/// and so the latency.
+#[test]
+fn saturation_reports_each_sides_publish_rate_and_cleans_up() {
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["bench", "--scenario", "saturation"])
+        .args(["--messages", "300", "--baseline", "raw", "-o", "json"])
+        .env("AMQP_URL", amqp_url())
+        .output()
+        .expect("run warren bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "warren bench failed:\n{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let row = &report["rows"][0];
+    assert_eq!(row["scenario"], "saturation", "{row}");
+    let queues = rabbitmqctl(&["list_queues", "-q", "name"]);
+    for side in ["warren", "raw"] {
+        let run = &row[side]["runs"][0];
+        assert_eq!(run["messages"].as_u64(), Some(300), "{side}: {run}");
+        let published = run["publish_msgs_per_sec"].as_f64().unwrap_or(0.0);
+        let consumed = run["msgs_per_sec"].as_f64().unwrap_or(0.0);
+        assert!(published > 0.0 && consumed > 0.0, "{side}: {run}");
+        assert!(run["latency"]["p99_us"].as_f64().is_some(), "{side}: {run}");
+        let prefix = run["prefix"].as_str().expect("prefix");
+        assert!(
+            queues.lines().all(|q| !q.starts_with(prefix)),
+            "{side}: left behind"
+        );
+    }
+}
