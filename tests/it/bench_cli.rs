@@ -5,8 +5,7 @@
 
 use std::process::Command;
 
-use crate::support::{amqp_url, rabbitmqctl};
-use serde_json::Value;
+use crate::support::{amqp_url, json_report, rabbitmqctl};
 
 const MESSAGES: u64 = 100;
 
@@ -19,14 +18,7 @@ fn retry_runs_at_the_given_prefetch_on_both_sides_and_cleans_up() {
         .env("AMQP_URL", amqp_url())
         .output()
         .expect("run warren bench");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "warren bench failed:\n{stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}):\n{}\n{stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
+    let report = json_report(&out, "warren bench");
     let rows = report["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 1, "{report}");
     let row = &rows[0];
@@ -70,9 +62,7 @@ fn saturation_reports_each_sides_publish_rate_and_cleans_up() {
         .env("AMQP_URL", amqp_url())
         .output()
         .expect("run warren bench");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "warren bench failed:\n{stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let report = json_report(&out, "warren bench");
     let row = &report["rows"][0];
     assert_eq!(row["scenario"], "saturation", "{row}");
     let queues = rabbitmqctl(&["list_queues", "-q", "name"]);

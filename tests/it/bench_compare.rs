@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{amqp_url, rabbitmqctl};
+use crate::support::{amqp_url, json_report, rabbitmqctl};
 use serde_json::Value;
 
 const MESSAGES: u64 = 200;
@@ -46,14 +46,7 @@ fn compare_runs_all_three_contenders_and_cleans_up() {
         .env("AMQP_URL", amqp_url())
         .output()
         .expect("run bench/compare");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench/compare failed:\n{stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}):\n{}\n{stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
+    let report = json_report(&out, "bench/compare");
 
     // One round: every scenario once per contender, in the interleaved order.
     let rounds = report["rounds"].as_array().expect("rounds");

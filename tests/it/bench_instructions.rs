@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::support::{amqp_url, rabbitmqctl};
+use crate::support::{amqp_url, json_report, rabbitmqctl};
 use serde_json::Value;
 
 const MESSAGES: u64 = 200;
@@ -45,14 +45,7 @@ fn instructions_counts_both_sides_of_the_retry_path_and_cleans_up() {
     let messages = MESSAGES.to_string();
     let top = TOP.to_string();
     let out = instructions(&["--messages", &messages, "--top", &top, "--json"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench/instructions failed:\n{stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}):\n{}\n{stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
+    let report = json_report(&out, "bench/instructions");
     assert_eq!(report["scenario"], "retry", "{report}");
     assert_eq!(report["messages"].as_u64(), Some(MESSAGES), "{report}");
     let warren = report["warren_per_message"].as_f64().expect("warren count");

@@ -274,6 +274,19 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The JSON report a command printed on stdout, once it exited 0; `what` names the command in
+/// the panic, which carries its stderr.
+pub fn json_report(out: &std::process::Output, what: &str) -> serde_json::Value {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what} failed:\n{stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}):\n{}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 /// `messages_unacknowledged` of one queue as `rabbitmqctl list_queues` reports it (exact for
 /// classic queues). For quorum queues this comes from periodic stats and can lag; use
 /// [`unacked_of`] for exact counts. Panics when the queue is not listed or its figure is not
