@@ -95,6 +95,8 @@ class Tally:
         self.latencies: list[int] = []
         self.record_latency = record_latency
         self.done = asyncio.Event()
+        self.progress = asyncio.Event()
+        self.peak_in_flight: Optional[int] = None
 
     def start(self) -> None:
         if self.first is None:
@@ -106,9 +108,18 @@ class Tally:
         if self.record_latency and sent_us > 0:
             self.latencies.append(max(now_us() - sent_us, 0))
         self.count += 1
+        self.progress.set()
         if self.count == self.target:
             self.last = now
             self.done.set()
+
+    async def admit(self, i: int, max_in_flight: int) -> None:
+        """Waits until message `i` may be published: until fewer than `max_in_flight` of the
+        `i` before it are still to be counted (warren's `Tally::admit`). 0: no bound."""
+        while max_in_flight > 0 and i - self.count >= max_in_flight:
+            self.progress.clear()
+            await self.progress.wait()
+        self.peak_in_flight = max(self.peak_in_flight or 0, i - self.count)
 
     async def wait(self, what: str) -> None:
         try:
@@ -131,6 +142,7 @@ class Tally:
             "latency": percentiles(self.latencies),
             "cpu_us_per_msg": cpu * 1e6 / max(self.count, 1),
             "peak_rss_kib": peak_rss_kib(),
+            **({"peak_in_flight": self.peak_in_flight} if self.peak_in_flight is not None else {}),
         }
 
 
@@ -268,12 +280,19 @@ async def pace(start: float, i: int, rate: Optional[float]) -> None:
 
 
 async def publish_all(
-    exchange: aio_pika.abc.AbstractExchange, spec: dict, window: int, confirms_tally: Optional[Tally]
+    exchange: aio_pika.abc.AbstractExchange,
+    spec: dict,
+    window: int,
+    confirms_tally: Optional[Tally],
+    handled: Optional[Tally] = None,
 ) -> None:
     confirms = Confirms(window, confirms_tally)
+    max_in_flight = spec["scenario"].get("max_in_flight", 0)
     start = time.monotonic()
     for i in range(spec["messages"]):
         await pace(start, i, spec.get("rate"))
+        if handled is not None:
+            await handled.admit(i, max_in_flight)
         sent = now_us()
         message = Message(
             message_body(spec["size"], sent),
@@ -339,7 +358,7 @@ async def run(spec: dict) -> dict[str, Any]:
         elif kind in ("saturation", "latency"):
             await consume(connection, spec, PIPELINE_PREFETCH, tally)
             tally.start()
-            await publish_all(exchange, spec, PIPELINE_WINDOW, None)
+            await publish_all(exchange, spec, PIPELINE_WINDOW, None, tally)
             await tally.wait(kind)
         elif kind == "endtoend":
             await consume(connection, spec, PIPELINE_PREFETCH, tally)

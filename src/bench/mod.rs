@@ -79,8 +79,15 @@ pub enum Scenario {
         /// Per-consumer prefetch.
         prefetch: u16,
     },
-    /// Publish and consume at once, as fast as both go.
-    Saturation,
+    /// Publish and consume at once, as fast as both go, with at most `max_in_flight` messages
+    /// published and not yet handled (0: no bound).
+    Saturation {
+        /// The load generator's bound on published-but-unhandled messages; 0 for none. Without
+        /// one, the queue grows for as long as publishing outruns consuming, and latency
+        /// measures the run's length (it doubles with `--messages`).
+        #[serde(default)]
+        max_in_flight: u64,
+    },
     /// Simulated upstream → bridge → queue → worker `log` handler.
     EndToEnd,
     /// Publish at a fixed share of the measured ceiling; latency from publish to handler.
@@ -95,6 +102,10 @@ pub enum Scenario {
     },
 }
 
+/// The saturation scenario's default bound on messages published and not yet handled: ten
+/// times the pipeline's prefetch, enough that the consumer never waits on the publisher.
+pub const SATURATION_IN_FLIGHT: u64 = 1000;
+
 /// Confirm window of the scenarios that publish without a `publish` parameter.
 pub const PIPELINE_WINDOW: usize = 256;
 /// Prefetch of the scenarios that consume without a `consume` parameter.
@@ -106,7 +117,10 @@ impl Scenario {
         match self {
             Scenario::Publish { window } => format!("publish window={window}"),
             Scenario::Consume { prefetch } => format!("consume prefetch={prefetch}"),
-            Scenario::Saturation => "saturation".into(),
+            Scenario::Saturation { max_in_flight: 0 } => "saturation unbounded".into(),
+            Scenario::Saturation { max_in_flight } => {
+                format!("saturation in-flight≤{max_in_flight}")
+            }
             Scenario::EndToEnd => "e2e bridge+worker".into(),
             Scenario::Latency { percent } => format!("latency at {percent}%"),
             Scenario::Retry { prefetch } => format!("retry+dead-letter prefetch={prefetch}"),
@@ -140,8 +154,16 @@ impl Scenario {
     pub fn has_latency(&self) -> bool {
         matches!(
             self,
-            Scenario::Publish { .. } | Scenario::Saturation | Scenario::Latency { .. }
+            Scenario::Publish { .. } | Scenario::Saturation { .. } | Scenario::Latency { .. }
         )
+    }
+
+    /// The load generator's bound on messages published and not yet handled, if any.
+    pub fn max_in_flight(&self) -> Option<u64> {
+        match self {
+            Scenario::Saturation { max_in_flight } if *max_in_flight > 0 => Some(*max_in_flight),
+            _ => None,
+        }
     }
 }
 
@@ -206,6 +228,11 @@ pub struct SideResult {
     /// with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_msgs_per_sec: Option<f64>,
+    /// Saturation and latency: the most messages the load generator saw published and not yet
+    /// handled, just before a publish (a backlog's high-water mark; at most the scenario's
+    /// `max_in_flight` when it has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_in_flight: Option<u64>,
     /// The run's topology prefix (set by the parent, which deleted everything under it).
     #[serde(default)]
     pub prefix: String,
@@ -251,6 +278,12 @@ pub struct Tally {
     settles: AtomicU64,
     /// Cancelled when `target` messages have been counted.
     pub done: CancellationToken,
+    /// Signalled at every count, for a load generator waiting on [`Tally::admit`].
+    progress: tokio::sync::Notify,
+    /// The most messages [`Tally::admit`] saw published and not yet counted.
+    peak_in_flight: AtomicU64,
+    /// True once [`Tally::admit`] has run.
+    admitted: std::sync::atomic::AtomicBool,
 }
 
 impl Tally {
@@ -271,7 +304,29 @@ impl Tally {
             settle_us: AtomicU64::new(0),
             settles: AtomicU64::new(0),
             done: CancellationToken::new(),
+            progress: tokio::sync::Notify::new(),
+            peak_in_flight: AtomicU64::new(0),
+            admitted: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Waits until message `i` may be published: until fewer than `max_in_flight` of the `i`
+    /// before it are still to be counted. No bound, no wait.
+    /// Either way, notes the most messages seen in flight.
+    pub async fn admit(&self, i: u64, max_in_flight: Option<u64>) {
+        if let Some(cap) = max_in_flight {
+            // `notify_one` leaves a permit when nobody waits, so a count between the check
+            // and the wait is not missed; a stale permit costs one more check.
+            while i.saturating_sub(self.count()) >= cap {
+                self.progress.notified().await;
+            }
+        }
+        // Only the load generator writes this: a load and a store, not a read-modify-write.
+        let in_flight = i.saturating_sub(self.count());
+        if in_flight > self.peak_in_flight.load(Ordering::Relaxed) {
+            self.peak_in_flight.store(in_flight, Ordering::Relaxed);
+        }
+        self.admitted.store(true, Ordering::Relaxed);
     }
 
     /// Marks the start of the measured interval, if nothing has yet.
@@ -296,6 +351,7 @@ impl Tally {
                 .push(lat);
         }
         let n = self.count.fetch_add(1, Ordering::AcqRel) + 1;
+        self.progress.notify_one();
         if n == self.target {
             *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
             self.done.cancel();
@@ -354,6 +410,10 @@ impl Tally {
                 .published
                 .get()
                 .map(|p| self.target as f64 / p.duration_since(first).as_secs_f64().max(1e-6)),
+            peak_in_flight: self
+                .admitted
+                .load(Ordering::Relaxed)
+                .then(|| self.peak_in_flight.load(Ordering::Relaxed)),
             prefix: String::new(),
         }
     }

@@ -135,7 +135,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Error> {
                 Scenario::Latency { percent } => {
                     if ceiling.is_none() {
                         bar.set_message(format!("{} ceiling", qt.as_str()));
-                        let r = one_run(opts, Scenario::Saturation, qt, Side::Raw, None).await?;
+                        let r = one_run(opts, ceiling_scenario(opts), qt, Side::Raw, None).await?;
                         ceiling = Some(r.msgs_per_sec);
                     }
                     ceiling.map(|c| c * f64::from(percent) / 100.0)
@@ -159,7 +159,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Error> {
                         }
                         r => r?,
                     };
-                    if scenario == Scenario::Saturation && side == Side::Raw {
+                    if matches!(scenario, Scenario::Saturation { .. }) && side == Side::Raw {
                         ceiling = Some(ceiling.map_or(r.msgs_per_sec, |c| c.max(r.msgs_per_sec)));
                     }
                     bar.inc(1);
@@ -188,6 +188,18 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Error> {
         rounds: opts.rounds,
         rows,
     })
+}
+
+/// The run that measures the latency scenarios' ceiling: the first saturation scenario asked
+/// for, or the default one.
+fn ceiling_scenario(opts: &BenchOptions) -> Scenario {
+    opts.scenarios
+        .iter()
+        .copied()
+        .find(|s| matches!(s, Scenario::Saturation { .. }))
+        .unwrap_or(Scenario::Saturation {
+            max_in_flight: super::SATURATION_IN_FLIGHT,
+        })
 }
 
 fn progress(total: u64) -> ProgressBar {

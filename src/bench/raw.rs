@@ -83,7 +83,7 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
             let ch = publish_channel(&conn).await?;
             let cpu_before = stats::cpu_time();
             tally.start();
-            publish_all(&ch, &t.events_exchange, spec, window, Some(&tally)).await?;
+            publish_all(&ch, &t.events_exchange, spec, window, Some(&tally), None).await?;
             Ok(tally.result(Side::Raw, cpu_before))
         }
         Scenario::Consume { prefetch } => {
@@ -91,14 +91,15 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
             let waited = until_done(tally.wait(RUN_LIMIT, "raw consume"), &mut consumer).await;
             waited.map(|()| tally.result(Side::Raw, cpu_before))
         }
-        Scenario::Saturation | Scenario::Latency { .. } => {
+        Scenario::Saturation { .. } | Scenario::Latency { .. } => {
             let mut consumer =
                 consume(&conn, &queue, scenario.prefetch(), tally.clone(), None).await?;
             let driver = driver().await?;
             let ch = publish_channel(&driver).await?;
             tally.start();
             let run = async {
-                publish_all(&ch, &t.events_exchange, spec, scenario.window(), None).await?;
+                let window = scenario.window();
+                publish_all(&ch, &t.events_exchange, spec, window, None, Some(&tally)).await?;
                 tally.published();
                 tally.wait(RUN_LIMIT, "raw pipeline").await
             };
@@ -132,7 +133,8 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
             let ch = publish_channel(&driver).await?;
             tally.start();
             let run = async {
-                publish_all(&ch, &t.events_exchange, spec, scenario.window(), None).await?;
+                let window = scenario.window();
+                publish_all(&ch, &t.events_exchange, spec, window, None, None).await?;
                 count_depth(&driver, &spec0.dlq(), &tally).await
             };
             let waited = until_done(run, &mut consumer).await;
@@ -171,12 +173,14 @@ struct Retry {
 }
 
 /// Publishes with confirms, at most `window` unconfirmed; counts confirms into `confirms`.
+/// With `handled`, each publish first waits for the scenario's in-flight bound.
 async fn publish_all(
     ch: &Channel,
     exchange: &str,
     spec: &RunSpec,
     window: usize,
     confirms: Option<&Tally>,
+    handled: Option<&Tally>,
 ) -> Result<(), Error> {
     let mut pending = FuturesOrdered::new();
     let settle = |(sent, r): (u64, lapin::Result<Confirmation>)| -> Result<(), Error> {
@@ -190,8 +194,12 @@ async fn publish_all(
         Ok(())
     };
     let start = Instant::now();
+    let max_in_flight = spec.scenario.max_in_flight();
     for i in 0..spec.messages {
         pace(start, i, spec.rate).await;
+        if let Some(t) = handled {
+            t.admit(i, max_in_flight).await;
+        }
         while let Some(Some(done)) = pending.next().now_or_never() {
             settle(done)?;
         }

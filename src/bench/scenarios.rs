@@ -33,8 +33,15 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
             let publisher = Publisher::open(&conn).await?;
             let cpu_before = stats::cpu_time();
             tally.start();
-            let sent =
-                publish_all(&publisher, &t.events_exchange, spec, window, Some(&tally)).await;
+            let sent = publish_all(
+                &publisher,
+                &t.events_exchange,
+                spec,
+                window,
+                Some(&tally),
+                None,
+            )
+            .await;
             amqp::close(&conn).await;
             sent?;
             Ok(tally.result(Side::Warren, cpu_before))
@@ -51,7 +58,7 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
             .await?;
             Ok(tally.result(Side::Warren, cpu_before))
         }
-        Scenario::Saturation | Scenario::Latency { .. } => {
+        Scenario::Saturation { .. } | Scenario::Latency { .. } => {
             let label = scenario.label();
             let driver = async {
                 let conn = amqp::connect(url, "bench", "publish").await?;
@@ -63,6 +70,7 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
                     spec,
                     scenario.window(),
                     None,
+                    Some(&tally),
                 )
                 .await;
                 let waited = match sent {
@@ -89,6 +97,7 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
                     &t.events_exchange,
                     spec,
                     scenario.window(),
+                    None,
                     None,
                 )
                 .await;
@@ -124,13 +133,15 @@ pub async fn pace(start: Instant, i: u64, rate: Option<f64>) {
 }
 
 /// Publishes `spec.messages` bench messages through the publisher's confirm window; confirms
-/// are counted into `confirms` (publish → confirm latency) when given.
+/// are counted into `confirms` (publish → confirm latency) when given. With `handled`, each
+/// publish first waits for the scenario's in-flight bound ([`Tally::admit`]).
 async fn publish_all(
     publisher: &Publisher,
     exchange: &str,
     spec: &RunSpec,
     window: usize,
     confirms: Option<&Tally>,
+    handled: Option<&Tally>,
 ) -> Result<(), Error> {
     let mut pending = ConfirmWindow::<u64>::new(window);
     let settle = |(sent, r): (u64, Result<(), amqp::AmqpError>)| -> Result<(), Error> {
@@ -141,8 +152,12 @@ async fn publish_all(
         Ok(())
     };
     let start = Instant::now();
+    let max_in_flight = spec.scenario.max_in_flight();
     for i in 0..spec.messages {
         pace(start, i, spec.rate).await;
+        if let Some(t) = handled {
+            t.admit(i, max_in_flight).await;
+        }
         while let Some(Some(done)) = pending.next().now_or_never() {
             settle(done)?;
         }

@@ -5,7 +5,8 @@ use clap::{Args, ValueEnum};
 
 use super::{GlobalArgs, stdout_error};
 use crate::bench::{
-    self, BenchOptions, BenchReport, PIPELINE_PREFETCH, QueueType, RunSpec, Scenario, Side,
+    self, BenchOptions, BenchReport, PIPELINE_PREFETCH, QueueType, RunSpec, SATURATION_IN_FLIGHT,
+    Scenario, Side,
 };
 use crate::error::{Error, Result};
 use crate::output::{self, OutputFormat};
@@ -17,7 +18,8 @@ pub enum ScenarioName {
     Publish,
     /// Consume and ack a backlog, prefetch 1, 10, 100 and 1000.
     Consume,
-    /// Publish and consume at once, as fast as both go.
+    /// Publish and consume at once, as fast as both go, with at most 1000 messages published
+    /// and not yet handled (--max-in-flight).
     Saturation,
     /// Simulated upstream → bridge → queue → worker with the log handler.
     E2e,
@@ -78,6 +80,11 @@ pub struct BenchArgs {
     /// and 1000 for `consume`, 100 for `retry`).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: Vec<u16>,
+    /// Saturation: the load generator waits while this many messages are published and not yet
+    /// handled; repeat for several. 0 sets no bound: the queue then grows for as long as
+    /// publishing outruns consuming, and latency grows with --messages.
+    #[arg(long, default_values_t = [SATURATION_IN_FLIGHT])]
+    pub max_in_flight: Vec<u64>,
     /// The aio-pika peer program, run as `PEER --child SPEC` (for `--side peer`, `--baseline peer`).
     #[arg(long, default_value = "bench/peers/peer")]
     pub peer: std::path::PathBuf,
@@ -92,7 +99,7 @@ pub struct BenchArgs {
     pub child: Option<String>,
 }
 
-fn expand(names: &[ScenarioName], prefetches: &[u16]) -> Vec<Scenario> {
+fn expand(names: &[ScenarioName], prefetches: &[u16], in_flight: &[u64]) -> Vec<Scenario> {
     let all = names.contains(&ScenarioName::All);
     let has = |n: ScenarioName| all || names.contains(&n);
     let mut out = Vec::new();
@@ -115,7 +122,11 @@ fn expand(names: &[ScenarioName], prefetches: &[u16]) -> Vec<Scenario> {
         );
     }
     if has(ScenarioName::Saturation) {
-        out.push(Scenario::Saturation);
+        out.extend(
+            in_flight
+                .iter()
+                .map(|&max_in_flight| Scenario::Saturation { max_in_flight }),
+        );
     }
     if has(ScenarioName::E2e) {
         out.push(Scenario::EndToEnd);
@@ -171,7 +182,7 @@ pub(super) async fn bench_command(global: &GlobalArgs, args: BenchArgs) -> Resul
         amqp_url: global.amqp_url.clone(),
         exe: std::env::current_exe()
             .map_err(|e| Error::Other(format!("bench: cannot find the warren binary: {e}")))?,
-        scenarios: expand(&args.scenarios, &args.prefetch),
+        scenarios: expand(&args.scenarios, &args.prefetch, &args.max_in_flight),
         queue_types: match args.queue_type {
             QueueTypes::Classic => vec![QueueType::Classic],
             QueueTypes::Quorum => vec![QueueType::Quorum],
@@ -279,13 +290,13 @@ mod tests {
     fn prefetch_applies_to_consume_and_retry_and_each_has_its_own_default() {
         use ScenarioName::{Consume, Retry};
         assert_eq!(
-            expand(&[Retry], &[]),
+            expand(&[Retry], &[], &[]),
             [Scenario::Retry {
                 prefetch: PIPELINE_PREFETCH
             }]
         );
         assert_eq!(
-            expand(&[Consume, Retry], &[10, 1000]),
+            expand(&[Consume, Retry], &[10, 1000], &[]),
             [
                 Scenario::Consume { prefetch: 10 },
                 Scenario::Consume { prefetch: 1000 },
@@ -293,6 +304,27 @@ mod tests {
                 Scenario::Retry { prefetch: 1000 },
             ]
         );
-        assert_eq!(expand(&[Consume], &[]).len(), 4);
+        assert_eq!(expand(&[Consume], &[], &[]).len(), 4);
+    }
+
+    #[test]
+    fn saturation_runs_once_per_in_flight_bound() {
+        assert_eq!(
+            expand(&[ScenarioName::Saturation], &[], &[1000, 0]),
+            [
+                Scenario::Saturation {
+                    max_in_flight: 1000
+                },
+                Scenario::Saturation { max_in_flight: 0 },
+            ]
+        );
+        assert_eq!(
+            Scenario::Saturation { max_in_flight: 0 }.max_in_flight(),
+            None
+        );
+        assert_eq!(
+            Scenario::Saturation { max_in_flight: 5 }.max_in_flight(),
+            Some(5)
+        );
     }
 }

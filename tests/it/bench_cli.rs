@@ -52,31 +52,69 @@ fn retry_runs_at_the_given_prefetch_on_both_sides_and_cleans_up() {
 }
 
 /// Saturation reports, beside the completion rate and latency, the load generator's own rate
-/// on each side: how far publishing ran ahead of consuming, which sets the queue's backlog
-/// and so the latency.
+/// and its backlog's high-water mark on each side. With `--max-in-flight`, neither side's
+/// publisher ever has more than that many messages published and not yet handled; with 0, no
+/// bound applies and the high-water mark is still reported.
 #[test]
-fn saturation_reports_each_sides_publish_rate_and_cleans_up() {
+fn saturation_bounds_each_sides_backlog_and_reports_its_publish_rate() {
+    const BOUND: u64 = 40;
     let out = Command::new(env!("CARGO_BIN_EXE_warren"))
         .args(["bench", "--scenario", "saturation"])
-        .args(["--messages", "300", "--baseline", "raw", "-o", "json"])
+        .args([
+            "--max-in-flight",
+            &BOUND.to_string(),
+            "--max-in-flight",
+            "0",
+        ])
+        .args(["--messages", "600", "--baseline", "raw", "-o", "json"])
         .env("AMQP_URL", amqp_url())
         .output()
         .expect("run warren bench");
     let report = json_report(&out, "warren bench");
-    let row = &report["rows"][0];
-    assert_eq!(row["scenario"], "saturation", "{row}");
+    let rows = report["rows"].as_array().expect("rows");
+    let labels: Vec<&str> = rows
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            format!("saturation in-flight≤{BOUND}").as_str(),
+            "saturation unbounded"
+        ],
+        "{report}"
+    );
+    assert_eq!(
+        rows[0]["params"]["max_in_flight"].as_u64(),
+        Some(BOUND),
+        "{report}"
+    );
+    assert_eq!(
+        rows[1]["params"]["max_in_flight"].as_u64(),
+        Some(0),
+        "{report}"
+    );
     let queues = rabbitmqctl(&["list_queues", "-q", "name"]);
-    for side in ["warren", "raw"] {
-        let run = &row[side]["runs"][0];
-        assert_eq!(run["messages"].as_u64(), Some(300), "{side}: {run}");
-        let published = run["publish_msgs_per_sec"].as_f64().unwrap_or(0.0);
-        let consumed = run["msgs_per_sec"].as_f64().unwrap_or(0.0);
-        assert!(published > 0.0 && consumed > 0.0, "{side}: {run}");
-        assert!(run["latency"]["p99_us"].as_f64().is_some(), "{side}: {run}");
-        let prefix = run["prefix"].as_str().expect("prefix");
-        assert!(
-            queues.lines().all(|q| !q.starts_with(prefix)),
-            "{side}: left behind"
-        );
+    for (i, row) in rows.iter().enumerate() {
+        for side in ["warren", "raw"] {
+            let run = &row[side]["runs"][0];
+            assert_eq!(run["messages"].as_u64(), Some(600), "{side}: {run}");
+            let published = run["publish_msgs_per_sec"].as_f64().unwrap_or(0.0);
+            let consumed = run["msgs_per_sec"].as_f64().unwrap_or(0.0);
+            assert!(published > 0.0 && consumed > 0.0, "{side}: {run}");
+            assert!(run["latency"]["p99_us"].as_f64().is_some(), "{side}: {run}");
+            let peak = run["peak_in_flight"].as_u64().expect("peak_in_flight");
+            if i == 0 {
+                assert!(
+                    peak <= BOUND,
+                    "{side}: {peak} in flight, bound {BOUND}: {run}"
+                );
+            }
+            let prefix = run["prefix"].as_str().expect("prefix");
+            assert!(
+                queues.lines().all(|q| !q.starts_with(prefix)),
+                "{side}: left behind"
+            );
+        }
     }
 }
