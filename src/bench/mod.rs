@@ -312,7 +312,9 @@ impl Tally {
 
     /// Waits until message `i` may be published: until fewer than `max_in_flight` of the `i`
     /// before it are still to be counted. No bound, no wait.
-    /// Either way, notes the most messages seen in flight.
+    /// Either way, notes the most messages seen in flight. It waits for as long as the
+    /// consumer takes: each side stops its run when its consumer does, and the parent's
+    /// child timeout ends a broker that delivers nothing.
     pub async fn admit(&self, i: u64, max_in_flight: Option<u64>) {
         if let Some(cap) = max_in_flight {
             // `notify_one` leaves a permit when nobody waits, so a count between the check
@@ -436,6 +438,35 @@ pub async fn run_child(spec: &RunSpec, url: &crate::amqp::AmqpUrl) -> Result<Sid
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn admit_holds_the_publisher_at_the_bound_until_messages_are_counted() {
+        let tally = Tally::new(10, false);
+        // Nothing in flight yet, and no bound: both go at once.
+        tally.admit(0, Some(3)).await;
+        tally.admit(7, None).await;
+        // Message 3 with 3 published and none counted waits for one count.
+        let waiting = tokio::spawn({
+            let tally = tally.clone();
+            async move { tally.admit(3, Some(3)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "admitted past the bound");
+        tally.hit(0);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("a count let the publisher go")
+            .unwrap();
+        let r = tally.result(Side::Raw, Duration::ZERO);
+        // The high-water mark: 7 seen by the unbounded call.
+        assert_eq!(r.peak_in_flight, Some(7));
+        assert_eq!(
+            Tally::new(1, false)
+                .result(Side::Raw, Duration::ZERO)
+                .peak_in_flight,
+            None
+        );
+    }
 
     #[test]
     fn bodies_are_envelopes_of_the_asked_size() {

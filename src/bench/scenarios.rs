@@ -279,7 +279,14 @@ where
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let r = driver.await;
+        // A worker that stops on its own (its connection died) ends the run at once: the
+        // driver may be waiting for messages it will never handle.
+        let r = tokio::select! {
+            r = driver => r,
+            _ = exited.cancelled() => Err(Error::Other(
+                "bench: the worker stopped before the run was done".into(),
+            )),
+        };
         stop.cancel();
         r
     };
