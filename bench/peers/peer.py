@@ -119,7 +119,7 @@ class Tally:
         while max_in_flight > 0 and i - self.count >= max_in_flight:
             self.progress.clear()
             await self.progress.wait()
-        self.peak_in_flight = max(self.peak_in_flight or 0, i - self.count)
+        self.peak_in_flight = max(self.peak_in_flight or 0, i + 1 - self.count)
 
     async def wait(self, what: str) -> None:
         try:
@@ -245,9 +245,19 @@ class Confirms:
     async def publish(
         self, exchange: aio_pika.abc.AbstractExchange, message: Message, key: str, sent: int
     ) -> None:
+        await self.reserve()
+        self.send(exchange, message, key, sent)
+
+    async def reserve(self) -> None:
+        """Waits for a free slot in the window; `send` then uses it."""
         if self.errors:
             raise self.errors[0]
         await self.slots.acquire()
+
+    def send(
+        self, exchange: aio_pika.abc.AbstractExchange, message: Message, key: str, sent: int
+    ) -> None:
+        """Publishes in a slot taken by `reserve`."""
         fut = asyncio.ensure_future(exchange.publish(message, routing_key=key, mandatory=True))
         self.pending.add(fut)
         fut.add_done_callback(lambda f: self._settle(f, sent))
@@ -293,13 +303,16 @@ async def publish_all(
         await pace(start, i, spec.get("rate"))
         if handled is not None:
             await handled.admit(i, max_in_flight)
+        # Stamped once the window has room, as warren's and the raw loop's publishers do: the
+        # latency starts at the publish, not before the wait for a confirm.
+        await confirms.reserve()
         sent = now_us()
         message = Message(
             message_body(spec["size"], sent),
             content_type="application/json",
             delivery_mode=DeliveryMode.PERSISTENT,
         )
-        await confirms.publish(exchange, message, EVENT_TYPE, sent)
+        confirms.send(exchange, message, EVENT_TYPE, sent)
     await confirms.drain()
 
 

@@ -228,9 +228,9 @@ pub struct SideResult {
     /// with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_msgs_per_sec: Option<f64>,
-    /// Saturation and latency: the most messages the load generator saw published and not yet
-    /// handled, just before a publish (a backlog's high-water mark; at most the scenario's
-    /// `max_in_flight` when it has one).
+    /// Saturation and latency: the most messages published and not yet handled, as the load
+    /// generator saw them at each publish, counting the one it was about to send (a backlog's
+    /// high-water mark; at most the scenario's `max_in_flight` when it has one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_in_flight: Option<u64>,
     /// The run's topology prefix (set by the parent, which deleted everything under it).
@@ -311,8 +311,9 @@ impl Tally {
     }
 
     /// Waits until message `i` may be published: until fewer than `max_in_flight` of the `i`
-    /// before it are still to be counted. No bound, no wait.
-    /// Either way, notes the most messages seen in flight. It waits for as long as the
+    /// before it are still to be counted, so that with it at most `max_in_flight` are in
+    /// flight. No bound, no wait. Either way, notes the most messages in flight, message `i`
+    /// included. It waits for as long as the
     /// consumer takes: each side stops its run when its consumer does, and the parent's
     /// child timeout ends a broker that delivers nothing.
     pub async fn admit(&self, i: u64, max_in_flight: Option<u64>) {
@@ -324,7 +325,7 @@ impl Tally {
             }
         }
         // Only the load generator writes this: a load and a store, not a read-modify-write.
-        let in_flight = i.saturating_sub(self.count());
+        let in_flight = (i + 1).saturating_sub(self.count());
         if in_flight > self.peak_in_flight.load(Ordering::Relaxed) {
             self.peak_in_flight.store(in_flight, Ordering::Relaxed);
         }
@@ -442,8 +443,9 @@ mod tests {
     #[tokio::test]
     async fn admit_holds_the_publisher_at_the_bound_until_messages_are_counted() {
         let tally = Tally::new(10, false);
-        // Nothing in flight yet, and no bound: both go at once.
+        // Nothing in flight yet, just below the bound, and no bound: all go at once.
         tally.admit(0, Some(3)).await;
+        tally.admit(2, Some(3)).await;
         tally.admit(7, None).await;
         // Message 3 with 3 published and none counted waits for one count.
         let waiting = tokio::spawn({
@@ -458,8 +460,8 @@ mod tests {
             .expect("a count let the publisher go")
             .unwrap();
         let r = tally.result(Side::Raw, Duration::ZERO);
-        // The high-water mark: 7 seen by the unbounded call.
-        assert_eq!(r.peak_in_flight, Some(7));
+        // The high-water mark, the message being admitted included: 8 at the unbounded call.
+        assert_eq!(r.peak_in_flight, Some(8));
         assert_eq!(
             Tally::new(1, false)
                 .result(Side::Raw, Duration::ZERO)

@@ -41,6 +41,9 @@ pub struct BenchOptions {
     pub sides: Vec<Side>,
     /// Rounds per scenario.
     pub rounds: usize,
+    /// The latency scenarios' ceiling is the fastest raw saturation run before them; without
+    /// one, a raw saturation run with this bound measures it (0: none).
+    pub max_in_flight: u64,
     /// The aio-pika peer program (`bench/peers/peer`), run as `PEER --child SPEC`.
     pub peer: PathBuf,
     /// Cancelled on SIGINT/SIGTERM: the run in progress stops, its topology is deleted, and
@@ -135,7 +138,10 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Error> {
                 Scenario::Latency { percent } => {
                     if ceiling.is_none() {
                         bar.set_message(format!("{} ceiling", qt.as_str()));
-                        let r = one_run(opts, ceiling_scenario(opts), qt, Side::Raw, None).await?;
+                        let saturation = Scenario::Saturation {
+                            max_in_flight: opts.max_in_flight,
+                        };
+                        let r = one_run(opts, saturation, qt, Side::Raw, None).await?;
                         ceiling = Some(r.msgs_per_sec);
                     }
                     ceiling.map(|c| c * f64::from(percent) / 100.0)
@@ -188,18 +194,6 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Error> {
         rounds: opts.rounds,
         rows,
     })
-}
-
-/// The run that measures the latency scenarios' ceiling: the first saturation scenario asked
-/// for, or the default one.
-fn ceiling_scenario(opts: &BenchOptions) -> Scenario {
-    opts.scenarios
-        .iter()
-        .copied()
-        .find(|s| matches!(s, Scenario::Saturation { .. }))
-        .unwrap_or(Scenario::Saturation {
-            max_in_flight: super::SATURATION_IN_FLIGHT,
-        })
 }
 
 fn progress(total: u64) -> ProgressBar {

@@ -18,8 +18,8 @@ pub enum ScenarioName {
     Publish,
     /// Consume and ack a backlog, prefetch 1, 10, 100 and 1000.
     Consume,
-    /// Publish and consume at once, as fast as both go, with at most 1000 messages published
-    /// and not yet handled (--max-in-flight).
+    /// Publish and consume at once, as fast as both go, with at most --max-in-flight messages
+    /// published and not yet handled (default 1000).
     Saturation,
     /// Simulated upstream → bridge → queue → worker with the log handler.
     E2e,
@@ -192,6 +192,11 @@ pub(super) async fn bench_command(global: &GlobalArgs, args: BenchArgs) -> Resul
         size: args.size,
         sides,
         rounds: args.rounds as usize,
+        max_in_flight: args
+            .max_in_flight
+            .first()
+            .copied()
+            .unwrap_or(SATURATION_IN_FLIGHT),
         peer: args.peer.clone(),
         stop: crate::shutdown::on_signals(),
     };

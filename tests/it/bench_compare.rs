@@ -1,7 +1,7 @@
 //! `bench/compare` in a tiny smoke run: warren, raw lapin and the aio-pika peer each measure
-//! consume and e2e once against the real broker, the report carries every figure the comparison
-//! needs, and every run's topology is gone afterwards. Checks the plumbing only: no timing is
-//! asserted. Needs python3 (the script is stdlib only; it makes the peer's venv from PyPI with
+//! consume, e2e and saturation once against the real broker, the report carries every figure
+//! the comparison needs, every contender holds saturation's in-flight bound, and every run's
+//! topology is gone afterwards. Checks the plumbing only: no timing is asserted. Needs python3 (the script is stdlib only; it makes the peer's venv from PyPI with
 //! bench/peers/setup.sh when missing). Without python3 the test fails, unless
 //! WARREN_NO_PYTHON=1 says so on purpose.
 
@@ -12,6 +12,8 @@ use crate::support::{amqp_url, json_report, rabbitmqctl};
 use serde_json::Value;
 
 const MESSAGES: u64 = 200;
+/// Saturation's bound, well under `MESSAGES` and the publishers' 256-message confirm window.
+const BOUND: u64 = 30;
 
 fn has_python() -> bool {
     Command::new("python3")
@@ -39,7 +41,15 @@ fn compare_runs_all_three_contenders_and_cleans_up() {
     let out = Command::new("python3")
         .arg(root.join("bench/compare"))
         .args(["--rounds", "1", "--messages", &MESSAGES.to_string()])
-        .args(["--scenario", "consume", "--scenario", "e2e", "--json"])
+        .args([
+            "--scenario",
+            "consume",
+            "--scenario",
+            "e2e",
+            "--scenario",
+            "saturation",
+        ])
+        .args(["--max-in-flight", &BOUND.to_string(), "--json"])
         .args(["--warren", env!("CARGO_BIN_EXE_warren")])
         .arg("--fsync-dir")
         .arg(std::env::temp_dir())
@@ -64,7 +74,7 @@ fn compare_runs_all_three_contenders_and_cleans_up() {
             )
         })
         .collect();
-    let want: Vec<(String, String)> = ["consume", "e2e"]
+    let want: Vec<(String, String)> = ["consume", "e2e", "saturation"]
         .iter()
         .flat_map(|s| {
             ["warren", "raw", "peer"]
@@ -85,6 +95,12 @@ fn compare_runs_all_three_contenders_and_cleans_up() {
         assert!(figure(r, "cpu_us_per_msg") > 0.0, "{run}");
         assert!(figure(r, "peak_rss_kib") > 0.0, "{run}");
         assert!(run["steal_pct"].is_number(), "{run}");
+        if run["scenario"] == "saturation" {
+            // Every contender, the Python peer included, held the bound.
+            let peak = r["peak_in_flight"].as_u64().expect("peak_in_flight");
+            assert!(peak <= BOUND, "{contender}: {peak} in flight: {run}");
+            assert!(r["latency"]["p99_us"].as_u64().is_some(), "{run}");
+        }
         // Nothing of the run's topology is left on the broker.
         let prefix = r["prefix"].as_str().expect("prefix");
         assert!(prefix.starts_with("bench-"), "{run}");

@@ -116,6 +116,7 @@ fn instructions_refuses_bad_arguments_naming_them() {
     for (args, field) in [
         (&["--messages", "0"][..], "--messages"),
         (&["--prefetch", "70000"][..], "--prefetch"),
+        (&["--max-in-flight", "-1"][..], "--max-in-flight"),
         (&["--scenario", "nope"][..], "--scenario"),
     ] {
         let out = instructions(args);
