@@ -280,10 +280,9 @@ pub struct Tally {
     pub done: CancellationToken,
     /// Signalled at every count, for a load generator waiting on [`Tally::admit`].
     progress: tokio::sync::Notify,
-    /// The most messages [`Tally::admit`] saw published and not yet counted.
+    /// The most messages [`Tally::admit`] saw in flight; at least 1 once it has run, as it
+    /// counts the message it admits.
     peak_in_flight: AtomicU64,
-    /// True once [`Tally::admit`] has run.
-    admitted: std::sync::atomic::AtomicBool,
 }
 
 impl Tally {
@@ -306,16 +305,14 @@ impl Tally {
             done: CancellationToken::new(),
             progress: tokio::sync::Notify::new(),
             peak_in_flight: AtomicU64::new(0),
-            admitted: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// Waits until message `i` may be published: until fewer than `max_in_flight` of the `i`
     /// before it are still to be counted, so that with it at most `max_in_flight` are in
     /// flight. No bound, no wait. Either way, notes the most messages in flight, message `i`
-    /// included. It waits for as long as the
-    /// consumer takes: each side stops its run when its consumer does, and the parent's
-    /// child timeout ends a broker that delivers nothing.
+    /// included. It waits for as long as the consumer takes: each side stops its run when its
+    /// consumer does, and the parent's child timeout ends a broker that delivers nothing.
     pub async fn admit(&self, i: u64, max_in_flight: Option<u64>) {
         if let Some(cap) = max_in_flight {
             // `notify_one` leaves a permit when nobody waits, so a count between the check
@@ -329,7 +326,6 @@ impl Tally {
         if in_flight > self.peak_in_flight.load(Ordering::Relaxed) {
             self.peak_in_flight.store(in_flight, Ordering::Relaxed);
         }
-        self.admitted.store(true, Ordering::Relaxed);
     }
 
     /// Marks the start of the measured interval, if nothing has yet.
@@ -413,10 +409,10 @@ impl Tally {
                 .published
                 .get()
                 .map(|p| self.target as f64 / p.duration_since(first).as_secs_f64().max(1e-6)),
-            peak_in_flight: self
-                .admitted
-                .load(Ordering::Relaxed)
-                .then(|| self.peak_in_flight.load(Ordering::Relaxed)),
+            peak_in_flight: match self.peak_in_flight.load(Ordering::Relaxed) {
+                0 => None,
+                n => Some(n),
+            },
             prefix: String::new(),
         }
     }
