@@ -6,15 +6,22 @@
 FROM rust:1.95-alpine AS build
 RUN apk add --no-cache musl-dev
 WORKDIR /src
-# Dependencies first, so source edits do not rebuild them.
+# Dependencies first, so source edits do not rebuild them: the workspace's manifests with stub
+# sources.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && cargo build --release --locked \
-    && rm -rf src
+COPY crates/warren-sim/Cargo.toml crates/warren-sim/
+COPY crates/warren-bench/Cargo.toml crates/warren-bench/
+RUN mkdir -p src crates/warren-sim/src crates/warren-bench/src \
+    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs crates/warren-sim/src/lib.rs \
+    && echo 'fn main() {}' > crates/warren-bench/src/main.rs && touch crates/warren-bench/src/lib.rs \
+    && cargo build --release --locked -p warren \
+    && rm -rf src crates/warren-sim/src crates/warren-bench/src
 # The demo embeds topology/warren.toml (include_str!), so it is part of the build context.
 COPY topology ./topology
 COPY src ./src
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked \
+COPY crates ./crates
+RUN touch src/main.rs src/lib.rs crates/warren-sim/src/lib.rs \
+    && cargo build --release --locked -p warren \
     && cp target/release/warren /warren \
     && mkdir -p /state
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Runs warren's whole test suite against a real RabbitMQ (set up by scripts/broker.sh).
+# Runs the whole workspace's test suite against a real RabbitMQ (set up by scripts/broker.sh).
+# Needs a broker, cargo and cargo-nextest, nothing else; the benchmark's script tests (python3,
+# valgrind) run with crates/warren-bench/check.sh.
 # Extra arguments go to `cargo nextest run` (e.g. `scripts/test.sh worker::` runs the tests of tests/it/worker.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,16 +18,6 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     exit 1
   fi
 fi
-# bench/instructions' smoke test counts instructions under valgrind.
-if ! valgrind --version >/dev/null 2>&1; then
-  if [ "${CI:-}" = "true" ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test: installing valgrind" >&2
-    apt-get install -y valgrind >&2 || { apt-get update >&2 && apt-get install -y valgrind >&2; } ||
-      echo "test: valgrind could not be installed; bench/instructions' test will fail" >&2
-  else
-    echo "test: valgrind is missing: apt-get install -y valgrind (or WARREN_NO_VALGRIND=1 to skip bench/instructions' test)" >&2
-  fi
-fi
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci
-exec cargo nextest run --profile "$profile" --no-fail-fast "$@"
+exec cargo nextest run --workspace --profile "$profile" --no-fail-fast "$@"

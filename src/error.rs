@@ -18,6 +18,9 @@ pub enum Error {
     /// The topology file is invalid or disagrees with the broker.
     #[error(transparent)]
     Topology(#[from] TopologyError),
+    /// A simulator (`warren sim`, `warren demo`) could not start or run.
+    #[error(transparent)]
+    Simulator(#[from] warren_sim::SimError),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -8,7 +8,6 @@
 //! # Layout
 //! - [`amqp`]: the only module touching lapin: connect, consume, publish with confirms, headers.
 //! - [`backoff`]: exponential backoff with full jitter.
-//! - [`bench`]: `warren bench`: throughput, latency, CPU and memory against a raw lapin baseline.
 //! - [`bridge`]: upstream WebSocket and webhook ingress onto the events exchange, with confirms
 //!   and a durable resume cursor.
 //! - [`cli`]: the command line (clap), dispatch only.
@@ -21,7 +20,6 @@
 //! - [`metrics`]: `/metrics`, `/healthz`, `/readyz` for `--metrics-listen`.
 //! - [`output`]: tables and JSON on stdout.
 //! - [`shutdown`]: SIGINT/SIGTERM to a cancellation token.
-//! - [`sim`]: simulators for tests and demos: the upstream event stream and the downstream API.
 //! - [`status`]: queue depths, unacked and consumers for the whole topology.
 //! - [`telemetry`]: logging to stderr.
 //! - [`topology`]: topology as code: model, validation, plan, declare, export.
@@ -70,7 +68,6 @@
 
 pub mod amqp;
 pub mod backoff;
-pub mod bench;
 pub mod bridge;
 pub mod cli;
 pub mod demo;
@@ -82,7 +79,6 @@ pub mod http;
 pub mod metrics;
 pub mod output;
 pub mod shutdown;
-pub mod sim;
 pub mod status;
 pub mod telemetry;
 pub mod topology;

@@ -31,8 +31,9 @@ pub struct AmqpUrl {
 }
 
 impl AmqpUrl {
-    /// The parsed URI with warren's defaults applied, for lapin only.
-    pub(crate) fn uri(&self) -> AMQPUri {
+    /// The parsed URI with warren's defaults applied, to hand to lapin (the benchmark's raw
+    /// baseline connects with it).
+    pub fn uri(&self) -> AMQPUri {
         self.uri.clone()
     }
 

@@ -31,9 +31,7 @@
 //! - [`upstream`]: WebSocket connect, bearer handshake, subscribe with `resumeFrom`.
 //! - [`ingress`] and [`webhook`]: the webhook HTTP endpoint and its signature checks.
 //! - [`metrics`]: `--metrics-listen`: the counters, gauges and histograms below, for Prometheus.
-//! - [`bench`]: sim → bridge → broker throughput against a raw publisher.
 
-pub mod bench;
 pub mod cursor;
 pub mod dedup;
 pub mod ingress;

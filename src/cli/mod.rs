@@ -9,14 +9,12 @@ use crate::error::{Error, Result};
 use crate::telemetry::LogFormat;
 use crate::topology::{DEFAULT_TOPOLOGY_FILE, Topology};
 
-mod bench;
 mod bridge;
 mod demo;
 mod sim;
 mod topology;
 mod worker;
 
-pub use bench::BenchArgs;
 pub use bridge::BridgeArgs;
 pub use demo::DemoArgs;
 pub use sim::{SimApiArgs, SimCommand, SimUpstreamArgs};
@@ -110,8 +108,6 @@ pub enum Command {
     Dlq(crate::dlq::DlqCommand),
     /// Queues of the topology: ready, unacked, consumers, retry tiers and DLQ depth.
     Status(crate::status::StatusArgs),
-    /// Throughput, latency, CPU and memory of warren's code paths, against a raw lapin baseline.
-    Bench(BenchArgs),
     /// Run the whole pipeline on the broker under a unique prefix (sim upstream, bridge, N
     /// worker processes, sim API), show progress, and reconcile: exit 1 if any event was lost.
     Demo(DemoArgs),
@@ -127,7 +123,6 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Dlq(cmd) => crate::dlq::run(&cli.global, cmd).await,
         Command::Status(args) => crate::status::run(&cli.global, args).await,
         Command::Sim(SimCommand::Api(args)) => sim::sim_api_command(args).await,
-        Command::Bench(args) => bench::bench_command(&cli.global, args).await,
         Command::Demo(args) => demo::demo_command(&cli.global, args).await,
     }
 }

@@ -7,7 +7,6 @@ use clap::{Args, Subcommand};
 
 use super::stdout_error;
 use crate::error::{Error, Result};
-use crate::http::Token;
 use crate::output::{self};
 
 /// `warren sim …`
@@ -103,14 +102,45 @@ pub struct SimUpstreamArgs {
     pub malformed_rate: f64,
     /// Malformed kinds to rotate through [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
-    pub malformed_kinds: Vec<crate::sim::upstream::MalformedKind>,
+    pub malformed_kinds: Vec<Malformed>,
     /// Each connection stops sending (and reading) after N events but keeps TCP open.
     #[arg(long)]
     pub stall_after: Option<u64>,
 }
 
+/// A kind of malformed frame (`--malformed-kinds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Malformed {
+    /// A text frame that is not JSON.
+    NotJson,
+    /// An envelope without `eventId`.
+    MissingField,
+    /// An envelope whose `ts` is a string.
+    WrongType,
+    /// A binary frame (the upstream sends text).
+    Binary,
+    /// A text frame over the 1 MiB limit.
+    Oversized,
+    /// A text frame that is not UTF-8.
+    InvalidUtf8,
+}
+
+impl Malformed {
+    fn kind(self) -> warren_sim::upstream::MalformedKind {
+        use warren_sim::upstream::MalformedKind as K;
+        match self {
+            Malformed::NotJson => K::NotJson,
+            Malformed::MissingField => K::MissingField,
+            Malformed::WrongType => K::WrongType,
+            Malformed::Binary => K::Binary,
+            Malformed::Oversized => K::Oversized,
+            Malformed::InvalidUtf8 => K::InvalidUtf8,
+        }
+    }
+}
+
 pub(super) async fn sim_upstream_command(args: SimUpstreamArgs) -> Result<u8> {
-    use crate::sim::upstream::{self, Faults, UpstreamSettings};
+    use warren_sim::upstream::{self, Faults, UpstreamSettings};
     for (flag, p) in [
         ("--duplicate-rate", args.duplicate_rate),
         ("--malformed-rate", args.malformed_rate),
@@ -142,7 +172,7 @@ pub(super) async fn sim_upstream_command(args: SimUpstreamArgs) -> Result<u8> {
             drop_every: args.drop_every.filter(|n| *n > 0),
             duplicate_rate: args.duplicate_rate,
             malformed_rate: args.malformed_rate,
-            malformed_kinds: args.malformed_kinds,
+            malformed_kinds: args.malformed_kinds.into_iter().map(Malformed::kind).collect(),
             stall_after: args.stall_after.filter(|n| *n > 0),
         },
         pregenerate: false,
@@ -153,9 +183,9 @@ pub(super) async fn sim_upstream_command(args: SimUpstreamArgs) -> Result<u8> {
 
 pub(super) async fn sim_api_command(args: SimApiArgs) -> Result<u8> {
     use std::io::Write;
-    let settings = crate::sim::api::ApiSettings {
+    let settings = warren_sim::api::ApiSettings {
         seed: args.seed,
-        rates: crate::sim::api::FaultRates {
+        rates: warren_sim::api::FaultRates {
             fail: args.fail_rate,
             throttle: args.throttle_rate,
             ambiguous: args.ambiguous_rate,
@@ -166,7 +196,10 @@ pub(super) async fn sim_api_command(args: SimApiArgs) -> Result<u8> {
         latency: Duration::from_millis(args.latency_ms),
         hang: Duration::from_millis(args.hang_ms),
         max_faults_per_key: args.max_faults_per_key,
-        token: Token::from_env("WARREN_SIM_API_TOKEN"),
+        token: std::env::var("WARREN_SIM_API_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(warren_sim::Token::new),
     };
     settings.rates.validate().map_err(Error::Usage)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -179,6 +212,6 @@ pub(super) async fn sim_api_command(args: SimApiArgs) -> Result<u8> {
     writeln!(stdout, "listening on {addr}")
         .and_then(|()| stdout.flush())
         .map_err(stdout_error)?;
-    crate::sim::api::run(listener, settings, crate::shutdown::on_signals()).await?;
+    warren_sim::api::run(listener, settings, crate::shutdown::on_signals()).await?;
     Ok(0)
 }

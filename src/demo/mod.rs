@@ -29,8 +29,8 @@ use self::progress::{Progress, Sample};
 use self::report::{Dead, Effect, Emitted, Inputs};
 use crate::amqp::{self, AmqpError, AmqpUrl, Connection};
 use crate::error::{Error, Result};
-use crate::sim::api::{ApiSettings, FaultRates};
-use crate::sim::upstream::{self, Faults, UpstreamSettings};
+use warren_sim::api::{ApiSettings, FaultRates};
+use warren_sim::upstream::{self, Faults, UpstreamSettings};
 use crate::topology::{self, Topology};
 
 /// The topology the demo runs when no file is given: the default one, built in.
@@ -179,7 +179,7 @@ async fn pipeline(
     // The downstream first, so the workers have somewhere to send.
     let api_listener = bind().await?;
     let api_addr = local(&api_listener)?;
-    let api = tokio::spawn(crate::sim::api::run(
+    let api = tokio::spawn(warren_sim::api::run(
         api_listener,
         api_settings(settings),
         stop.clone(),
@@ -415,7 +415,7 @@ async fn depths(conn: &Connection, topology: &Topology) -> Result<Depths> {
 
 /// Catalog event types that no queue of the topology binds.
 fn unrouted_types(topology: &Topology) -> BTreeSet<String> {
-    crate::sim::catalog::EVENT_TYPES
+    warren_sim::catalog::EVENT_TYPES
         .iter()
         .map(|(t, _)| *t)
         .filter(|t| {

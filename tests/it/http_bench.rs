@@ -21,7 +21,7 @@ use reqwest::header::HeaderMap;
 use tokio::sync::Semaphore;
 use url::Url;
 use warren::http::{ClientSettings, HttpClient, StatusUrl};
-use warren::sim::api::ApiSettings;
+use warren_sim::api::ApiSettings;
 
 const N: usize = 20_000;
 const ROUNDS: usize = 3;

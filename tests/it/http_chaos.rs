@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::support::downstream::{Sim, dead_letters, http_worker_args, settled};
 use crate::support::{TestTopology, Warren};
 use warren::envelope::idempotency_key;
-use warren::sim::api::{ApiSettings, FaultPlan, FaultRates};
+use warren_sim::api::{ApiSettings, FaultPlan, FaultRates};
 
 const TOPOLOGY: &str = r#"
 [exchanges]

@@ -14,7 +14,7 @@ use reqwest::header::HeaderMap;
 use serde_json::json;
 use url::Url;
 use warren::http::{ClientSettings, HttpClient, StatusUrl, Token};
-use warren::sim::api::{ApiSettings, FaultRates};
+use warren_sim::api::{ApiSettings, FaultRates};
 use warren::worker::HandlerError;
 
 fn settings() -> ClientSettings {
@@ -396,7 +396,7 @@ async fn a_refused_connection_is_transient_and_needs_no_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bearer_token_is_sent_and_never_printed() {
     let sim = Sim::start(ApiSettings {
-        token: Some(Token::new("tok-123")),
+        token: Some(warren_sim::Token::new("tok-123")),
         ..Default::default()
     })
     .await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::support::downstream::{Sim, dead_letters, http_worker_args, settled};
 use crate::support::{TestTopology, Warren};
 use warren::envelope::idempotency_key;
-use warren::sim::api::{ApiSettings, FaultRates};
+use warren_sim::api::{ApiSettings, FaultRates};
 
 const TOPOLOGY: &str = r#"
 [exchanges]

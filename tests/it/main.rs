@@ -5,10 +5,6 @@
 mod support;
 
 mod batch_publish;
-mod bench_cli;
-mod bench_compare;
-mod bench_instructions;
-mod bridge_bench;
 mod bridge_broker;
 mod bridge_crash;
 mod bridge_malformed;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use crate::support::downstream::Sim;
 use serde_json::{Value, json};
-use warren::http::Token;
-use warren::sim::api::{ApiSettings, FaultRates};
+
+use warren_sim::api::{ApiSettings, FaultRates};
 
 fn client() -> reqwest::Client {
     support::downstream::http_client(Duration::from_secs(10))
@@ -327,7 +327,7 @@ async fn rejected_keys_are_always_422() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_is_required_when_configured() {
     let sim = Sim::start(ApiSettings {
-        token: Some(Token::new("s3cret")),
+        token: Some(warren_sim::Token::new("s3cret")),
         ..Default::default()
     })
     .await;

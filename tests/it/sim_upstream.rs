@@ -7,6 +7,7 @@ use crate::support::bridge::{AGENT_KEY, Sim};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use warren::envelope::Envelope;
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -116,4 +117,63 @@ async fn handshake_topics_replay_and_determinism() {
     let c = Sim::spawn(dir.path(), "c", &other);
     let mut ws = subscribe(&c, &["market.*", "wallet.*", "escrow.*", "job.*"], "").await;
     assert_ne!(frames(&mut ws, Duration::from_millis(700)).await, all);
+}
+
+/// The sim's malformed frames are what they claim, as warren's own parser sees them.
+#[test]
+fn malformed_frames_are_what_they_claim() {
+    for kind in warren_sim::upstream::MalformedKind::ALL {
+        match kind.frame(1) {
+            Message::Text(t) => assert!(Envelope::parse(t.as_bytes()).is_err(), "{kind:?}"),
+            Message::Binary(_) => assert_eq!(kind, warren_sim::upstream::MalformedKind::Binary),
+            Message::Frame(f) => {
+                assert_eq!(kind, warren_sim::upstream::MalformedKind::InvalidUtf8);
+                assert!(std::str::from_utf8(f.payload()).is_err());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Every catalog event parses as a warren envelope and carries its type's payload fields.
+#[test]
+fn every_type_appears_with_the_seeds_payload_fields() {
+    let fields: &[(&str, &[&str])] = &[
+        ("market.tick", &["pair", "price", "timestamp_ms"]),
+        (
+            "market.candle",
+            &["pair", "open", "high", "low", "close", "volume", "interval"],
+        ),
+        (
+            "wallet.balance_changed",
+            &["new_balance_usdc", "delta_usdc", "reason"],
+        ),
+        ("wallet.low_balance", &["balance_usdc", "threshold_usdc"]),
+        (
+            "escrow.released",
+            &["escrow_id", "amount_usdc", "counterparty"],
+        ),
+        ("escrow.disputed", &["escrow_id", "reason"]),
+        ("job.completed", &["job_id", "result_hash", "delivery_uri"]),
+        ("job.failed", &["job_id", "error"]),
+    ];
+    let mut cat = warren_sim::catalog::Catalog::new(1, 1_741_344_000_000, 0, "pf_agent_sim");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..3000 {
+        let e = cat.next_event();
+        let env = Envelope::parse(&e.frame).expect("the sim emits valid envelopes");
+        assert_eq!(env.event_type, e.event_type);
+        assert_eq!(env.event_id, e.id.to_string());
+        let payload: serde_json::Value = env.payload_as().unwrap();
+        let (_, want) = fields.iter().find(|(t, _)| *t == e.event_type).unwrap();
+        for f in *want {
+            assert!(
+                payload.get(f).is_some(),
+                "{} lacks {f}: {payload}",
+                e.event_type
+            );
+        }
+        seen.insert(e.event_type);
+    }
+    assert_eq!(seen.len(), warren_sim::catalog::EVENT_TYPES.len());
 }

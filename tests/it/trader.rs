@@ -14,7 +14,7 @@ use crate::support::downstream::{self, Sim, Step, TickWalk, dead_letters, settle
 use crate::support::{TestTopology, Warren};
 use warren::envelope::Envelope;
 use warren::handlers::trader::strategy::{Input, Params, Strategy, Trade};
-use warren::sim::api::{ApiSettings, FaultRates};
+use warren_sim::api::{ApiSettings, FaultRates};
 
 const TOPOLOGY: &str = r#"
 [exchanges]

@@ -3,7 +3,7 @@
 //! classic and quorum queues, in two modes: every event acked (`chaos` with no directive), and every event
 //! failing, sent to a 100 ms retry tier, failing again and dead-lettered (`chaos` with
 //! `"action": "transient"`: each delivery is a republish and its confirm before its ack).
-//! `warren bench` measures its scenarios in one process with their load generator; this puts
+//! `warren-bench` measures its scenarios in one process with their load generator; this puts
 //! the worker in a process of its own, as deployed. Run it in release:
 //!
 //! `cargo test --release --test it worker_rss -- --ignored --nocapture`
@@ -44,7 +44,12 @@ bind = ["bench.*"]
 
 /// `VmHWM` (peak resident set) of a process, in MiB.
 fn peak_rss_mib(pid: u32) -> f64 {
-    let kib = warren::bench::stats::proc_status_kib(&pid.to_string(), "VmHWM:").expect("VmHWM");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
     kib as f64 / 1024.0
 }
 

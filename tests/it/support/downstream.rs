@@ -8,7 +8,7 @@ use lapin::Connection;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use warren::amqp::{self, hdr};
-use warren::sim::api::{self, ApiSettings};
+use warren_sim::api::{self, ApiSettings};
 
 /// A simulated API on a free port, stopped when dropped.
 pub struct Sim {

@@ -44,8 +44,7 @@ pub use faults::{Fault, FaultPlan, FaultRates};
 pub use ops::{Endpoint, Position};
 pub use store::{Ledger, LedgerEntry, RequestRecord, Stats, Stored};
 
-use crate::error::Error;
-use crate::http::Token;
+use crate::{SimError, Token};
 
 /// How the simulated API behaves.
 #[derive(Debug, Clone)]
@@ -85,8 +84,8 @@ pub async fn run(
     listener: TcpListener,
     settings: ApiSettings,
     shutdown: CancellationToken,
-) -> Result<(), Error> {
-    settings.rates.validate().map_err(Error::Usage)?;
+) -> Result<(), SimError> {
+    settings.rates.validate().map_err(SimError::Usage)?;
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -96,7 +95,7 @@ pub async fn run(
     let served = axum::serve(listener, routes::router(app.clone()))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
-        .map_err(|e| Error::Other(format!("simulated API on {addr}: {e}")));
+        .map_err(|e| SimError::Serve(format!("simulated API on {addr}: {e}")));
     let stats = app.stats();
     tracing::info!(
         effects = stats.effects,

@@ -1,4 +1,4 @@
-//! `warren bench` itself in a tiny smoke run against the real broker: the retry scenario at a
+//! `warren-bench` itself in a tiny smoke run against the real broker: the retry scenario at a
 //! prefetch given on the command line, beside the raw baseline. Checks the plumbing (every
 //! message reaches the dead-letter queue on both sides, the report names the prefetch, the
 //! topology is gone afterwards); no timing is asserted.
@@ -11,14 +11,14 @@ const MESSAGES: u64 = 100;
 
 #[test]
 fn retry_runs_at_the_given_prefetch_on_both_sides_and_cleans_up() {
-    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(["bench", "--scenario", "retry", "--prefetch", "7"])
+    let out = Command::new(env!("CARGO_BIN_EXE_warren-bench"))
+        .args(["--scenario", "retry", "--prefetch", "7"])
         .args(["--messages", &MESSAGES.to_string(), "--baseline", "raw"])
         .args(["-o", "json"])
         .env("AMQP_URL", amqp_url())
         .output()
-        .expect("run warren bench");
-    let report = json_report(&out, "warren bench");
+        .expect("run warren-bench");
+    let report = json_report(&out, "warren-bench");
     let rows = report["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 1, "{report}");
     let row = &rows[0];
@@ -58,8 +58,8 @@ fn retry_runs_at_the_given_prefetch_on_both_sides_and_cleans_up() {
 #[test]
 fn saturation_bounds_each_sides_backlog_and_reports_its_publish_rate() {
     const BOUND: u64 = 40;
-    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(["bench", "--scenario", "saturation"])
+    let out = Command::new(env!("CARGO_BIN_EXE_warren-bench"))
+        .args(["--scenario", "saturation"])
         .args([
             "--max-in-flight",
             &BOUND.to_string(),
@@ -69,8 +69,8 @@ fn saturation_bounds_each_sides_backlog_and_reports_its_publish_rate() {
         .args(["--messages", "600", "--baseline", "raw", "-o", "json"])
         .env("AMQP_URL", amqp_url())
         .output()
-        .expect("run warren bench");
-    let report = json_report(&out, "warren bench");
+        .expect("run warren-bench");
+    let report = json_report(&out, "warren-bench");
     let rows = report["rows"].as_array().expect("rows");
     let labels: Vec<&str> = rows
         .iter()

@@ -1,4 +1,4 @@
-//! `bench/instructions` in a small run: both sides of the retry scenario under callgrind against
+//! `instructions` in a small run: both sides of the retry scenario under callgrind against
 //! the real broker, a per-message count for each, their ratio, the functions that differ, and no
 //! topology left behind. Checks the plumbing, not the figures. Needs python3 and valgrind; without
 //! them the test fails, unless WARREN_NO_VALGRIND=1 says so on purpose.
@@ -21,17 +21,18 @@ fn has(tool: &str, arg: &str) -> bool {
 }
 
 fn instructions(args: &[&str]) -> Output {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     Command::new("python3")
-        .arg(root.join("bench/instructions"))
+        .arg(here.join("instructions"))
         .args(args)
-        .args(["--warren", env!("CARGO_BIN_EXE_warren")])
+        .args(["--warren", env!("CARGO_BIN_EXE_warren-bench")])
         .env("AMQP_URL", amqp_url())
         .output()
         .expect("run bench/instructions")
 }
 
 #[test]
+#[ignore = "needs python3 and valgrind: crates/warren-bench/check.sh runs it"]
 fn instructions_counts_both_sides_of_the_retry_path_and_cleans_up() {
     if !has("python3", "--version") || !has("valgrind", "--version") {
         if std::env::var("WARREN_NO_VALGRIND").as_deref() == Ok("1") {
@@ -106,6 +107,7 @@ fn instructions_counts_both_sides_of_the_retry_path_and_cleans_up() {
 }
 
 #[test]
+#[ignore = "needs python3 and valgrind: crates/warren-bench/check.sh runs it"]
 fn instructions_refuses_bad_arguments_naming_them() {
     if !has("python3", "--version") {
         if std::env::var("WARREN_NO_VALGRIND").as_deref() == Ok("1") {

@@ -1,9 +1,9 @@
-"""The aio-pika peer of `warren bench`: the hand-rolled Python consumer (and publisher) that
+"""The aio-pika peer of `warren-bench`: the hand-rolled Python consumer (and publisher) that
 warren is compared with, written from the seeds' pattern (aio-pika, a topic exchange, a durable
 queue with a dead-letter exchange, `message.process(requeue=True)`).
 
-It is run by `warren bench --side peer` / `--baseline peer` as `peer --child SPEC`, exactly where
-warren's own side would run `warren bench --child SPEC`: the parent has declared the throwaway
+It is run by `warren-bench --side peer` / `--baseline peer` as `peer --child SPEC`, exactly where
+warren's own side would run `warren-bench --child SPEC`: the parent has declared the throwaway
 topology (topic exchange, direct dead-letter exchange, durable work queue with
 `x-dead-letter-exchange`), filled the backlog or started the simulated upstream, and deletes it
 all afterwards. The peer checks that the exchanges and queue exist (passive declares, as warren's
@@ -34,7 +34,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 log = logging.getLogger("pf-rabbitmq-agent")
 
-# The same constants as src/bench/mod.rs.
+# The same constants as crates/warren-bench/src/lib.rs.
 EVENT_TYPE = "bench.tick"
 PIPELINE_WINDOW = 256
 PIPELINE_PREFETCH = 100
@@ -70,7 +70,7 @@ def peak_rss_kib() -> int:
 
 
 def percentiles(samples: list[int]) -> Optional[dict[str, int]]:
-    """Nearest-rank p50, p99 and max, as src/bench/stats.rs computes them."""
+    """Nearest-rank p50, p99 and max, as crates/warren-bench/src/stats.rs computes them."""
     if not samples:
         return None
     samples.sort()
@@ -146,7 +146,7 @@ class Tally:
         }
 
 
-# ── bench messages, the same bytes as src/bench/mod.rs `message_body` ────────────────────────
+# ── bench messages, the same bytes as crates/warren-bench/src/lib.rs `message_body` ────────────────────────
 
 
 def ulid() -> str:
@@ -395,7 +395,7 @@ async def run(spec: dict) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[1] != "--child":
-        print("usage: peer --child SPEC (run by `warren bench --side peer`)", file=sys.stderr)
+        print("usage: peer --child SPEC (run by `warren-bench --side peer`)", file=sys.stderr)
         return 2
     logging.basicConfig(level=os.environ.get("PEER_LOG", "WARNING").upper())
     try:

@@ -10,13 +10,13 @@ use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{RUN_LIMIT, RunSpec, Scenario, Side, SideResult, Stamp, Tally, message_body, stats};
-use crate::amqp::{self, AmqpUrl, BasicProperties, ConfirmWindow, Message, Publisher};
-use crate::bridge::{self, BridgeSettings, UpstreamSettings};
-use crate::envelope::Envelope;
-use crate::error::Error;
-use crate::handlers::LogHandler;
-use crate::topology::Topology;
-use crate::worker::{self, Context, Handler, HandlerError, HandlerResult, WorkerMetrics};
+use warren::amqp::{self, AmqpUrl, BasicProperties, ConfirmWindow, Message, Publisher};
+use warren::bridge::{self, BridgeSettings, UpstreamSettings};
+use warren::envelope::Envelope;
+use warren::error::Error;
+use warren::handlers::LogHandler;
+use warren::topology::Topology;
+use warren::worker::{self, Context, Handler, HandlerError, HandlerResult, WorkerMetrics};
 
 /// Handler concurrency of the bench worker: `warren worker`'s default.
 const CONCURRENCY: usize = 16;

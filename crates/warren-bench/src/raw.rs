@@ -19,9 +19,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::scenarios::{count_depth, pace, properties, upstream_settings};
 use super::{RUN_LIMIT, RunSpec, Scenario, Side, SideResult, Stamp, Tally, message_body, stats};
-use crate::amqp::{AmqpUrl, hdr, identity, is_broker_death_header};
-use crate::error::Error;
-use crate::topology::Topology;
+use warren::amqp::{AmqpUrl, hdr, identity, is_broker_death_header};
+use warren::error::Error;
+use warren::topology::Topology;
 
 /// The error the raw retry loop records, as long as the one warren's failing bench handler
 /// returns.
@@ -391,7 +391,7 @@ async fn forward(spec: &RunSpec, ch: Channel, exchange: String) -> Result<(), Er
     };
     let resume = ulid::Ulid::from_string(resume)
         .map_err(|e| Error::Usage(format!("raw e2e: resume cursor: {e}")))?;
-    let mut stream = crate::bridge::upstream::connect(
+    let mut stream = warren::bridge::upstream::connect(
         &upstream_settings(ws),
         Some(resume),
         Duration::from_secs(10),

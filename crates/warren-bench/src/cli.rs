@@ -1,15 +1,15 @@
-//! `warren bench`: PerfTest-like measurements of warren's own code paths, optionally beside a
-//! minimal lapin baseline in the same run.
+//! The `warren-bench` command line: PerfTest-like measurements of warren's own code paths,
+//! optionally beside a minimal lapin baseline in the same run.
 
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
+use tokio_util::sync::CancellationToken;
 
-use super::{GlobalArgs, stdout_error};
-use crate::bench::{
-    self, BenchOptions, BenchReport, PIPELINE_PREFETCH, QueueType, RunSpec, SATURATION_IN_FLIGHT,
+use crate::{
+    BenchOptions, BenchReport, PIPELINE_PREFETCH, QueueType, RunSpec, SATURATION_IN_FLIGHT,
     Scenario, Side,
 };
-use crate::error::{Error, Result};
-use crate::output::{self, OutputFormat};
+use warren::error::{Error, Result};
+use warren::output::{self, OutputFormat};
 
 /// Scenario groups; each runs its parameter variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,8 +55,19 @@ pub enum Baseline {
 
 /// Throughput, latency (p50/p99/max), CPU per message and peak RSS of warren's code paths.
 /// Each side runs as its own child process, so CPU and memory figures are that side's alone.
-#[derive(Debug, Args)]
+#[derive(Debug, Parser)]
+#[command(name = "warren-bench", version, about, long_about = None)]
 pub struct BenchArgs {
+    /// RabbitMQ URL, amqp:// or amqps://. The password is never printed.
+    /// [default: amqp://guest:***@127.0.0.1:5672/%2f]
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        hide_env_values = true,
+        hide_default_value = true,
+        default_value = warren::amqp::DEFAULT_AMQP_URL
+    )]
+    pub amqp_url: String,
     /// Scenario to run; repeat for several.
     #[arg(long = "scenario", value_enum, default_value = "all")]
     pub scenarios: Vec<ScenarioName>,
@@ -86,7 +97,7 @@ pub struct BenchArgs {
     #[arg(long, default_values_t = [SATURATION_IN_FLIGHT])]
     pub max_in_flight: Vec<u64>,
     /// The aio-pika peer program, run as `PEER --child SPEC` (for `--side peer`, `--baseline peer`).
-    #[arg(long, default_value = "bench/peers/peer")]
+    #[arg(long, default_value = "crates/warren-bench/peers/peer")]
     pub peer: std::path::PathBuf,
     /// Rounds per scenario; figures are medians, ratios the median of per-round ratios.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
@@ -144,12 +155,16 @@ fn expand(names: &[ScenarioName], prefetches: &[u16], in_flight: &[u64]) -> Vec<
     out
 }
 
-pub(super) async fn bench_command(global: &GlobalArgs, args: BenchArgs) -> Result<u8> {
-    let url = global.url()?;
+/// Runs the parsed command; returns the process exit code.
+pub async fn run(args: BenchArgs) -> Result<u8> {
+    let url: warren::amqp::AmqpUrl = args
+        .amqp_url
+        .parse()
+        .map_err(|e: warren::amqp::AmqpUrlError| Error::Usage(format!("--amqp-url / AMQP_URL: {e}")))?;
     if let Some(json) = &args.child {
         let spec: RunSpec = serde_json::from_str(json)
             .map_err(|e| Error::Usage(format!("--child: not a run spec: {e}")))?;
-        let result = bench::run_child(&spec, &url).await?;
+        let result = crate::run_child(&spec, &url).await?;
         let line = serde_json::to_string(&result).map_err(|e| Error::Other(e.to_string()))?;
         output::print_text(&line).map_err(stdout_error)?;
         return Ok(0);
@@ -173,15 +188,15 @@ pub(super) async fn bench_command(global: &GlobalArgs, args: BenchArgs) -> Resul
     if sides.contains(&Side::Peer) && !args.peer.is_file() {
         return Err(Error::Usage(format!(
             "--peer: {} is not a file (run from the repository root, or give --peer; \
-             bench/peers/setup.sh makes the peer's venv)",
+             crates/warren-bench/peers/setup.sh makes the peer's venv)",
             args.peer.display()
         )));
     }
     let opts = BenchOptions {
         url,
-        amqp_url: global.amqp_url.clone(),
+        amqp_url: args.amqp_url.clone(),
         exe: std::env::current_exe()
-            .map_err(|e| Error::Other(format!("bench: cannot find the warren binary: {e}")))?,
+            .map_err(|e| Error::Other(format!("bench: cannot find its own binary: {e}")))?,
         scenarios: expand(&args.scenarios, &args.prefetch, &args.max_in_flight),
         queue_types: match args.queue_type {
             QueueTypes::Classic => vec![QueueType::Classic],
@@ -198,9 +213,9 @@ pub(super) async fn bench_command(global: &GlobalArgs, args: BenchArgs) -> Resul
             .copied()
             .unwrap_or(SATURATION_IN_FLIGHT),
         peer: args.peer.clone(),
-        stop: crate::shutdown::on_signals(),
+        stop: on_ctrl_c(),
     };
-    let report = bench::run(&opts).await?;
+    let report = crate::run(&opts).await?;
     match args.output {
         OutputFormat::Table => output::print_text(&render(&report)),
         OutputFormat::Json => output::print_json(&report),
@@ -226,6 +241,33 @@ struct Line {
     cpu: String,
     #[tabled(rename = "peak RSS MiB")]
     rss: String,
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM: the run stops and deletes what it declared.
+fn on_ctrl_c() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        trigger.cancel();
+    });
+    token
+}
+
+fn stdout_error(e: std::io::Error) -> Error {
+    Error::Io {
+        path: "<stdout>".into(),
+        source: e,
+    }
 }
 
 fn render(report: &BenchReport) -> String {

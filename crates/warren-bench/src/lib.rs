@@ -1,7 +1,7 @@
-//! `warren bench`: throughput, latency, CPU and memory of warren's own code paths, each beside a
+//! `warren-bench`: throughput, latency, CPU and memory of warren's own code paths, each beside a
 //! minimal lapin loop doing the same work (`--baseline raw`).
 //!
-//! Every measured run is its own child process (`warren bench --child SPEC`), so CPU time
+//! Every measured run is its own child process (`warren-bench --child SPEC`), so CPU time
 //! (`getrusage(RUSAGE_SELF)`) and peak RSS (`VmHWM`) belong to one side only. The parent declares
 //! a throwaway topology per run (unique prefix, `x-expires`), fills backlogs and runs the
 //! simulated upstream outside the measured process, and deletes everything afterwards. Rounds
@@ -11,7 +11,11 @@
 //! - [`raw`]: the baseline, lapin's API and nothing else.
 //! - [`stats`]: percentiles, CPU time, peak RSS.
 //! - [`run`]: the orchestration and the report.
+//! - [`bridge`]: sim → bridge process → broker against a raw publisher, and the bridge's RSS.
+//! - [`cli`]: the `warren-bench` command line.
 
+pub mod bridge;
+pub mod cli;
 mod parent;
 pub mod raw;
 pub mod scenarios;
@@ -28,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 pub use parent::{BenchOptions, BenchReport, Row, run};
 pub use stats::Percentiles;
 
-use crate::error::Error;
+use warren::error::Error;
 
 /// The routing key (and event type) of bench messages.
 pub const EVENT_TYPE: &str = "bench.tick";
@@ -41,7 +45,7 @@ pub enum Side {
     Warren,
     /// A minimal lapin loop doing the same work.
     Raw,
-    /// The aio-pika peer (`bench/peers/peer`), a separate program reading the same spec.
+    /// The aio-pika peer (`crates/warren-bench/peers/peer`), a separate program reading the same spec.
     Peer,
 }
 
@@ -422,7 +426,7 @@ impl Tally {
 pub const RUN_LIMIT: Duration = Duration::from_secs(600);
 
 /// Runs one side of one scenario in this process (the `--child` mode) and returns its figures.
-pub async fn run_child(spec: &RunSpec, url: &crate::amqp::AmqpUrl) -> Result<SideResult, Error> {
+pub async fn run_child(spec: &RunSpec, url: &warren::amqp::AmqpUrl) -> Result<SideResult, Error> {
     match spec.side {
         Side::Warren => scenarios::run(spec, url).await,
         Side::Raw => raw::run(spec, url).await,
@@ -470,7 +474,7 @@ mod tests {
     fn bodies_are_envelopes_of_the_asked_size() {
         for size in [0, 64, 256, 4096] {
             let body = message_body(size, 1_700_000_000_000_000);
-            let env = crate::envelope::Envelope::parse(&body).unwrap();
+            let env = warren::envelope::Envelope::parse(&body).unwrap();
             assert_eq!(env.event_type, EVENT_TYPE);
             let stamp: Stamp = env.payload_as().unwrap();
             assert_eq!(stamp.sent_us, 1_700_000_000_000_000);

@@ -1,8 +1,8 @@
-//! `bench/compare` in a tiny smoke run: warren, raw lapin and the aio-pika peer each measure
+//! `compare` in a tiny smoke run: warren, raw lapin and the aio-pika peer each measure
 //! consume, e2e and saturation once against the real broker, the report carries every figure
 //! the comparison needs, every contender holds saturation's in-flight bound, and every run's
 //! topology is gone afterwards. Checks the plumbing only: no timing is asserted. Needs python3 (the script is stdlib only; it makes the peer's venv from PyPI with
-//! bench/peers/setup.sh when missing). Without python3 the test fails, unless
+//! peers/setup.sh when missing). Without python3 the test fails, unless
 //! WARREN_NO_PYTHON=1 says so on purpose.
 
 use std::path::Path;
@@ -29,6 +29,7 @@ fn figure(run: &Value, field: &str) -> f64 {
 }
 
 #[test]
+#[ignore = "needs python3 and valgrind: crates/warren-bench/check.sh runs it"]
 fn compare_runs_all_three_contenders_and_cleans_up() {
     if !has_python() {
         if std::env::var("WARREN_NO_PYTHON").as_deref() == Ok("1") {
@@ -37,9 +38,9 @@ fn compare_runs_all_three_contenders_and_cleans_up() {
         }
         panic!("bench/compare needs python3 (apt-get install python3 python3-venv)");
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
-        .arg(root.join("bench/compare"))
+        .arg(here.join("compare"))
         .args(["--rounds", "1", "--messages", &MESSAGES.to_string()])
         .args([
             "--scenario",
@@ -50,7 +51,7 @@ fn compare_runs_all_three_contenders_and_cleans_up() {
             "saturation",
         ])
         .args(["--max-in-flight", &BOUND.to_string(), "--json"])
-        .args(["--warren", env!("CARGO_BIN_EXE_warren")])
+        .args(["--warren", env!("CARGO_BIN_EXE_warren-bench")])
         .arg("--fsync-dir")
         .arg(std::env::temp_dir())
         .env("AMQP_URL", amqp_url())

@@ -2,16 +2,16 @@
 //! maximum rate against a raw lapin publisher with the same confirm window, and the bridge's
 //! RSS. Prints the report as JSON, then a table: bridge events/s, raw events/s, ratio, RSS.
 //!
-//! `BENCH_EVENTS=50000 BENCH_ROUNDS=3 cargo test --release --test it bridge_bench -- --ignored --nocapture`
+//! `BENCH_EVENTS=50000 BENCH_ROUNDS=3 cargo test --release -p warren-bench --test smoke bridge_bench -- --ignored --nocapture`
 
 use crate::support;
 
-use warren::bridge::bench::{BenchOptions, run};
+use warren_bench::bridge::{BenchOptions, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run on demand"]
 async fn bridge_throughput_against_a_raw_publisher() {
-    let mut opts = BenchOptions::new(support::amqp_url(), env!("CARGO_BIN_EXE_warren"));
+    let mut opts = BenchOptions::new(support::amqp_url(), support::warren_exe());
     if let Some(n) = std::env::var("BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())

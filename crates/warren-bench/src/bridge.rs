@@ -2,7 +2,7 @@
 //! window in the same run, plus the bridge process's memory under load.
 //!
 //! The baseline publishes the same envelopes with the same properties straight from memory
-//! through lapin alone ([`crate::bench::raw::publish_prepared`]: one confirm channel, the same
+//! through lapin alone ([`crate::raw::publish_prepared`]: one confirm channel, the same
 //! window of unconfirmed publishes, no warren code on the message path): it is what the
 //! broker can take. The bridge run starts `warren bridge` as a child
 //! process against an in-process `sim upstream` whose whole stream is already generated and
@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::route;
-use crate::amqp::{self, AmqpUrl};
-use crate::envelope::Envelope;
-use crate::error::Error;
-use crate::sim::catalog::Catalog;
-use crate::sim::upstream::{self, UpstreamSettings};
-use crate::topology::{self, Topology};
+use warren::bridge::route;
+use warren::amqp::{self, AmqpUrl};
+use warren::envelope::Envelope;
+use warren::error::Error;
+use warren_sim::catalog::Catalog;
+use warren_sim::upstream::{self, UpstreamSettings};
+use warren::topology::{self, Topology};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -202,7 +202,7 @@ async fn baseline(opts: &BenchOptions, url: &AmqpUrl, t: &Topology) -> Result<f6
             Ok((env.event_type, e.frame, props))
         })
         .collect::<Result<_, Error>>()?;
-    let took = crate::bench::raw::publish_prepared(
+    let took = crate::raw::publish_prepared(
         url,
         &t.events_exchange,
         &messages,

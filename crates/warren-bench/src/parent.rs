@@ -15,10 +15,10 @@ use super::stats::median;
 use super::{
     Percentiles, QueueType, RUN_LIMIT, RunSpec, Scenario, Side, SideResult, message_body, stats,
 };
-use crate::amqp::{self, AmqpUrl, ConfirmWindow, Message, Publisher};
-use crate::error::Error;
-use crate::sim::upstream::{self, UpstreamSettings};
-use crate::topology::{self, Topology};
+use warren::amqp::{self, AmqpUrl, ConfirmWindow, Message, Publisher};
+use warren::error::Error;
+use warren_sim::upstream::{self, UpstreamSettings};
+use warren::topology::{self, Topology};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -444,15 +444,13 @@ async fn start_sim(
     Ok((format!("ws://{addr}/api/stream"), resume, task))
 }
 
-/// Runs `spec` in `warren bench --child` and reads its one JSON line.
+/// Runs `spec` in `warren-bench --child` and reads its one JSON line.
 async fn child(opts: &BenchOptions, spec: &RunSpec) -> Result<SideResult, Error> {
     let json = serde_json::to_string(spec).map_err(|e| Error::Other(format!("bench: {e}")))?;
     let mut command = match spec.side {
         Side::Peer => tokio::process::Command::new(&opts.peer),
         Side::Warren | Side::Raw => {
-            let mut c = tokio::process::Command::new(&opts.exe);
-            c.arg("bench");
-            c
+            tokio::process::Command::new(&opts.exe)
         }
     };
     let program = match spec.side {

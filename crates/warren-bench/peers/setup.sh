@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Makes bench/peers/.venv with the aio-pika peer's pinned dependencies from PyPI.
+# Makes crates/warren-bench/peers/.venv with the aio-pika peer's pinned dependencies from PyPI.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 python3 -m venv "$here/.venv"
