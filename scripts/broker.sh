@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Makes sure a RabbitMQ broker answers, then prints the AMQP URL to use on stdout.
-# Order: $AMQP_URL if it answers; a broker already on 127.0.0.1:5672; `docker compose up -d
-# rabbitmq` when a Docker engine runs; a local rabbitmq-server (installed with apt-get when CI=true
-# and it is missing). If none works, says exactly what to install and exits 1.
+# Order: $AMQP_URL when it is set (an error if it does not answer: never a silent fallback); a
+# broker already on 127.0.0.1:5672; `docker compose up -d rabbitmq` when a Docker engine runs; a
+# local rabbitmq-server (installed with apt-get when CI=true and it is missing). If none works,
+# says exactly what to install and exits 1.
+# A broker this script did not start is used as it is: nothing is enabled or changed on it. On
+# a local rabbitmq-server it started itself, it enables rabbitmq_management (for warren status).
 # Progress goes to stderr, so `url=$(scripts/broker.sh)` works.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,31 +40,29 @@ wait_for() {
   return 1
 }
 
-local_broker_ready() {
-  if command -v rabbitmqctl >/dev/null 2>&1; then
-    timeout 120 rabbitmqctl await_startup >/dev/null 2>&1 || true
-    # warren status reads unacked counts from the management API.
-    if ! rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_management; then
-      say "enabling rabbitmq_management (for warren status)"
-      rabbitmq-plugins enable rabbitmq_management >/dev/null 2>&1 || say "could not enable rabbitmq_management; warren status will show ready counts only"
-    fi
+# Only for a broker this script started: warren status reads unacked counts from the
+# management API.
+enable_management() {
+  command -v rabbitmq-plugins >/dev/null 2>&1 || return 0
+  if ! rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_management; then
+    say "enabling rabbitmq_management on the broker this script started (for warren status)"
+    rabbitmq-plugins enable rabbitmq_management >/dev/null 2>&1 ||
+      say "could not enable rabbitmq_management; warren status will show ready counts only"
   fi
 }
 
-if answers "$url"; then
-  say "using the broker at $(hostport "$url")"
-  [ "$(hostport "$url")" = "127.0.0.1:5672" ] && local_broker_ready
-  echo "$url"
-  exit 0
+if [ -n "${AMQP_URL:-}" ]; then
+  if answers "$AMQP_URL"; then
+    say "using the broker at $(hostport "$AMQP_URL") (AMQP_URL)"
+    echo "$AMQP_URL"
+    exit 0
+  fi
+  say "AMQP_URL is set, but nothing answers at $(hostport "$AMQP_URL"): start that broker, or unset AMQP_URL to use (or start) a local one"
+  exit 1
 fi
 
-if [ -n "${AMQP_URL:-}" ] && [ "$AMQP_URL" != "$default_url" ]; then
-  say "AMQP_URL is set but $(hostport "$AMQP_URL") does not answer; trying a local broker instead"
-fi
-url="$default_url"
 if answers "$url"; then
   say "using the broker at $(hostport "$url")"
-  local_broker_ready
   echo "$url"
   exit 0
 fi
@@ -95,7 +96,7 @@ if command -v rabbitmq-server >/dev/null 2>&1; then
   rabbitmq-server -detached >&2 2>/dev/null || true
   timeout 120 rabbitmqctl await_startup >/dev/null 2>&1 || true
   if wait_for "$url" 60; then
-    local_broker_ready
+    enable_management
     echo "$url"
     exit 0
   fi

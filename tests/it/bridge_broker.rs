@@ -109,6 +109,7 @@ async fn closing_the_bridges_connection_mid_stream_loses_nothing() {
 
 #[tokio::test]
 async fn disruptive_close_all_connections_mid_stream_loses_nothing() {
+    let _node = support::node::use_throwaway_node();
     closed_mid_stream("bridge-close-all", |_| {
         rabbitmqctl(&[
             "close_all_connections",
@@ -138,6 +139,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test]
 async fn disruptive_a_blocked_broker_stops_reading_and_loses_nothing() {
+    let _node = support::node::use_throwaway_node();
     let t = TestTopology::new("bridge-blocked", BRIDGE_TOPOLOGY);
     let conn = connect().await;
     t.apply(&conn).await;

@@ -15,6 +15,13 @@ use lapin::types::FieldTable;
 
 fn status_json(t: &TestTopology, extra: &[&str]) -> (serde_json::Value, String) {
     let mut args = vec!["status", "-o", "json"];
+    let management;
+    if let Some(node) = support::node::current()
+        && !extra.contains(&"--management-url")
+    {
+        management = node.management_url.clone();
+        args.extend(["--management-url", management.as_str()]);
+    }
     args.extend(extra);
     let (code, out, err) = warren_t(t, &args);
     assert_eq!(code, 0, "{err}");
@@ -26,6 +33,8 @@ fn status_json(t: &TestTopology, extra: &[&str]) -> (serde_json::Value, String) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_ready_unacked_consumers_tiers_and_dlq_depth() {
+    // Unacked counts come from the management plugin, which the suite's own node runs.
+    let _node = support::node::use_throwaway_node();
     let t = TestTopology::new("status", DLQ_TOPOLOGY);
     let conn = connect().await;
     t.apply(&conn).await;
@@ -106,7 +115,11 @@ async fn status_shows_ready_unacked_consumers_tiers_and_dlq_depth() {
     assert_eq!(status["ingress_dlq"]["messages"], 0);
     assert_eq!(status["management"], true);
 
-    let (code, table, err) = warren_t(&t, &["status"]);
+    let management = support::node::current().map(|n| n.management_url.clone());
+    let (code, table, err) = warren_t(
+        &t,
+        &["status", "--management-url", management.as_deref().unwrap()],
+    );
     assert_eq!(code, 0, "{err}");
     let row = table
         .lines()
@@ -126,6 +139,8 @@ async fn status_shows_ready_unacked_consumers_tiers_and_dlq_depth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_management_api_unacked_is_unknown_and_said_so() {
+    // A reachable management API for the wrong-credentials case: the suite's own node's.
+    let _node = support::node::use_throwaway_node();
     let t = TestTopology::new("status-nomgmt", DLQ_TOPOLOGY);
     let conn = connect().await;
     t.apply(&conn).await;
@@ -141,13 +156,9 @@ async fn without_the_management_api_unacked_is_unknown_and_said_so() {
     );
 
     // Wrong credentials: refused, said so, and the password is never printed.
-    let (s, err) = status_json(
-        &t,
-        &[
-            "--management-url",
-            "http://nobody:s3cr3t-canary@127.0.0.1:15672",
-        ],
-    );
+    let management = support::node::current().unwrap().management_url.clone();
+    let wrong = management.replace("http://", "http://nobody:s3cr3t-canary@");
+    let (s, err) = status_json(&t, &["--management-url", &wrong]);
     assert!(err.contains("401") && err.contains("nobody"), "{err}");
     assert!(!err.contains("s3cr3t-canary"), "{err}");
     assert_eq!(s["management"], false);

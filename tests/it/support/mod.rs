@@ -16,6 +16,9 @@ use warren::topology::Topology;
 
 /// The broker every test uses.
 pub fn amqp_url() -> String {
+    if let Some(node) = node::current() {
+        return node.url.clone();
+    }
     std::env::var("AMQP_URL").unwrap_or_else(|_| amqp::DEFAULT_AMQP_URL.to_string())
 }
 
@@ -262,7 +265,7 @@ pub const RESTORE_WATERMARK: &str = "case application:get_env(rabbit, vm_memory_
 
 /// Runs `rabbitmqctl` and returns stdout.
 pub fn rabbitmqctl(args: &[&str]) -> String {
-    let out = Command::new("rabbitmqctl")
+    let out = node::ctl_command()
         .args(args)
         .output()
         .expect("rabbitmqctl runs");
@@ -378,7 +381,7 @@ pub fn unacked_on(conns: &[String]) -> u64 {
 pub fn close_connections_of(pid: u32) -> usize {
     let conns = connections_of(pid);
     for conn in &conns {
-        let _ = Command::new("rabbitmqctl")
+        let _ = node::ctl_command()
             .args(["close_connection", conn, "test: dropped connection"])
             .output();
     }
@@ -469,4 +472,5 @@ pub mod bridge;
 pub mod dlq;
 pub mod downstream;
 pub mod fleet;
+pub mod node;
 pub mod proxy;
