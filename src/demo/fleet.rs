@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
@@ -189,10 +191,8 @@ impl Fleet {
     pub async fn stop(&mut self) {
         for w in &self.workers {
             if let Some(pid) = w.child.id().and_then(|p| i32::try_from(p).ok()) {
-                // SAFETY: kill(2) with a pid of our own child and a valid signal number.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                }
+                // An error means the child is already gone; the wait below reaps it either way.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             }
         }
         for w in &mut self.workers {
