@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
@@ -158,12 +160,12 @@ impl Fleet {
             if let Ok(r) = self.http.get(format!("{base}/readyz")).send().await {
                 s.ready += usize::from(r.status().is_success());
             }
-            if let Ok(text) = self.http.get(format!("{base}/metrics")).send().await {
-                if let Ok(text) = text.text().await {
-                    let (in_flight, retries) = parse_metrics(&text);
-                    s.in_flight += in_flight;
-                    w.retries = retries;
-                }
+            if let Ok(r) = self.http.get(format!("{base}/metrics")).send().await
+                && let Ok(text) = r.text().await
+            {
+                let (in_flight, retries) = parse_metrics(&text);
+                s.in_flight += in_flight;
+                w.retries = retries;
             }
             s.retries += w.retries;
         }
@@ -189,10 +191,8 @@ impl Fleet {
     pub async fn stop(&mut self) {
         for w in &self.workers {
             if let Some(pid) = w.child.id().and_then(|p| i32::try_from(p).ok()) {
-                // SAFETY: kill(2) with a pid of our own child and a valid signal number.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                }
+                // An error means the child is already gone; the wait below reaps it either way.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             }
         }
         for w in &mut self.workers {
@@ -219,12 +219,11 @@ async fn copy_log(
     let mut tx = Some(tx);
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        if tx.is_some() {
-            if let Some(addr) = metrics_addr(&line) {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr);
-                }
-            }
+        if tx.is_some()
+            && let Some(addr) = metrics_addr(&line)
+            && let Some(tx) = tx.take()
+        {
+            let _ = tx.send(addr);
         }
         let _ = file.write_all(line.as_bytes()).await;
         let _ = file.write_all(b"\n").await;
