@@ -172,7 +172,11 @@ pub(super) async fn sim_upstream_command(args: SimUpstreamArgs) -> Result<u8> {
             drop_every: args.drop_every.filter(|n| *n > 0),
             duplicate_rate: args.duplicate_rate,
             malformed_rate: args.malformed_rate,
-            malformed_kinds: args.malformed_kinds.into_iter().map(Malformed::kind).collect(),
+            malformed_kinds: args
+                .malformed_kinds
+                .into_iter()
+                .map(Malformed::kind)
+                .collect(),
             stall_after: args.stall_after.filter(|n| *n > 0),
         },
         pregenerate: false,

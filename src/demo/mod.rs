@@ -29,9 +29,9 @@ use self::progress::{Progress, Sample};
 use self::report::{Dead, Effect, Emitted, Inputs};
 use crate::amqp::{self, AmqpError, AmqpUrl, Connection};
 use crate::error::{Error, Result};
+use crate::topology::{self, Topology};
 use warren_sim::api::{ApiSettings, FaultRates};
 use warren_sim::upstream::{self, Faults, UpstreamSettings};
-use crate::topology::{self, Topology};
 
 /// The topology the demo runs when no file is given: the default one, built in.
 pub const DEFAULT_TOPOLOGY: &str = include_str!("../../topology/warren.toml");

@@ -14,8 +14,8 @@ use reqwest::header::HeaderMap;
 use serde_json::json;
 use url::Url;
 use warren::http::{ClientSettings, HttpClient, StatusUrl, Token};
-use warren_sim::api::{ApiSettings, FaultRates};
 use warren::worker::HandlerError;
+use warren_sim::api::{ApiSettings, FaultRates};
 
 fn settings() -> ClientSettings {
     ClientSettings {

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use warren::bridge::route;
 use warren::amqp::{self, AmqpUrl};
+use warren::bridge::route;
 use warren::envelope::Envelope;
 use warren::error::Error;
+use warren::topology::{self, Topology};
 use warren_sim::catalog::Catalog;
 use warren_sim::upstream::{self, UpstreamSettings};
-use warren::topology::{self, Topology};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -202,13 +202,9 @@ async fn baseline(opts: &BenchOptions, url: &AmqpUrl, t: &Topology) -> Result<f6
             Ok((env.event_type, e.frame, props))
         })
         .collect::<Result<_, Error>>()?;
-    let took = crate::raw::publish_prepared(
-        url,
-        &t.events_exchange,
-        &messages,
-        opts.confirm_window,
-    )
-    .await?;
+    let took =
+        crate::raw::publish_prepared(url, &t.events_exchange, &messages, opts.confirm_window)
+            .await?;
     Ok(opts.events as f64 / took.as_secs_f64().max(1e-6))
 }
 

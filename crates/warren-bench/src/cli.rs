@@ -157,10 +157,12 @@ fn expand(names: &[ScenarioName], prefetches: &[u16], in_flight: &[u64]) -> Vec<
 
 /// Runs the parsed command; returns the process exit code.
 pub async fn run(args: BenchArgs) -> Result<u8> {
-    let url: warren::amqp::AmqpUrl = args
-        .amqp_url
-        .parse()
-        .map_err(|e: warren::amqp::AmqpUrlError| Error::Usage(format!("--amqp-url / AMQP_URL: {e}")))?;
+    let url: warren::amqp::AmqpUrl =
+        args.amqp_url
+            .parse()
+            .map_err(|e: warren::amqp::AmqpUrlError| {
+                Error::Usage(format!("--amqp-url / AMQP_URL: {e}"))
+            })?;
     if let Some(json) = &args.child {
         let spec: RunSpec = serde_json::from_str(json)
             .map_err(|e| Error::Usage(format!("--child: not a run spec: {e}")))?;

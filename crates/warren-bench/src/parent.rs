@@ -17,8 +17,8 @@ use super::{
 };
 use warren::amqp::{self, AmqpUrl, ConfirmWindow, Message, Publisher};
 use warren::error::Error;
-use warren_sim::upstream::{self, UpstreamSettings};
 use warren::topology::{self, Topology};
+use warren_sim::upstream::{self, UpstreamSettings};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -449,9 +449,7 @@ async fn child(opts: &BenchOptions, spec: &RunSpec) -> Result<SideResult, Error>
     let json = serde_json::to_string(spec).map_err(|e| Error::Other(format!("bench: {e}")))?;
     let mut command = match spec.side {
         Side::Peer => tokio::process::Command::new(&opts.peer),
-        Side::Warren | Side::Raw => {
-            tokio::process::Command::new(&opts.exe)
-        }
+        Side::Warren | Side::Raw => tokio::process::Command::new(&opts.exe),
     };
     let program = match spec.side {
         Side::Peer => &opts.peer,

@@ -407,10 +407,10 @@ async fn forward(spec: &RunSpec, ch: Channel, exchange: String) -> Result<(), Er
         let Ok(event) = serde_json::from_str::<Event<'_>>(text.as_str()) else {
             continue;
         };
-        if pending.len() >= super::PIPELINE_WINDOW {
-            if let Some(r) = pending.next().await {
-                check(r)?;
-            }
+        if pending.len() >= super::PIPELINE_WINDOW
+            && let Some(r) = pending.next().await
+        {
+            check(r)?;
         }
         let confirm = ch
             .basic_publish(

@@ -451,7 +451,9 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, conn: u64, shutdown: Cancell
         let ok = match (presented, digest) {
             (None, _) => false,
             (Some(_), None) => true,
-            (Some(k), Some(want)) => bool::from(Sha256::digest(k.as_bytes()).as_slice().ct_eq(&want)),
+            (Some(k), Some(want)) => {
+                bool::from(Sha256::digest(k.as_bytes()).as_slice().ct_eq(&want))
+            }
         };
         if !ok {
             let mut r = ErrorResponse::new(Some("missing or wrong bearer key".into()));

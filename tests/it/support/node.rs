@@ -122,5 +122,7 @@ pub fn broker_addr() -> std::net::SocketAddr {
     } else {
         format!("{hostport}:5672")
     };
-    hostport.parse().expect("the broker's host:port is an address")
+    hostport
+        .parse()
+        .expect("the broker's host:port is an address")
 }
