@@ -25,7 +25,7 @@ mod worker;
 pub use bridge::BridgeArgs;
 pub use demo::DemoArgs;
 pub use dlq::DlqCommand;
-pub use outcome::Outcome;
+pub use outcome::{Outcome, exit_code};
 pub use sim::{SimApiArgs, SimCommand, SimUpstreamArgs};
 pub use status::StatusArgs;
 pub use topology::TopologyCommand;
@@ -162,7 +162,7 @@ pub enum Command {
     Demo(DemoArgs),
 }
 
-/// Runs the parsed command; main maps its result to the exit code with [`outcome::exit_code`].
+/// Runs the parsed command; main maps its result to the exit code with [`exit_code`].
 pub async fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {
         Command::Topology(cmd) => topology::topology_command(&cli.global, cmd).await,
@@ -175,5 +175,3 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Demo(args) => demo::demo_command(&cli.global, args).await,
     }
 }
-
-pub use outcome::exit_code;
