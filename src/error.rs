@@ -1,13 +1,11 @@
 //! The crate's error type. Messages name what the operator controls: the file, the queue, the
-//! URL (without its password), the flag.
+//! URL (without its password), the flag. Which exit code an error means is the command line's
+//! decision (`cli::Outcome`), not the error's.
 
 use std::path::PathBuf;
 
 use crate::amqp::AmqpError;
 use crate::topology::TopologyError;
-
-/// Exit code for a command that partly failed (some items of a bulk operation).
-pub const EXIT_PARTIAL: u8 = 3;
 
 /// Everything a command can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +19,7 @@ pub enum Error {
     /// A simulator (`warren sim`, `warren demo`) could not start or run.
     #[error(transparent)]
     Simulator(#[from] warren_sim::SimError),
-    /// A file could not be read or written.
+    /// A file (or `<stdout>`, `<stdin>`) could not be read or written.
     #[error("{path}: {source}")]
     Io {
         /// The file.
@@ -32,23 +30,44 @@ pub enum Error {
     /// A flag or environment variable has a value that cannot work.
     #[error("{0}")]
     Usage(String),
+    /// The HTTP client for a downstream could not be built (TLS, the bearer token).
+    #[error("{0}")]
+    HttpClient(String),
+    /// A DLQ of the topology is not on the broker.
+    #[error(
+        "DLQ '{dlq}' does not exist on the broker; run `warren topology apply` with the same -f/--prefix"
+    )]
+    DlqMissing {
+        /// The DLQ.
+        dlq: String,
+    },
+    /// `dlq show`: no dead letter has the id. When some DLQ could not be read whole the id may
+    /// be among the messages another consumer holds, so the answer is only partial.
+    #[error("no dead letter '{id}' in {}{}", .dlqs.join(", "), incomplete_note(.incomplete))]
+    DeadLetterNotFound {
+        /// The id (or `#N`) asked for.
+        id: String,
+        /// The DLQs searched.
+        dlqs: Vec<String>,
+        /// The DLQs that could not be read whole.
+        incomplete: Vec<String>,
+    },
+    /// The operator answered no to a confirmation prompt.
+    #[error("not confirmed; nothing was changed")]
+    NotConfirmed,
     /// Anything else, already phrased for the operator.
     #[error("{0}")]
     Other(String),
-    /// The command could not see everything it had to (a DLQ read incomplete), so its answer
-    /// may be wrong; phrased for the operator. Exit code [`EXIT_PARTIAL`].
-    #[error("{0}")]
-    Partial(String),
 }
 
-impl Error {
-    /// The process exit code for this error.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Error::Usage(_) => 2,
-            Error::Partial(_) => EXIT_PARTIAL,
-            _ => 1,
-        }
+fn incomplete_note(incomplete: &[String]) -> String {
+    if incomplete.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (DLQ read incomplete): another consumer holds messages of {}; run it again",
+            incomplete.join(", ")
+        )
     }
 }
 

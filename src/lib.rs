@@ -10,16 +10,15 @@
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`bridge`]: upstream WebSocket and webhook ingress onto the events exchange, with confirms
 //!   and a durable resume cursor.
-//! - [`cli`]: the command line (clap), dispatch only.
+//! - [`cli`]: the command line (clap), signals, and the `Outcome` that decides the exit code.
 //! - [`demo`]: `warren demo`: the whole pipeline under a unique prefix, with a reconciliation.
 //! - [`dlq`]: dead-letter operations: list, show, stats, export, replay, purge.
 //! - [`envelope`]: the upstream event envelope and its validation.
-//! - [`error`]: the crate's error type and exit codes.
+//! - [`error`]: the crate's error type.
 //! - [`handlers`]: the built-in handlers (`log`, `chaos`, `http`, `trader`).
 //! - [`http`]: downstream calls: idempotency keys, the error taxonomy, retries, status checks.
 //! - [`metrics`]: `/metrics`, `/healthz`, `/readyz` for `--metrics-listen`.
-//! - [`output`]: tables and JSON on stdout.
-//! - [`shutdown`]: SIGINT/SIGTERM to a cancellation token.
+//! - [`output`]: tables and JSON on stdout, through the one writer that a closed pipe ends quietly.
 //! - [`status`]: queue depths, unacked and consumers for the whole topology.
 //! - [`telemetry`]: logging to stderr.
 //! - [`topology`]: topology as code: model, validation, plan, declare, export.
@@ -78,7 +77,6 @@ pub mod handlers;
 pub mod http;
 pub mod metrics;
 pub mod output;
-pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 pub mod topology;

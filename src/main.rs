@@ -1,13 +1,13 @@
-//! The `warren` binary: parse, set up logging, run the library, map the result to an exit code.
+//! The `warren` binary: parse, set up logging, run the library, map the outcome to an exit code.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use warren::cli::{self, Cli};
+use warren::cli::{self, Cli, Outcome};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    warren::telemetry::init(cli.global.log_format);
+    warren::telemetry::init(cli.global.log_format.into());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -15,14 +15,12 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(Outcome::Failure.code());
         }
     };
-    match runtime.block_on(cli::run(cli)) {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(e.exit_code())
-        }
+    let result = runtime.block_on(cli::run(cli));
+    if let Err(e) = &result {
+        eprintln!("error: {e}");
     }
+    ExitCode::from(cli::exit_code(&result))
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{GlobalArgs, TopologyArgs};
+use super::{GlobalArgs, Outcome, TopologyArgs, signals};
 use crate::error::{Error, Result};
 
 /// `warren bridge …`
@@ -61,7 +61,7 @@ pub struct BridgeArgs {
     pub metrics_listen: Option<String>,
 }
 
-pub(super) async fn bridge_command(global: &GlobalArgs, args: BridgeArgs) -> Result<u8> {
+pub(super) async fn bridge_command(global: &GlobalArgs, args: BridgeArgs) -> Result<Outcome> {
     let mut settings = crate::bridge::BridgeSettings::new(global.url()?, args.topology.load()?);
     if let Some(url) = args.url {
         let env = |name: &str| {
@@ -102,7 +102,7 @@ pub(super) async fn bridge_command(global: &GlobalArgs, args: BridgeArgs) -> Res
     settings.idle_timeout = args.idle_timeout;
     settings.cursor_flush_interval = args.cursor_flush_interval;
     settings.shutdown_timeout = args.shutdown_timeout;
-    let shutdown = crate::shutdown::on_signals();
+    let shutdown = signals::on_signals();
     let stats = Arc::new(crate::bridge::Stats::default());
     if let Some(addr) = &args.metrics_listen {
         let mut registry = prometheus_client::registry::Registry::default();
@@ -112,5 +112,5 @@ pub(super) async fn bridge_command(global: &GlobalArgs, args: BridgeArgs) -> Res
             .map_err(|e| Error::Usage(format!("--metrics-listen {addr}: {e}")))?;
     }
     crate::bridge::run(settings, stats, shutdown).await?;
-    Ok(0)
+    Ok(Outcome::Success)
 }

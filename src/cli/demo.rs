@@ -6,10 +6,10 @@ use std::time::Duration;
 use clap::Args;
 use tabled::Tabled;
 
-use super::GlobalArgs;
+use super::{GlobalArgs, Outcome, OutputArg, signals};
 use crate::demo::{self, DemoReport, DemoSettings};
 use crate::error::{Error, Result};
-use crate::output::{self, OutputFormat};
+use crate::output::{Output, OutputFormat};
 
 /// `warren demo …`
 #[derive(Debug, Args)]
@@ -41,11 +41,11 @@ pub struct DemoArgs {
     #[arg(short = 'f', long = "topology")]
     pub topology: Option<PathBuf>,
     /// Report format on stdout.
-    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    #[arg(short, long, value_enum, default_value_t = OutputArg::Table)]
+    pub output: OutputArg,
 }
 
-pub(super) async fn demo_command(global: &GlobalArgs, args: DemoArgs) -> Result<u8> {
+pub(super) async fn demo_command(global: &GlobalArgs, args: DemoArgs) -> Result<Outcome> {
     let (topology_text, topology_source) = match &args.topology {
         Some(path) => (
             std::fs::read_to_string(path).map_err(|source| Error::Io {
@@ -75,14 +75,16 @@ pub(super) async fn demo_command(global: &GlobalArgs, args: DemoArgs) -> Result<
         settle_timeout: args.settle_timeout,
         exe,
     };
-    let report = demo::run(settings, crate::shutdown::on_signals()).await?;
-    let written = match args.output {
-        OutputFormat::Table => output::print_text(&table(&report)),
-        OutputFormat::Json => output::print_json(&report),
-        OutputFormat::Ndjson => output::print_ndjson([&report]),
-    };
-    written.map_err(super::stdout_error)?;
-    if report.exit_code() != 0 {
+    let report = demo::run(settings, signals::on_signals()).await?;
+    let mut out = Output::stdout();
+    match args.output.into() {
+        OutputFormat::Table => out.text(&table(&report))?,
+        OutputFormat::Json => out.json(&report)?,
+        OutputFormat::Ndjson => out.ndjson([&report])?,
+    }
+    // Reconciled: every event processed, dead-lettered or unrouted, and none effected twice.
+    let reconciled = report.lost == 0 && report.effected_twice == 0;
+    if !reconciled {
         eprintln!(
             "warren demo: {} event(s) lost, {} effected twice (first lost: {})",
             report.lost,
@@ -90,7 +92,11 @@ pub(super) async fn demo_command(global: &GlobalArgs, args: DemoArgs) -> Result<
             report.lost_ids.join(", ")
         );
     }
-    Ok(report.exit_code())
+    Ok(if reconciled {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    })
 }
 
 #[derive(Tabled)]

@@ -1,23 +1,33 @@
-//! The command line: `warren <noun> <verb>`, clap derive, dispatch only.
+//! The command line: `warren <noun> <verb>`, clap derive, dispatch only. The only module that
+//! knows clap, signals and exit codes: it turns arguments into the library's typed settings and
+//! a [`CancellationToken`](tokio_util::sync::CancellationToken), and results into an [`Outcome`].
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::amqp::{self, AmqpUrl};
 use crate::error::{Error, Result};
+use crate::output::OutputFormat;
 use crate::telemetry::LogFormat;
 use crate::topology::{DEFAULT_TOPOLOGY_FILE, Topology};
 
 mod bridge;
 mod demo;
+mod dlq;
+mod outcome;
+mod signals;
 mod sim;
+mod status;
 mod topology;
 mod worker;
 
 pub use bridge::BridgeArgs;
 pub use demo::DemoArgs;
+pub use dlq::DlqCommand;
+pub use outcome::{Outcome, exit_code};
 pub use sim::{SimApiArgs, SimCommand, SimUpstreamArgs};
+pub use status::StatusArgs;
 pub use topology::TopologyCommand;
 pub use worker::{DownstreamArgs, HandlerName, WorkerArgs};
 
@@ -47,8 +57,8 @@ pub struct GlobalArgs {
     pub amqp_url: String,
 
     /// Log format on stderr; RUST_LOG sets the level (default info).
-    #[arg(long, value_enum, env = "WARREN_LOG_FORMAT", global = true, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    #[arg(long, value_enum, env = "WARREN_LOG_FORMAT", global = true, default_value_t = LogFormatArg::Text)]
+    pub log_format: LogFormatArg,
 }
 
 /// Shows the URL with its password redacted.
@@ -67,6 +77,45 @@ impl GlobalArgs {
         self.amqp_url
             .parse()
             .map_err(|e: amqp::AmqpUrlError| Error::Usage(format!("--amqp-url / AMQP_URL: {e}")))
+    }
+}
+
+/// `--log-format`, as clap parses it; see [`LogFormat`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(arg: LogFormatArg) -> Self {
+        match arg {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+/// `-o table|json|ndjson`, as clap parses it; see [`OutputFormat`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputArg {
+    /// An aligned table.
+    Table,
+    /// One JSON document.
+    Json,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+impl From<OutputArg> for OutputFormat {
+    fn from(arg: OutputArg) -> Self {
+        match arg {
+            OutputArg::Table => OutputFormat::Table,
+            OutputArg::Json => OutputFormat::Json,
+            OutputArg::Ndjson => OutputFormat::Ndjson,
+        }
     }
 }
 
@@ -105,31 +154,24 @@ pub enum Command {
     Sim(SimCommand),
     /// See why messages failed and put them back: list, show, stats, replay, purge, export.
     #[command(subcommand)]
-    Dlq(crate::dlq::DlqCommand),
+    Dlq(DlqCommand),
     /// Queues of the topology: ready, unacked, consumers, retry tiers and DLQ depth.
-    Status(crate::status::StatusArgs),
+    Status(StatusArgs),
     /// Run the whole pipeline on the broker under a unique prefix (sim upstream, bridge, N
     /// worker processes, sim API), show progress, and reconcile: exit 1 if any event was lost.
     Demo(DemoArgs),
 }
 
-/// Runs the parsed command; returns the process exit code.
-pub async fn run(cli: Cli) -> Result<u8> {
+/// Runs the parsed command; main maps its result to the exit code with [`exit_code`].
+pub async fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {
         Command::Topology(cmd) => topology::topology_command(&cli.global, cmd).await,
         Command::Worker(args) => worker::worker_command(&cli.global, args).await,
         Command::Bridge(args) => bridge::bridge_command(&cli.global, args).await,
         Command::Sim(SimCommand::Upstream(args)) => sim::sim_upstream_command(args).await,
-        Command::Dlq(cmd) => crate::dlq::run(&cli.global, cmd).await,
-        Command::Status(args) => crate::status::run(&cli.global, args).await,
+        Command::Dlq(cmd) => dlq::dlq_command(&cli.global, cmd).await,
+        Command::Status(args) => status::status_command(&cli.global, args).await,
         Command::Sim(SimCommand::Api(args)) => sim::sim_api_command(args).await,
         Command::Demo(args) => demo::demo_command(&cli.global, args).await,
-    }
-}
-
-pub(crate) fn stdout_error(e: std::io::Error) -> Error {
-    Error::Io {
-        path: PathBuf::from("<stdout>"),
-        source: e,
     }
 }

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::stdout_error;
+use super::{Outcome, signals};
 use crate::error::{Error, Result};
-use crate::output::{self};
+use crate::output::Output;
 
 /// `warren sim …`
 #[derive(Debug, Subcommand)]
@@ -139,7 +139,7 @@ impl Malformed {
     }
 }
 
-pub(super) async fn sim_upstream_command(args: SimUpstreamArgs) -> Result<u8> {
+pub(super) async fn sim_upstream_command(args: SimUpstreamArgs) -> Result<Outcome> {
     use warren_sim::upstream::{self, Faults, UpstreamSettings};
     for (flag, p) in [
         ("--duplicate-rate", args.duplicate_rate),
@@ -157,7 +157,7 @@ pub(super) async fn sim_upstream_command(args: SimUpstreamArgs) -> Result<u8> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Other(format!("--listen {}: {e}", args.listen)))?;
-    output::print_text(&format!("listening on {addr}")).map_err(stdout_error)?;
+    Output::stdout().text(&format!("listening on {addr}"))?;
     let settings = UpstreamSettings {
         seed: args.seed,
         rate: args.rate,
@@ -181,12 +181,11 @@ pub(super) async fn sim_upstream_command(args: SimUpstreamArgs) -> Result<u8> {
         },
         pregenerate: false,
     };
-    upstream::run(listener, settings, crate::shutdown::on_signals()).await?;
-    Ok(0)
+    upstream::run(listener, settings, signals::on_signals()).await?;
+    Ok(Outcome::Success)
 }
 
-pub(super) async fn sim_api_command(args: SimApiArgs) -> Result<u8> {
-    use std::io::Write;
+pub(super) async fn sim_api_command(args: SimApiArgs) -> Result<Outcome> {
     let settings = warren_sim::api::ApiSettings {
         seed: args.seed,
         rates: warren_sim::api::FaultRates {
@@ -212,10 +211,7 @@ pub(super) async fn sim_api_command(args: SimApiArgs) -> Result<u8> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Other(format!("--listen {}: {e}", args.listen)))?;
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "listening on {addr}")
-        .and_then(|()| stdout.flush())
-        .map_err(stdout_error)?;
-    warren_sim::api::run(listener, settings, crate::shutdown::on_signals()).await?;
-    Ok(0)
+    Output::stdout().text(&format!("listening on {addr}"))?;
+    warren_sim::api::run(listener, settings, signals::on_signals()).await?;
+    Ok(Outcome::Success)
 }

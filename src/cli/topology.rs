@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::{GlobalArgs, TopologyArgs, stdout_error};
+use super::{GlobalArgs, Outcome, OutputArg, TopologyArgs};
 use crate::amqp;
 use crate::error::{Error, Result};
-use crate::output::{self, OutputFormat};
+use crate::output::{self, Output, OutputFormat};
 use crate::topology::{self};
 
 /// `warren topology …`
@@ -18,16 +18,16 @@ pub enum TopologyCommand {
         #[command(flatten)]
         topology: TopologyArgs,
         /// Output format.
-        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
-        output: OutputFormat,
+        #[arg(short, long, value_enum, default_value_t = OutputArg::Table)]
+        output: OutputArg,
     },
     /// Print the resolved plan: every queue with its arguments, and every binding.
     Show {
         #[command(flatten)]
         topology: TopologyArgs,
         /// Output format.
-        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
-        output: OutputFormat,
+        #[arg(short, long, value_enum, default_value_t = OutputArg::Table)]
+        output: OutputArg,
     },
     /// Write RabbitMQ definitions.json, for brokers that load definitions at boot.
     Export {
@@ -50,7 +50,7 @@ pub enum TopologyCommand {
     },
 }
 
-pub(super) async fn topology_command(global: &GlobalArgs, cmd: TopologyCommand) -> Result<u8> {
+pub(super) async fn topology_command(global: &GlobalArgs, cmd: TopologyCommand) -> Result<Outcome> {
     match cmd {
         TopologyCommand::Apply { topology, output } => {
             let t = topology.load()?;
@@ -59,30 +59,29 @@ pub(super) async fn topology_command(global: &GlobalArgs, cmd: TopologyCommand) 
             let result = topology::apply(&conn, &t.plan()).await;
             amqp::close(&conn).await;
             let report = result?;
-            match output {
+            let mut out = Output::stdout();
+            match output.into() {
                 OutputFormat::Table => {
-                    output::print_text(&output::table(report.items.iter().map(|i| ApplyRow {
+                    out.text(&output::table(report.items.iter().map(|i| ApplyRow {
                         kind: i.kind,
                         name: i.name.clone(),
                         status: format!("{:?}", i.status).to_lowercase(),
-                    })))
-                    .map_err(stdout_error)?;
+                    })))?;
                     tracing::info!(
                         created = report.created(),
                         total = report.items.len(),
                         "Topology applied."
                     );
                 }
-                OutputFormat::Json => output::print_json(&report).map_err(stdout_error)?,
-                OutputFormat::Ndjson => {
-                    output::print_ndjson(&report.items).map_err(stdout_error)?
-                }
+                OutputFormat::Json => out.json(&report)?,
+                OutputFormat::Ndjson => out.ndjson(&report.items)?,
             }
-            Ok(0)
+            Ok(Outcome::Success)
         }
         TopologyCommand::Show { topology, output } => {
             let plan = topology.load()?.plan();
-            match output {
+            let mut out = Output::stdout();
+            match output.into() {
                 OutputFormat::Table => {
                     let mut rows: Vec<ShowRow> = plan
                         .exchanges
@@ -116,12 +115,12 @@ pub(super) async fn topology_command(global: &GlobalArgs, cmd: TopologyCommand) 
                         name: format!("{} -> {}", b.exchange, b.queue),
                         details: b.routing_key.clone(),
                     }));
-                    output::print_text(&output::table(rows)).map_err(stdout_error)?;
+                    out.text(&output::table(rows))?;
                 }
-                OutputFormat::Json => output::print_json(&plan).map_err(stdout_error)?,
-                OutputFormat::Ndjson => output::print_ndjson(&plan.queues).map_err(stdout_error)?,
+                OutputFormat::Json => out.json(&plan)?,
+                OutputFormat::Ndjson => out.ndjson(&plan.queues)?,
             }
-            Ok(0)
+            Ok(Outcome::Success)
         }
         TopologyCommand::Export {
             topology,
@@ -129,14 +128,13 @@ pub(super) async fn topology_command(global: &GlobalArgs, cmd: TopologyCommand) 
             out,
         } => {
             let defs = topology.load()?.plan().definitions(&vhost);
-            let text =
-                serde_json::to_string_pretty(&defs).map_err(|e| Error::Other(e.to_string()))?;
-            match out {
-                Some(path) => std::fs::write(&path, text + "\n")
-                    .map_err(|source| Error::Io { path, source })?,
-                None => output::print_text(&text).map_err(stdout_error)?,
-            }
-            Ok(0)
+            let mut out = match out {
+                Some(path) => Output::create(&path)?,
+                None => Output::stdout(),
+            };
+            out.json(&defs)?;
+            out.finish()?;
+            Ok(Outcome::Success)
         }
         TopologyCommand::Delete { topology, yes } => {
             if !yes {
@@ -151,7 +149,7 @@ pub(super) async fn topology_command(global: &GlobalArgs, cmd: TopologyCommand) 
             amqp::close(&conn).await;
             let deleted = result?;
             tracing::info!(deleted, "Topology deleted.");
-            Ok(0)
+            Ok(Outcome::Success)
         }
     }
 }

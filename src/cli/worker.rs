@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use super::{GlobalArgs, TopologyArgs};
+use super::{GlobalArgs, Outcome, TopologyArgs, signals};
 use crate::error::{Error, Result};
 use crate::handlers::{Builtin, ChaosHandler, HttpHandler, LogHandler, TraderHandler};
 use crate::http::{ClientSettings, HttpClient, StatusUrl, Token};
@@ -102,11 +102,11 @@ impl DownstreamArgs {
             ..ClientSettings::default()
         };
         let token = Token::from_env(crate::handlers::http::TOKEN_ENV);
-        HttpClient::new(settings, status, token).map_err(Error::Other)
+        HttpClient::new(settings, status, token).map_err(Error::HttpClient)
     }
 }
 
-pub(super) async fn worker_command(global: &GlobalArgs, args: WorkerArgs) -> Result<u8> {
+pub(super) async fn worker_command(global: &GlobalArgs, args: WorkerArgs) -> Result<Outcome> {
     let handler = build_handler(&args)?;
     let concurrency = match (args.handler, args.concurrency) {
         (HandlerName::Trader, Some(n)) if n > 1 => {
@@ -131,7 +131,7 @@ pub(super) async fn worker_command(global: &GlobalArgs, args: WorkerArgs) -> Res
         drain_timeout: args.drain_timeout,
         handler_timeout: args.handler_timeout,
     };
-    let shutdown: CancellationToken = crate::shutdown::on_signals();
+    let shutdown: CancellationToken = signals::on_signals();
     let metrics = Arc::new(worker::WorkerMetrics::default());
     if let Some(addr) = &args.metrics_listen {
         let mut registry = prometheus_client::registry::Registry::default();
@@ -141,7 +141,7 @@ pub(super) async fn worker_command(global: &GlobalArgs, args: WorkerArgs) -> Res
             .map_err(|e| Error::Usage(format!("--metrics-listen {addr}: {e}")))?;
     }
     worker::run(settings, handler, metrics, shutdown).await?;
-    Ok(0)
+    Ok(Outcome::Success)
 }
 
 /// The trader's state is per process: say so when a queue cannot keep ticks in order or stale.

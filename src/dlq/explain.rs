@@ -13,9 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::amqp::{BasicProperties, XDeath, hdr, header_str, header_u32, x_death};
 
 /// The `kind` column: why the message is in the DLQ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
 pub enum Kind {
     /// The worker: the handler said retrying cannot help.
     Permanent,
@@ -27,7 +26,6 @@ pub enum Kind {
     Transient,
     /// The broker: delivered too many times without an ack (the worker crashed or lost its
     /// connection while handling it).
-    #[value(alias = "delivery-limit")]
     DeliveryLimit,
     /// The broker: its TTL ran out before a worker took it.
     Expired,

@@ -5,28 +5,25 @@
 //! [`crate::amqp::Snapshot`]). Messages arriving meanwhile are not part of the command, so a
 //! replayed message that fails again cannot loop. Bulk commands return a [`Report`].
 
-mod cli;
 mod detail;
 mod explain;
 mod filter;
 mod fingerprint;
 mod purge;
 mod read;
-mod render;
+pub mod render;
 mod replay;
 mod report;
 mod stats;
 
 use std::time::Duration;
 
-pub(crate) use cli::written;
-pub use cli::{DlqCommand, run};
 pub use detail::{Body, Detail, detail};
 pub use explain::{DeadLetter, Kind, Time, explain, last_death};
 pub use filter::Filter;
 pub use fingerprint::fingerprint;
 pub use purge::purge;
-pub use read::{Listing, export, find, list, scan, stats};
+pub use read::{Listing, export, find, list, read_whole, scan, stats};
 pub use replay::{ReplayOptions, replay};
 pub use report::{Item, Outcome, Report, Scan};
 pub use stats::{Group, Stats, StatsBuilder};
@@ -109,12 +106,11 @@ pub(crate) struct Walk {
 impl Walk {
     /// Starts reading `dlq`.
     pub(crate) async fn open(conn: &Connection, dlq: &DlqRef) -> Result<Self, Error> {
-        let snapshot = Snapshot::open(conn, &dlq.name, IDLE_TIMEOUT).await?.ok_or_else(|| {
-            Error::Other(format!(
-                "DLQ '{}' does not exist on the broker; run `warren topology apply` with the same -f/--prefix",
-                dlq.name
-            ))
-        })?;
+        let snapshot = Snapshot::open(conn, &dlq.name, IDLE_TIMEOUT)
+            .await?
+            .ok_or_else(|| Error::DlqMissing {
+                dlq: dlq.name.clone(),
+            })?;
         if snapshot.other_consumers() > 0 {
             tracing::warn!(
                 dlq = %dlq.name,

@@ -1,7 +1,6 @@
 //! The non-destructive commands: `list`, `show`, `stats`, `export`. Each reads the DLQs'
 //! snapshots through [`scan`] and puts every message back where it was.
 
-use std::io::Write;
 use std::ops::ControlFlow;
 
 use serde::Serialize;
@@ -10,7 +9,7 @@ use super::detail::{Detail, detail};
 use super::stats::{Stats, StatsBuilder};
 use super::{DeadLetter, DlqRef, Filter, Scan, Walk};
 use crate::amqp::{Connection, Delivery};
-use crate::error::{EXIT_PARTIAL, Error};
+use crate::error::Error;
 
 /// What `list` found.
 #[derive(Debug, Clone, Serialize)]
@@ -21,20 +20,10 @@ pub struct Listing {
     pub items: Vec<DeadLetter>,
 }
 
-impl Listing {
-    /// 0, or 3 when some DLQ could not be read whole.
-    pub fn exit_code(&self) -> u8 {
-        exit_code(&self.scans)
-    }
-}
-
-/// 0, or 3 when some DLQ could not be read whole.
-pub fn exit_code(scans: &[Scan]) -> u8 {
-    if scans.iter().any(|s| s.incomplete) {
-        EXIT_PARTIAL
-    } else {
-        0
-    }
+/// True when every DLQ was read whole: no other consumer held any of its messages, so the
+/// answer is complete.
+pub fn read_whole(scans: &[Scan]) -> bool {
+    !scans.iter().any(|s| s.incomplete)
 }
 
 /// Reads the snapshot of each DLQ and calls `visit` with every message passing `filter`, up to
@@ -123,35 +112,25 @@ pub async fn find(
     Ok((found, scans))
 }
 
-/// Writes every matching dead letter as one JSON line (explanation, properties, headers,
-/// body) to `out`; returns the DLQs read and the number written. A closed pipe (`| head`) stops
-/// the export quietly.
-pub async fn export(
+/// Hands every matching dead letter, in full (explanation, properties, headers, body), to
+/// `emit`, until it breaks (its reader went away); returns the DLQs read and the number emitted.
+pub async fn export<F>(
     conn: &Connection,
     dlqs: &[DlqRef],
     filter: &Filter,
-    out: &mut dyn Write,
-) -> Result<(Vec<Scan>, usize), Error> {
-    let io = |source| Error::Io {
-        path: "<export output>".into(),
-        source,
-    };
-    let mut written = 0;
+    mut emit: F,
+) -> Result<(Vec<Scan>, usize), Error>
+where
+    F: FnMut(&Detail) -> Result<ControlFlow<()>, Error>,
+{
+    let mut emitted = 0;
     let scans = scan(conn, dlqs, filter, |delivery, letter| {
-        let line = serde_json::to_string(&detail(delivery, letter))
-            .map_err(|e| Error::Other(format!("export: {e}")))?;
-        match writeln!(out, "{line}") {
-            Ok(()) => {
-                written += 1;
-                Ok(ControlFlow::Continue(()))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ControlFlow::Break(())),
-            Err(e) => Err(io(e)),
+        let flow = emit(&detail(delivery, letter))?;
+        if flow.is_continue() {
+            emitted += 1;
         }
+        Ok(flow)
     })
     .await?;
-    match out.flush() {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(io(e)),
-        _ => Ok((scans, written)),
-    }
+    Ok((scans, emitted))
 }

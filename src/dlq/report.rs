@@ -1,9 +1,7 @@
-//! Bulk results as data: one outcome per dead letter, one summary per DLQ read, and the one
-//! place that maps them to an exit code.
+//! Bulk results as data: one outcome per dead letter and one summary per DLQ read. The command
+//! line turns them into an exit code.
 
 use serde::Serialize;
-
-use crate::error::EXIT_PARTIAL;
 
 /// How one DLQ was read.
 #[derive(Debug, Clone, Serialize)]
@@ -99,18 +97,6 @@ impl Report {
         self.items.iter().filter(|i| i.outcome == outcome).count()
     }
 
-    /// 0 when every item succeeded, 3 when some failed or a DLQ could not be read whole,
-    /// 1 when the command was aborted.
-    pub fn exit_code(&self) -> u8 {
-        if self.aborted.is_some() {
-            1
-        } else if self.count(Outcome::Failed) > 0 || self.scans.iter().any(|s| s.incomplete) {
-            EXIT_PARTIAL
-        } else {
-            0
-        }
-    }
-
     /// One line for stderr: `replayed 10, failed 2 (of 1000 messages in 1 DLQ)`.
     pub fn summary(&self) -> String {
         let mut parts: Vec<String> = [
@@ -148,28 +134,8 @@ impl Report {
 mod tests {
     use super::*;
 
-    fn item(outcome: Outcome) -> Item {
-        Item {
-            dlq: "q.dlq".into(),
-            position: 1,
-            id: None,
-            event_type: None,
-            origin: None,
-            outcome,
-            error: None,
-        }
-    }
-
     #[test]
-    fn exit_codes_come_from_the_items() {
-        let mut r = Report::new("replay", false);
-        assert_eq!(r.exit_code(), 0);
-        r.items.push(item(Outcome::Replayed));
-        assert_eq!(r.exit_code(), 0);
-        r.items.push(item(Outcome::Failed));
-        assert_eq!(r.exit_code(), 3);
-        r.aborted = Some("connection lost".into());
-        assert_eq!(r.exit_code(), 1);
+    fn a_report_with_nothing_matched_says_so() {
         let mut r = Report::new("purge", false);
         r.scans.push(Scan {
             dlq: "q.dlq".into(),
@@ -177,7 +143,6 @@ mod tests {
             read: 1,
             incomplete: true,
         });
-        assert_eq!(r.exit_code(), 3);
         assert!(
             r.summary()
                 .starts_with("purge: nothing matched (of 2 messages in 1 DLQ)"),

@@ -9,38 +9,29 @@ mod management;
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use clap::Args;
 use serde::Serialize;
 use tabled::Tabled;
+use tokio_util::sync::CancellationToken;
 
 pub use management::{Management, ManagementError};
 
-use crate::amqp::{self, Connection};
-use crate::cli::{GlobalArgs, TopologyArgs};
+use crate::amqp::{self, AmqpUrl, Connection};
 use crate::dlq::Time;
-use crate::error::{Error, Result};
-use crate::output::{self, OutputFormat};
+use crate::error::Result;
+use crate::output::{self, Output, OutputFormat};
 use crate::topology::{Topology, delay_label};
 
-/// `warren status`
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    #[command(flatten)]
-    pub topology: TopologyArgs,
-    /// RabbitMQ management API, for unacked counts (plugin rabbitmq_management). Its user and
-    /// password are the AMQP URL's unless this URL has its own; neither is printed.
-    #[arg(
-        long,
-        env = "RABBITMQ_MANAGEMENT_URL",
-        default_value = "http://127.0.0.1:15672"
-    )]
-    pub management_url: String,
-    /// Redraw every INTERVAL (default 2s) until Ctrl-C.
-    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "2s",
-          value_parser = humantime::parse_duration)]
+/// What `warren status` reads and how it shows it.
+pub struct StatusSettings {
+    /// The broker.
+    pub url: AmqpUrl,
+    /// The queues to show.
+    pub topology: Topology,
+    /// The management API, for unacked counts.
+    pub management: Management,
+    /// Redraw at this interval until the shutdown token is cancelled; `None` shows once.
     pub watch: Option<Duration>,
-    /// Output format.
-    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    /// How to print.
     pub output: OutputFormat,
 }
 
@@ -265,14 +256,16 @@ pub fn render(s: &Status) -> String {
     output::table(rows)
 }
 
-/// Runs `warren status`, once or with `--watch`.
-pub async fn run(global: &GlobalArgs, args: StatusArgs) -> Result<u8> {
-    let url = global.url()?;
-    let topology = args.topology.load()?;
-    let management =
-        Management::new(&args.management_url, &url).map_err(|e| Error::Usage(e.to_string()))?;
+/// Shows the status once, or with `watch` every interval until `shutdown` is cancelled.
+pub async fn run(settings: StatusSettings, shutdown: CancellationToken) -> Result<()> {
+    let StatusSettings {
+        url,
+        topology,
+        management,
+        watch,
+        output,
+    } = settings;
     let mut conn = Some(amqp::connect(&url, "status", "admin").await?);
-    let shutdown = args.watch.map(|_| crate::shutdown::on_signals());
     let mut warned = false;
     loop {
         // Under --watch a broker restart is survived: report it, reconnect at the next tick.
@@ -295,9 +288,9 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> Result<u8> {
                     None => warned = false,
                     _ => {}
                 }
-                show(&status, args.output, args.watch)?;
+                show(&status, output, watch)?;
             }
-            Err(e) if args.watch.is_some() => {
+            Err(e) if watch.is_some() => {
                 eprintln!("error: {e}; retrying");
                 if let Some(c) = conn.take() {
                     amqp::close(&c).await;
@@ -310,21 +303,22 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> Result<u8> {
                 return Err(e);
             }
         }
-        let (Some(every), Some(stop)) = (args.watch, shutdown.as_ref()) else {
+        let Some(every) = watch else {
             break;
         };
         tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(every) => {}
         }
     }
     if let Some(c) = conn.take() {
         amqp::close(&c).await;
     }
-    Ok(0)
+    Ok(())
 }
 
 fn show(status: &Status, format: OutputFormat, watch: Option<Duration>) -> Result<()> {
+    let mut out = Output::stdout();
     match format {
         OutputFormat::Table => {
             let mut text = render(status);
@@ -339,9 +333,9 @@ fn show(status: &Status, format: OutputFormat, watch: Option<Duration>) -> Resul
                     humantime::format_duration(every)
                 ));
             }
-            crate::dlq::written(output::print_text(&text))
+            out.text(&text)
         }
-        OutputFormat::Json => crate::dlq::written(output::print_json(status)),
-        OutputFormat::Ndjson => crate::dlq::written(output::print_ndjson([status])),
+        OutputFormat::Json => out.json(status),
+        OutputFormat::Ndjson => out.ndjson([status]),
     }
 }

@@ -17,6 +17,7 @@ mod bridge_upstream_edge;
 mod bridge_webhook;
 mod bridge_webhook_abandon;
 mod bridge_webhook_bin;
+mod cli_output;
 mod custom_handler;
 mod demo;
 mod dlq_bench;

@@ -8,8 +8,9 @@ use crate::{
     BenchOptions, BenchReport, PIPELINE_PREFETCH, QueueType, RunSpec, SATURATION_IN_FLIGHT,
     Scenario, Side,
 };
+use warren::cli::OutputArg;
 use warren::error::{Error, Result};
-use warren::output::{self, OutputFormat};
+use warren::output::{self, Output, OutputFormat};
 
 /// Scenario groups; each runs its parameter variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -103,8 +104,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub rounds: u64,
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    #[arg(short, long, value_enum, default_value_t = OutputArg::Table)]
+    pub output: OutputArg,
     /// Internal: run one measured side described by this JSON and print its figures.
     #[arg(long, hide = true)]
     pub child: Option<String>,
@@ -168,7 +169,7 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
             .map_err(|e| Error::Usage(format!("--child: not a run spec: {e}")))?;
         let result = crate::run_child(&spec, &url).await?;
         let line = serde_json::to_string(&result).map_err(|e| Error::Other(e.to_string()))?;
-        output::print_text(&line).map_err(stdout_error)?;
+        Output::stdout().text(&line)?;
         return Ok(0);
     }
     let sides = match args.side {
@@ -218,12 +219,12 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         stop: on_ctrl_c(),
     };
     let report = crate::run(&opts).await?;
-    match args.output {
-        OutputFormat::Table => output::print_text(&render(&report)),
-        OutputFormat::Json => output::print_json(&report),
-        OutputFormat::Ndjson => output::print_ndjson(&report.rows),
+    let mut out = Output::stdout();
+    match args.output.into() {
+        OutputFormat::Table => out.text(&render(&report))?,
+        OutputFormat::Json => out.json(&report)?,
+        OutputFormat::Ndjson => out.ndjson(&report.rows)?,
     }
-    .map_err(stdout_error)?;
     Ok(0)
 }
 
@@ -263,13 +264,6 @@ fn on_ctrl_c() -> CancellationToken {
         trigger.cancel();
     });
     token
-}
-
-fn stdout_error(e: std::io::Error) -> Error {
-    Error::Io {
-        path: "<stdout>".into(),
-        source: e,
-    }
 }
 
 fn render(report: &BenchReport) -> String {

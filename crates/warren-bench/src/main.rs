@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use warren::cli::Outcome;
 use warren::telemetry::{self, LogFormat};
 use warren_bench::cli::{self, BenchArgs};
 
@@ -24,7 +25,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(e.exit_code())
+            ExitCode::from(Outcome::of_error(&e).code())
         }
     }
 }

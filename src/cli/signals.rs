@@ -1,15 +1,14 @@
-//! Process shutdown: SIGINT or SIGTERM cancels a token; a second signal exits at once.
+//! SIGINT and SIGTERM to a cancellation token: the first asks to drain, a second exits at once.
 //!
-//! Components take a [`CancellationToken`] and drain on their own deadline; nothing here
-//! knows about queues or sockets.
+//! The library takes a [`CancellationToken`] and drains on its own deadline; only the command
+//! line knows about signals.
 
 use tokio_util::sync::CancellationToken;
 
-/// Exit code for a second signal: the process stops without draining.
-pub const FORCED_EXIT_CODE: i32 = 130;
+use super::Outcome;
 
 /// Returns a token cancelled on the first SIGINT/SIGTERM. The second signal exits the process
-/// immediately; the broker then requeues whatever was unacked.
+/// immediately ([`Outcome::Interrupted`]); the broker then requeues whatever was unacked.
 pub fn on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
@@ -19,7 +18,7 @@ pub fn on_signals() -> CancellationToken {
         trigger.cancel();
         wait_for_signal().await;
         tracing::warn!("Second signal; exiting without draining.");
-        std::process::exit(FORCED_EXIT_CODE);
+        std::process::exit(Outcome::Interrupted.code().into());
     });
     token
 }
