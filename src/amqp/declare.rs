@@ -192,12 +192,13 @@ fn exchange_kind(k: &str) -> ExchangeKind {
         "topic" => ExchangeKind::Topic,
         "direct" => ExchangeKind::Direct,
         "fanout" => ExchangeKind::Fanout,
+        "headers" => ExchangeKind::Headers,
         other => ExchangeKind::Custom(other.to_string()),
     }
 }
 
 /// Arguments as an AMQP table, integers as `long` like definitions import.
-pub fn field_table(args: &BTreeMap<&'static str, Arg>) -> FieldTable {
+pub fn field_table<K: AsRef<str>>(args: &BTreeMap<K, Arg>) -> FieldTable {
     let map: BTreeMap<ShortString, AMQPValue> = args
         .iter()
         .map(|(k, v)| {
@@ -206,7 +207,7 @@ pub fn field_table(args: &BTreeMap<&'static str, Arg>) -> FieldTable {
                 Arg::Int(n) => AMQPValue::LongLongInt(*n),
                 Arg::Bool(b) => AMQPValue::Boolean(*b),
             };
-            (ShortString::from(*k), v)
+            (ShortString::from(k.as_ref()), v)
         })
         .collect();
     FieldTable::from(map)

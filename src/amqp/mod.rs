@@ -7,6 +7,7 @@ mod browse;
 mod declare;
 mod headers;
 mod inbound;
+mod lanes;
 mod publish;
 mod url;
 
@@ -33,6 +34,7 @@ pub use headers::{
     is_broker_death_header, republish_properties, set_header, truncate, x_death,
 };
 pub use inbound::Inbound;
+pub use lanes::{bind_exchange, bind_with, consume_notices, notify, private_queue};
 pub use publish::{Confirm, ConfirmWindow, Message, Publisher};
 pub use url::{AmqpUrl, AmqpUrlError, DEFAULT_AMQP_URL, redact};
 

@@ -29,15 +29,19 @@ pub const ABSENT_INVALID_UTF8: &str = "invalid-utf8-text-frame";
 pub const ABSENT_OVER_HARD_LIMIT: &str = "frame-over-hard-limit";
 
 /// Properties of an event: persistent, or transient with `live_ttl` as expiration when the
-/// topology marks its type live-only.
+/// topology marks its type live-only; with its lane header for each laned queue it goes to.
 pub fn event_properties(
     event: &Envelope,
     live_ttl: Option<Duration>,
     traceparent: &str,
+    lanes: Vec<(String, String)>,
 ) -> BasicProperties {
     let mut headers = BTreeMap::new();
     set_header(&mut headers, hdr::AGENT_ID, event.agent_id.as_str());
     set_header(&mut headers, hdr::TRACEPARENT, traceparent);
+    for (header, lane) in lanes {
+        set_header(&mut headers, &header, lane);
+    }
     let props = BasicProperties::default()
         .with_message_id(event.event_id.as_str().into())
         .with_type(event.event_type.as_str().into())
@@ -151,7 +155,7 @@ mod tests {
     fn events_carry_the_wire_contract() {
         let e = Envelope::parse(FRAME.as_bytes()).unwrap();
         let tp = new_traceparent();
-        let p = event_properties(&e, None, &tp);
+        let p = event_properties(&e, None, &tp, Vec::new());
         assert_eq!(
             p.message_id().as_ref().unwrap().as_str(),
             "01HZ9K3M2Q7WB5VN8PXCT4YRDJ"
@@ -168,7 +172,7 @@ mod tests {
         assert_eq!(header_str(&p, hdr::AGENT_ID), Some("pf_agent_abc123"));
         assert_eq!(header_str(&p, hdr::TRACEPARENT), Some(tp.as_str()));
 
-        let live = event_properties(&e, Some(Duration::from_secs(30)), &tp);
+        let live = event_properties(&e, Some(Duration::from_secs(30)), &tp, Vec::new());
         assert_eq!(*live.delivery_mode(), Some(1));
         assert_eq!(live.expiration().as_ref().unwrap().as_str(), "30000");
     }

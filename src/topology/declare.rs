@@ -55,6 +55,10 @@ impl ApplyReport {
 /// Every argument mismatch is collected and reported together, before any binding is made.
 pub async fn apply(conn: &Connection, plan: &Plan) -> Result<ApplyReport, Error> {
     let mut report = ApplyReport::default();
+    let lane_changes = lane_count_changes(conn, plan).await?;
+    if !lane_changes.is_empty() {
+        return Err(TopologyError::Mismatch(lane_changes.join("\n")).into());
+    }
     let mut mismatches = Vec::new();
     let mut channel = amqp::channel(conn).await?;
 
@@ -99,7 +103,20 @@ pub async fn apply(conn: &Connection, plan: &Plan) -> Result<ApplyReport, Error>
     }
 
     for b in &plan.bindings {
-        amqp::bind(&channel, &b.queue, &b.exchange, &b.routing_key).await?;
+        if b.to_exchange {
+            amqp::bind_exchange(&channel, &b.queue, &b.exchange, &b.routing_key).await?;
+        } else if b.arguments.is_empty() {
+            amqp::bind(&channel, &b.queue, &b.exchange, &b.routing_key).await?;
+        } else {
+            amqp::bind_with(
+                &channel,
+                &b.queue,
+                &b.exchange,
+                &b.routing_key,
+                &b.arguments,
+            )
+            .await?;
+        }
         report.items.push(ApplyItem {
             kind: "binding",
             name: format!("{} -> {} ({})", b.exchange, b.queue, b.routing_key),
@@ -131,6 +148,65 @@ pub async fn delete(conn: &Connection, plan: &Plan) -> Result<usize, AmqpError> 
 }
 
 /// The broker's reply text when it refused a declare with PRECONDITION_FAILED; other errors pass.
+/// A laned queue whose lane count differs from the broker's, or a plain queue that became
+/// laned (or the reverse): keys would move to other lanes with messages still in the old ones,
+/// so `apply` refuses and says how to migrate.
+async fn lane_count_changes(conn: &Connection, plan: &Plan) -> Result<Vec<String>, Error> {
+    use super::lanes::lane_queue;
+    let exists =
+        |name: String| async move { amqp::inspect_queue(conn, &name).await.map(|q| q.is_some()) };
+    let recipe = |q: &str| {
+        format!(
+            "To change it: stop the bridge, let the workers empty the lanes (`warren status`), \
+             delete them (`warren topology delete` removes the whole topology, or \
+             `rabbitmqctl delete_queue {q}.lane.<i>` each), then apply again; dead letters in \
+             '{q}.dlq' stay and replay into the new lanes by key."
+        )
+    };
+    let mut problems = Vec::new();
+    for l in &plan.laned {
+        let q = &l.queue;
+        if exists(lane_queue(q, l.lanes)).await? {
+            problems.push(format!(
+                "queue '{q}' has more than {} lanes on the broker ('{}' exists). {}",
+                l.lanes,
+                lane_queue(q, l.lanes),
+                recipe(q)
+            ));
+        } else if exists(lane_queue(q, 0)).await? && !exists(lane_queue(q, l.lanes - 1)).await? {
+            problems.push(format!(
+                "queue '{q}' has fewer than {} lanes on the broker ('{}' is missing). {}",
+                l.lanes,
+                lane_queue(q, l.lanes - 1),
+                recipe(q)
+            ));
+        } else if exists(q.clone()).await? {
+            problems.push(format!(
+                "queue '{q}' exists on the broker as a plain queue, and the topology now splits it \
+                 into {} lanes. Drain it (stop the bridge, let the workers empty it), delete it \
+                 (`rabbitmqctl delete_queue {q}`), then apply again.",
+                l.lanes
+            ));
+        }
+    }
+    for queue in plan
+        .queues
+        .iter()
+        .filter(|q| q.role == super::plan::QueueRole::Work)
+    {
+        if exists(lane_queue(&queue.name, 0)).await? {
+            problems.push(format!(
+                "queue '{}' has lanes on the broker ('{}' exists), and the topology no longer \
+                 splits it. {}",
+                queue.name,
+                lane_queue(&queue.name, 0),
+                recipe(&queue.name)
+            ));
+        }
+    }
+    Ok(problems)
+}
+
 fn precondition_failed(err: AmqpError) -> Result<String, Error> {
     match err.reply_text() {
         Some(text) if text.contains("PRECONDITION_FAILED") => Ok(text),

@@ -2,6 +2,7 @@
 //! the file, the queue and the field, and the derived names every component agrees on.
 
 mod declare;
+pub mod lanes;
 mod plan;
 
 use std::collections::BTreeSet;
@@ -128,6 +129,10 @@ struct QueueModel {
     name: String,
     #[serde(default)]
     bind: Vec<String>,
+    /// Split into this many single-active-consumer lanes (queue only, not in defaults).
+    lanes: Option<i64>,
+    /// The envelope path whose value picks a lane.
+    lane_key: Option<String>,
     #[serde(flatten)]
     options: QueueOptions,
 }
@@ -176,17 +181,33 @@ pub struct QueueSpec {
     pub single_active_consumer: bool,
     /// Delete the queue (and its tiers and DLQ) after this long unused.
     pub expires: Option<Duration>,
+    /// Split into lanes by a key: the queue is then its lanes (`<queue>.lane.<i>`).
+    pub lanes: Option<lanes::Lanes>,
+    /// For one lane of a laned queue: the laned queue's name (its DLQ is the laned queue's).
+    pub lane_of: Option<String>,
 }
 
 impl QueueSpec {
+    /// One lane of this laned queue, as a queue of its own: single active consumer, retries
+    /// in process, dead letters to this queue's DLQ.
+    pub fn lane_spec(&self, lane: u16) -> QueueSpec {
+        QueueSpec {
+            name: lanes::lane_queue(&self.name, lane),
+            single_active_consumer: true,
+            lanes: None,
+            lane_of: Some(self.name.clone()),
+            ..self.clone()
+        }
+    }
+
     /// `<queue>.retry.<delay>`.
     pub fn retry_queue(&self, delay: Duration) -> String {
         format!("{}.retry.{}", self.name, delay_label(delay))
     }
 
-    /// `<queue>.dlq`.
+    /// `<queue>.dlq` (a lane's is its laned queue's).
     pub fn dlq(&self) -> String {
-        dlq_name(&self.name)
+        dlq_name(self.lane_of.as_deref().unwrap_or(&self.name))
     }
 
     /// The smallest tier whose delay is at least `wanted`, or the longest tier.
@@ -279,6 +300,33 @@ impl Topology {
                 "events.live_ttl: required when events.live_only lists types".into(),
             ));
         }
+        // A queue TTL expires whatever the queue holds: only a queue of live-only events may
+        // have one, or a wallet or escrow event could expire unseen.
+        for q in &queues {
+            if q.message_ttl.is_none() {
+                continue;
+            }
+            let durable: Vec<&str> = q
+                .bind
+                .iter()
+                .filter(|p| !model.events.live_only.contains(p))
+                .map(String::as_str)
+                .collect();
+            if !durable.is_empty() {
+                let name = q.name.strip_prefix(prefix).unwrap_or(&q.name);
+                return Err(invalid(format!(
+                    "queue '{name}': field 'message_ttl': the queue binds {}, which may carry \
+                     event types that are not live-only and must never expire; remove \
+                     message_ttl (live-only types expire on their own after events.live_ttl), \
+                     or bind only types listed in events.live_only",
+                    durable
+                        .iter()
+                        .map(|p| format!("'{p}'"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
 
         let topology = Topology {
             source: path.to_path_buf(),
@@ -326,6 +374,23 @@ impl Topology {
     /// fanout exchange set as the events exchange's `alternate-exchange` and its one queue.
     pub fn unrouted_queue(&self) -> String {
         format!("{}.unrouted", self.events_exchange)
+    }
+
+    /// The lane headers an event is published with: for each laned queue that binds its type
+    /// and finds its key in it, the queue's lane header and the lane. An event without the key
+    /// gets none, and its laned queues give it to every lane.
+    pub fn lane_headers(&self, event: &crate::envelope::Envelope) -> Vec<(String, String)> {
+        self.queues
+            .iter()
+            .filter_map(|q| {
+                let l = q.lanes.as_ref()?;
+                if !q.bind.iter().any(|p| topic_matches(p, &event.event_type)) {
+                    return None;
+                }
+                let lane = l.lane(event)?;
+                Some((lanes::lane_header(&q.name), lane.to_string()))
+            })
+            .collect()
     }
 
     /// True if `event_type` is published transient with an expiration.
@@ -396,10 +461,12 @@ fn resolve_queue(q: QueueModel, d: &QueueOptions, prefix: &str) -> Result<QueueS
             .map(|s| parse_duration(s, field))
             .transpose()
     };
+    let queue_type = o.queue_type.or(d.queue_type).unwrap_or(QueueType::Quorum);
+    let lanes = resolve_lanes(&q, queue_type)?;
     Ok(QueueSpec {
         name,
         bind: q.bind,
-        queue_type: o.queue_type.or(d.queue_type).unwrap_or(QueueType::Quorum),
+        queue_type,
         prefetch: o.prefetch.or(d.prefetch).unwrap_or(100),
         max_attempts,
         retry_delays: delays,
@@ -411,7 +478,51 @@ fn resolve_queue(q: QueueModel, d: &QueueOptions, prefix: &str) -> Result<QueueS
             .or(d.single_active_consumer)
             .unwrap_or(false),
         expires: duration(&o.expires, &d.expires, "expires")?,
+        lanes,
+        lane_of: None,
     })
+}
+
+/// `lanes` and `lane_key`: a count in 1..=1024 on a quorum queue, and a valid envelope path
+/// (default `agentId`).
+fn resolve_lanes(q: &QueueModel, queue_type: QueueType) -> Result<Option<lanes::Lanes>, String> {
+    let Some(count) = q.lanes else {
+        if q.lane_key.is_some() {
+            return Err("field 'lane_key': only for a laned queue; add lanes = N".into());
+        }
+        return Ok(None);
+    };
+    if count < 1 {
+        return Err(format!("field 'lanes': {count} lanes: at least 1"));
+    }
+    if count > i64::from(lanes::MAX_LANES) {
+        return Err(format!(
+            "field 'lanes': {count} lanes: at most {}",
+            lanes::MAX_LANES
+        ));
+    }
+    if queue_type != QueueType::Quorum {
+        return Err(
+            "field 'lanes': lanes are quorum queues with a single active consumer; a classic \
+             queue cannot be laned (remove queue_type = \"classic\")"
+                .into(),
+        );
+    }
+    if q.options.single_active_consumer.is_some() {
+        return Err(
+            "field 'single_active_consumer': lanes always have a single active consumer; \
+             remove the field"
+                .into(),
+        );
+    }
+    let key = match &q.lane_key {
+        Some(path) => lanes::LaneKey::parse(path).map_err(|m| format!("field 'lane_key': {m}"))?,
+        None => lanes::LaneKey::AgentId,
+    };
+    Ok(Some(lanes::Lanes {
+        count: count as u16,
+        key,
+    }))
 }
 
 fn validate_options(o: &QueueOptions, label: &str) -> Result<(), String> {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{QueueSpec, QueueType, Topology};
+use super::{QueueSpec, QueueType, Topology, lanes};
 pub use crate::amqp::Arg;
 
 /// What a queue is for.
@@ -18,6 +18,8 @@ pub enum QueueRole {
     Retry,
     /// Holds dead letters for inspection and replay.
     DeadLetter,
+    /// One lane of a laned queue, consumed by its one owning worker at a time.
+    Lane,
 }
 
 /// One exchange to declare.
@@ -47,10 +49,37 @@ pub struct QueuePlan {
 pub struct BindingPlan {
     /// Source exchange.
     pub exchange: String,
-    /// Destination queue.
+    /// Destination queue, or exchange when `to_exchange`.
     pub queue: String,
     /// Routing key or topic pattern.
     pub routing_key: String,
+    /// The destination is an exchange (a laned queue's lanes exchange).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub to_exchange: bool,
+    /// Binding arguments (a lane's header match).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub arguments: BTreeMap<String, Arg>,
+}
+
+impl BindingPlan {
+    fn to_queue(exchange: &str, queue: &str, routing_key: &str) -> Self {
+        BindingPlan {
+            exchange: exchange.to_string(),
+            queue: queue.to_string(),
+            routing_key: routing_key.to_string(),
+            to_exchange: false,
+            arguments: BTreeMap::new(),
+        }
+    }
+}
+
+/// A laned queue and its lane count, which `apply` checks against the broker.
+#[derive(Debug, Clone, Serialize)]
+pub struct LanedPlan {
+    /// The laned queue.
+    pub queue: String,
+    /// Its lanes.
+    pub lanes: u16,
 }
 
 /// Everything `apply` declares, in declaration order.
@@ -63,6 +92,8 @@ pub struct Plan {
     pub queues: Vec<QueuePlan>,
     /// Then bindings.
     pub bindings: Vec<BindingPlan>,
+    /// The laned queues, for the lane-count check.
+    pub laned: Vec<LanedPlan>,
 }
 
 impl Topology {
@@ -70,7 +101,17 @@ impl Topology {
     pub fn plan(&self) -> Plan {
         let mut queues = Vec::new();
         let mut bindings = Vec::new();
+        let mut exchanges = Vec::new();
+        let mut laned = Vec::new();
         for q in &self.queues {
+            if let Some(l) = &q.lanes {
+                self.plan_lanes(q, l.count, &mut exchanges, &mut queues, &mut bindings);
+                laned.push(LanedPlan {
+                    queue: q.name.clone(),
+                    lanes: l.count,
+                });
+                continue;
+            }
             queues.push(QueuePlan {
                 name: q.name.clone(),
                 role: QueueRole::Work,
@@ -89,17 +130,17 @@ impl Topology {
                 arguments: dlq_args(q.expires),
             });
             for pattern in &q.bind {
-                bindings.push(BindingPlan {
-                    exchange: self.events_exchange.clone(),
-                    queue: q.name.clone(),
-                    routing_key: pattern.clone(),
-                });
+                bindings.push(BindingPlan::to_queue(
+                    &self.events_exchange,
+                    &q.name,
+                    pattern,
+                ));
             }
-            bindings.push(BindingPlan {
-                exchange: self.dead_letter_exchange.clone(),
-                queue: q.dlq(),
-                routing_key: q.name.clone(),
-            });
+            bindings.push(BindingPlan::to_queue(
+                &self.dead_letter_exchange,
+                &q.dlq(),
+                &q.name,
+            ));
         }
         let ingress_expires = self.queues.iter().filter_map(|q| q.expires).max();
         queues.push(QueuePlan {
@@ -107,11 +148,11 @@ impl Topology {
             role: QueueRole::DeadLetter,
             arguments: dlq_args(ingress_expires),
         });
-        bindings.push(BindingPlan {
-            exchange: self.dead_letter_exchange.clone(),
-            queue: self.ingress_dlq(),
-            routing_key: self.events_exchange.clone(),
-        });
+        bindings.push(BindingPlan::to_queue(
+            &self.dead_letter_exchange,
+            &self.ingress_dlq(),
+            &self.events_exchange,
+        ));
         // An event type no queue binds is kept, not dropped: the events exchange's alternate
         // exchange routes it to `<events>.unrouted`, where `warren dlq` shows and replays it.
         let unrouted = self.unrouted_queue();
@@ -120,34 +161,104 @@ impl Topology {
             role: QueueRole::DeadLetter,
             arguments: dlq_args(ingress_expires),
         });
-        bindings.push(BindingPlan {
-            exchange: unrouted.clone(),
-            queue: unrouted.clone(),
-            routing_key: String::new(),
-        });
+        bindings.push(BindingPlan::to_queue(&unrouted, &unrouted, ""));
         let mut events_args = BTreeMap::new();
         events_args.insert("alternate-exchange", Arg::Str(unrouted.clone()));
+        let mut all_exchanges = vec![
+            ExchangePlan {
+                name: self.events_exchange.clone(),
+                kind: "topic",
+                arguments: events_args,
+            },
+            ExchangePlan {
+                name: self.dead_letter_exchange.clone(),
+                kind: "direct",
+                arguments: BTreeMap::new(),
+            },
+            ExchangePlan {
+                name: unrouted,
+                kind: "fanout",
+                arguments: BTreeMap::new(),
+            },
+        ];
+        all_exchanges.extend(exchanges);
         Plan {
-            exchanges: vec![
-                ExchangePlan {
-                    name: self.events_exchange.clone(),
-                    kind: "topic",
-                    arguments: events_args,
-                },
-                ExchangePlan {
-                    name: self.dead_letter_exchange.clone(),
-                    kind: "direct",
-                    arguments: BTreeMap::new(),
-                },
-                ExchangePlan {
-                    name: unrouted,
-                    kind: "fanout",
-                    arguments: BTreeMap::new(),
-                },
-            ],
+            exchanges: all_exchanges,
             queues,
             bindings,
+            laned,
         }
+    }
+
+    /// A laned queue: its lanes, the headers exchange that splits its events by the lane
+    /// header the bridge sets, the fanout that gives an event without a key to every lane,
+    /// the workers' roster exchange, and its DLQ (bound with every lane's name).
+    fn plan_lanes(
+        &self,
+        q: &QueueSpec,
+        count: u16,
+        exchanges: &mut Vec<ExchangePlan>,
+        queues: &mut Vec<QueuePlan>,
+        bindings: &mut Vec<BindingPlan>,
+    ) {
+        let split = lanes::lanes_exchange(&q.name);
+        let unkeyed = lanes::unkeyed_exchange(&q.name);
+        let mut split_args = BTreeMap::new();
+        split_args.insert("alternate-exchange", Arg::Str(unkeyed.clone()));
+        exchanges.push(ExchangePlan {
+            name: unkeyed.clone(),
+            kind: "fanout",
+            arguments: BTreeMap::new(),
+        });
+        exchanges.push(ExchangePlan {
+            name: split.clone(),
+            kind: "headers",
+            arguments: split_args,
+        });
+        exchanges.push(ExchangePlan {
+            name: lanes::roster_exchange(&q.name),
+            kind: "fanout",
+            arguments: BTreeMap::new(),
+        });
+        for pattern in &q.bind {
+            bindings.push(BindingPlan {
+                exchange: self.events_exchange.clone(),
+                queue: split.clone(),
+                routing_key: pattern.clone(),
+                to_exchange: true,
+                arguments: BTreeMap::new(),
+            });
+        }
+        let header = lanes::lane_header(&q.name);
+        for lane in 0..count {
+            let spec = q.lane_spec(lane);
+            queues.push(QueuePlan {
+                name: spec.name.clone(),
+                role: QueueRole::Lane,
+                arguments: self.work_queue_args(&spec),
+            });
+            let mut args = BTreeMap::new();
+            args.insert("x-match".to_string(), Arg::Str("all".into()));
+            args.insert(header.clone(), Arg::Str(lane.to_string()));
+            bindings.push(BindingPlan {
+                exchange: split.clone(),
+                queue: spec.name.clone(),
+                routing_key: String::new(),
+                to_exchange: false,
+                arguments: args,
+            });
+            bindings.push(BindingPlan::to_queue(&unkeyed, &spec.name, ""));
+            bindings.push(BindingPlan::to_queue(
+                &self.dead_letter_exchange,
+                &q.dlq(),
+                &spec.name,
+            ));
+        }
+        queues.push(QueuePlan {
+            name: q.dlq(),
+            role: QueueRole::DeadLetter,
+            arguments: dlq_args(q.expires),
+        });
     }
 
     fn work_queue_args(&self, q: &QueueSpec) -> BTreeMap<&'static str, Arg> {
@@ -229,7 +340,8 @@ impl Plan {
             })).collect::<Vec<_>>(),
             "bindings": self.bindings.iter().map(|b| json!({
                 "source": b.exchange, "vhost": vhost, "destination": b.queue,
-                "destination_type": "queue", "routing_key": b.routing_key, "arguments": {},
+                "destination_type": if b.to_exchange { "exchange" } else { "queue" },
+                "routing_key": b.routing_key, "arguments": b.arguments,
             })).collect::<Vec<_>>(),
         })
     }

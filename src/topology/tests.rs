@@ -31,8 +31,15 @@ fn the_shipped_topology_is_valid() {
     assert_eq!(names, ["pf.trading", "pf.payments", "pf.jobs"]);
     assert!(t.is_live_only("market.tick"));
     let trading = t.queue("pf.trading").unwrap();
-    assert!(trading.single_active_consumer);
-    assert_eq!(trading.message_ttl, Some(Duration::from_secs(30)));
+    let lanes = trading.lanes.as_ref().expect("pf.trading is laned");
+    assert_eq!(lanes.count, 8);
+    assert_eq!(lanes.key.to_string(), "payload.pair");
+    assert!(trading.lane_spec(3).single_active_consumer);
+    assert_eq!(trading.lane_spec(3).name, "pf.trading.lane.3");
+    assert_eq!(trading.lane_spec(3).dlq(), "pf.trading.dlq");
+    // Wallet and escrow events must never expire: no queue TTL, ticks expire on their own.
+    assert_eq!(trading.message_ttl, None);
+    assert_eq!(t.live_ttl, Some(Duration::from_secs(30)));
     // The trader pauses on wallet.low_balance and resumes on escrow.released too.
     for rk in [
         "market.tick",
@@ -46,10 +53,6 @@ fn the_shipped_topology_is_valid() {
         );
     }
     assert!(trading.prefetch <= 10, "prefetch {}", trading.prefetch);
-    assert_eq!(
-        trading.retry_queue(Duration::from_secs(60)),
-        "pf.trading.retry.1m"
-    );
 }
 
 #[test]
@@ -265,4 +268,187 @@ fn definitions_export_lists_every_object() {
     assert_eq!(d["queues"].as_array().unwrap().len(), plan.queues.len());
     assert_eq!(d["queues"][0]["arguments"]["x-delivery-limit"], 10);
     assert_eq!(d["bindings"].as_array().unwrap().len(), plan.bindings.len());
+}
+
+fn laned(fields: &str) -> String {
+    format!(
+        r#"
+[exchanges]
+events = "ev"
+dead_letter = "ev.dlx"
+
+[events]
+live_only = ["m.tick"]
+live_ttl = "30s"
+
+[[queues]]
+name = "trading"
+bind = ["m.*", "w.*"]
+{fields}
+"#
+    )
+}
+
+#[test]
+fn bad_lanes_name_the_file_the_queue_and_the_field() {
+    for (fields, wanted) in [
+        ("lanes = 0", "field 'lanes': 0 lanes: at least 1"),
+        ("lanes = -3", "field 'lanes': -3 lanes: at least 1"),
+        ("lanes = 1025", "field 'lanes': 1025 lanes: at most 1024"),
+        (
+            "lanes = 4\nlane_key = \"pair\"",
+            "field 'lane_key': 'pair' is not a lane key",
+        ),
+        (
+            "lanes = 4\nlane_key = \"payload..pair\"",
+            "field 'lane_key': 'payload..pair' is not a lane key",
+        ),
+        (
+            "lanes = 4\nqueue_type = \"classic\"",
+            "field 'lanes': lanes are quorum queues",
+        ),
+        (
+            "lanes = 4\nsingle_active_consumer = true",
+            "field 'single_active_consumer'",
+        ),
+        (
+            "lane_key = \"payload.pair\"",
+            "field 'lane_key': only for a laned queue",
+        ),
+    ] {
+        let e = err(&laned(fields));
+        assert!(e.starts_with("topology/test.toml: "), "{fields}: {e}");
+        assert!(e.contains("queue 'trading'"), "{fields}: {e}");
+        assert!(e.contains(wanted), "{fields}: {e}");
+    }
+}
+
+#[test]
+fn a_queue_ttl_is_refused_on_a_queue_that_binds_more_than_live_only_types() {
+    let e = err(&laned("message_ttl = \"30s\""));
+    assert!(e.starts_with("topology/test.toml: "), "{e}");
+    assert!(e.contains("queue 'trading': field 'message_ttl'"), "{e}");
+    assert!(e.contains("'m.*', 'w.*'"), "{e}");
+    let only_ticks = laned("message_ttl = \"30s\"").replace(r#"["m.*", "w.*"]"#, r#"["m.tick"]"#);
+    assert_eq!(
+        parse(&only_ticks).unwrap().queues[0].message_ttl,
+        Some(Duration::from_secs(30))
+    );
+}
+
+#[test]
+fn a_laned_queue_plans_its_lanes_split_exchange_roster_and_dlq() {
+    let t = parse(&laned("lanes = 3\nlane_key = \"payload.pair\"")).unwrap();
+    let plan = t.plan();
+    let lane_queues: Vec<&str> = plan
+        .queues
+        .iter()
+        .filter(|q| q.role == plan::QueueRole::Lane)
+        .map(|q| q.name.as_str())
+        .collect();
+    assert_eq!(
+        lane_queues,
+        ["trading.lane.0", "trading.lane.1", "trading.lane.2"]
+    );
+    let lane0 = plan
+        .queues
+        .iter()
+        .find(|q| q.name == "trading.lane.0")
+        .unwrap();
+    assert_eq!(
+        lane0.arguments["x-single-active-consumer"],
+        plan::Arg::Bool(true)
+    );
+    assert_eq!(
+        lane0.arguments["x-queue-type"],
+        plan::Arg::Str("quorum".into())
+    );
+    assert_eq!(
+        lane0.arguments["x-dead-letter-routing-key"],
+        plan::Arg::Str("trading.lane.0".into())
+    );
+    assert!(!lane0.arguments.contains_key("x-message-ttl"));
+    assert!(plan.queues.iter().any(|q| q.name == "trading.dlq"));
+    assert!(
+        !plan.queues.iter().any(|q| q.name == "trading"),
+        "no plain queue"
+    );
+    assert!(
+        !plan.queues.iter().any(|q| q.name.contains(".retry.")),
+        "no tiers"
+    );
+    let kinds: Vec<(&str, &str)> = plan
+        .exchanges
+        .iter()
+        .map(|e| (e.name.as_str(), e.kind))
+        .collect();
+    for want in [
+        ("trading.lanes", "headers"),
+        ("trading.lanes.unkeyed", "fanout"),
+        ("trading.roster", "fanout"),
+    ] {
+        assert!(kinds.contains(&want), "{want:?} in {kinds:?}");
+    }
+    let split = plan
+        .exchanges
+        .iter()
+        .find(|e| e.name == "trading.lanes")
+        .unwrap();
+    assert_eq!(
+        split.arguments["alternate-exchange"],
+        plan::Arg::Str("trading.lanes.unkeyed".into())
+    );
+    let e2e: Vec<&str> = plan
+        .bindings
+        .iter()
+        .filter(|b| b.to_exchange)
+        .map(|b| b.routing_key.as_str())
+        .collect();
+    assert_eq!(e2e, ["m.*", "w.*"]);
+    let lane2 = plan
+        .bindings
+        .iter()
+        .find(|b| b.exchange == "trading.lanes" && b.queue == "trading.lane.2")
+        .unwrap();
+    assert_eq!(
+        lane2.arguments["x-warren-lane.trading"],
+        plan::Arg::Str("2".into())
+    );
+    assert_eq!(lane2.arguments["x-match"], plan::Arg::Str("all".into()));
+    assert_eq!(plan.laned.len(), 1);
+    let defs = plan.definitions("/");
+    assert!(
+        defs["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["destination_type"] == "exchange" && b["destination"] == "trading.lanes")
+    );
+}
+
+#[test]
+fn an_event_gets_its_lane_header_only_from_laned_queues_that_bind_it() {
+    let t = parse(&laned("lanes = 8\nlane_key = \"payload.pair\"")).unwrap();
+    let event = |t: &str, payload: &str| {
+        crate::envelope::Envelope::parse(
+            format!(
+                r#"{{"eventId":"01JNQ2X6Y3S8V4W5Z7A9B1C2D3","type":"{t}","agentId":"a","payload":{payload},"ts":1}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        t.lane_headers(&event("m.tick", r#"{"pair":"BTC-USD"}"#)),
+        [("x-warren-lane.trading".to_string(), "5".to_string())]
+    );
+    assert!(
+        t.lane_headers(&event("w.low", r#"{"x":1}"#)).is_empty(),
+        "no key: every lane"
+    );
+    assert!(
+        t.lane_headers(&event("j.done", r#"{"pair":"BTC-USD"}"#))
+            .is_empty(),
+        "not bound"
+    );
 }

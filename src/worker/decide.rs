@@ -121,6 +121,8 @@ mod tests {
             max_length: None,
             single_active_consumer: false,
             expires: None,
+            lanes: None,
+            lane_of: None,
         }
     }
 

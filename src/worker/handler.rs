@@ -66,7 +66,12 @@ pub struct Context {
     /// entry: the retry tier it waited in (`<queue>.retry.<delay>`); `None` on a first delivery.
     pub returned_from: Option<String>,
     /// The queue's message TTL, if it is a live-only queue: events older than this are stale.
+    /// On a laned queue, the events' own TTL (`events.live_ttl`) for live-only types.
     pub message_ttl: Option<Duration>,
+    /// On a laned queue: how many lanes this worker had taken over when this one became its.
+    /// It changes when the worker takes a lane over, so a handler with per-key state (the
+    /// trader's positions) knows to reload it. `None` on other queues.
+    pub lane_generation: Option<u64>,
 }
 
 /// An event handler. Implement it for your own type and pass it to [`crate::worker::run`].

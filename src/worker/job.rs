@@ -121,8 +121,7 @@ impl<H: Handler> Job<H> {
         }
     }
 
-    /// Runs the handler with its deadline, turning a panic or a timeout into a transient
-    /// failure. `None` when the drain deadline stopped it.
+    /// Runs the handler with its deadline. `None` when the drain deadline stopped it.
     async fn call(
         &self,
         event: &Envelope,
@@ -138,41 +137,63 @@ impl<H: Handler> Job<H> {
                 .next()
                 .map(|d| d.queue),
             message_ttl: self.spec.message_ttl,
+            lane_generation: None,
         };
-        self.metrics
-            .event_lag
-            .observe(now_ms().saturating_sub(event.ts) as f64 / 1000.0);
-        self.metrics.in_flight.inc();
-        let started = Instant::now();
-        let handled = AssertUnwindSafe(self.handler.handle(event, &ctx)).catch_unwind();
-        // Biased: a handler that is done at once (most are, or fail at once) never registers
-        // a waiter on the shared stop token, which random order would do half the time.
-        let result = tokio::select! {
-            biased;
-            r = tokio::time::timeout(self.handler_timeout, handled) => Some(match r {
-                Ok(Ok(result)) => result,
-                Ok(Err(panic)) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    tracing::error!(queue = %self.spec.name, event_id = %event.event_id, panic = %what, "Handler panicked.");
-                    Err(HandlerError::transient(format!("handler panicked: {what}")))
-                }
-                Err(_) => Err(HandlerError::transient(format!(
-                    "handler timed out after {}",
-                    humantime::format_duration(self.handler_timeout)
-                ))),
-            }),
-            _ = self.hard_stop.cancelled() => None,
-        };
-        self.metrics
-            .handler_duration
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.in_flight.dec();
-        result
+        call_handler(
+            &*self.handler,
+            event,
+            &ctx,
+            self.handler_timeout,
+            &self.hard_stop,
+            &self.metrics,
+        )
+        .await
     }
+}
+
+/// Runs `handler` on `event` with its deadline, turning a panic or a timeout into a transient
+/// failure. `None` when `hard_stop` (the drain deadline) stopped it.
+pub(super) async fn call_handler<H: Handler>(
+    handler: &H,
+    event: &Envelope,
+    ctx: &Context,
+    timeout: Duration,
+    hard_stop: &CancellationToken,
+    metrics: &QueueMetrics,
+) -> Option<HandlerResult> {
+    metrics
+        .event_lag
+        .observe(now_ms().saturating_sub(event.ts) as f64 / 1000.0);
+    metrics.in_flight.inc();
+    let started = Instant::now();
+    let handled = AssertUnwindSafe(handler.handle(event, ctx)).catch_unwind();
+    // Biased: a handler that is done at once (most are, or fail at once) never registers
+    // a waiter on the shared stop token, which random order would do half the time.
+    let result = tokio::select! {
+        biased;
+        r = tokio::time::timeout(timeout, handled) => Some(match r {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!(queue = %ctx.queue, event_id = %event.event_id, panic = %what, "Handler panicked.");
+                Err(HandlerError::transient(format!("handler panicked: {what}")))
+            }
+            Err(_) => Err(HandlerError::transient(format!(
+                "handler timed out after {}",
+                humantime::format_duration(timeout)
+            ))),
+        }),
+        _ = hard_stop.cancelled() => None,
+    };
+    metrics
+        .handler_duration
+        .observe(started.elapsed().as_secs_f64());
+    metrics.in_flight.dec();
+    result
 }
 
 /// How many jobs are running, with a way to wait until none is.

@@ -45,6 +45,12 @@ pub struct WorkerMetrics {
     pub sessions: Counter,
     /// Connected and consuming: what `/readyz` reports.
     pub ready: std::sync::Arc<crate::metrics::Readiness>,
+    /// In-process retry waits that held a lane, by lane queue.
+    pub lane_waits: Family<QueueLabels, Counter>,
+    /// 1 for each lane this worker owns now, by lane queue.
+    pub lanes_owned: Family<QueueLabels, Gauge>,
+    /// Lanes this worker took over or released, by lane queue.
+    pub lane_handovers: Family<QueueLabels, Counter>,
 }
 
 impl Default for WorkerMetrics {
@@ -62,6 +68,9 @@ impl Default for WorkerMetrics {
             reconnects: Counter::default(),
             sessions: Counter::default(),
             ready: Default::default(),
+            lane_waits: Family::default(),
+            lanes_owned: Family::default(),
+            lane_handovers: Family::default(),
         }
     }
 }
@@ -97,6 +106,21 @@ impl WorkerMetrics {
             "Broker sessions re-established after a loss",
             self.reconnects.clone(),
         );
+        r.register(
+            "lane_waits",
+            "In-process retry waits that held a lane (laned queues), by lane queue",
+            self.lane_waits.clone(),
+        );
+        r.register(
+            "lane_owned",
+            "1 for each lane this worker owns now, by lane queue",
+            self.lanes_owned.clone(),
+        );
+        r.register(
+            "lane_handovers",
+            "Lanes this worker took over or released, by lane queue",
+            self.lane_handovers.clone(),
+        );
     }
 
     /// Handles on one queue's series, resolved once so the per-message path does not allocate.
@@ -129,6 +153,12 @@ impl WorkerMetrics {
                 .clone(),
             in_flight: self.in_flight.clone(),
             event_lag: self.event_lag.clone(),
+            lane_waits: self
+                .lane_waits
+                .get_or_create(&QueueLabels {
+                    queue: queue.to_string(),
+                })
+                .clone(),
         }
     }
 
@@ -159,6 +189,8 @@ pub struct QueueMetrics {
     pub in_flight: Gauge,
     /// Event lag (shared by all queues).
     pub event_lag: Histogram,
+    /// In-process retry waits (laned queues).
+    pub lane_waits: Counter,
 }
 
 impl QueueMetrics {

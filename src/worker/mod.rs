@@ -15,6 +15,7 @@
 mod decide;
 pub mod handler;
 mod job;
+pub mod lanes;
 mod metrics;
 mod session;
 mod settle;
@@ -84,12 +85,42 @@ pub async fn run<H: Handler>(
     // The sessions run as a task of their own, on the runtime's workers: called from
     // `block_on`, they would run on the caller's thread, and each job they spawn would have to
     // wake a parked worker. Dropping this future aborts the task, as dropping the loop would.
-    let sessions = AbortOnDropHandle::new(tokio::spawn(async move { run_sessions(&worker).await }));
+    let sessions = AbortOnDropHandle::new(tokio::spawn(async move { run_all(worker).await }));
     match sessions.await {
         Ok(result) => result,
         Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
         Err(error) => Err(Error::Other(format!("the worker's task ended: {error}"))),
     }
+}
+
+/// Runs the plain queues' sessions and each laned queue's lanes side by side; the first error
+/// ends them all.
+async fn run_all<H: Handler>(worker: Worker<H>) -> Result<(), Error> {
+    let (laned, plain): (Vec<usize>, Vec<usize>) =
+        (0..worker.specs.len()).partition(|&i| worker.specs[i].lanes.is_some());
+    let laned_specs: Vec<Arc<QueueSpec>> = laned.iter().map(|&i| worker.specs[i].clone()).collect();
+    let worker = Worker {
+        queue_metrics: plain
+            .iter()
+            .map(|&i| worker.queue_metrics[i].clone())
+            .collect(),
+        specs: plain.iter().map(|&i| worker.specs[i].clone()).collect(),
+        ..worker
+    };
+    let plain_sessions = async {
+        if worker.specs.is_empty() {
+            worker.shutdown.cancelled().await;
+            Ok(())
+        } else {
+            run_sessions(&worker).await
+        }
+    };
+    let lanes = futures_util::future::try_join_all(
+        laned_specs
+            .into_iter()
+            .map(|spec| lanes::run(&worker, spec)),
+    );
+    tokio::try_join!(plain_sessions, lanes).map(|_| ())
 }
 
 /// Opens sessions, one after the other, until shutdown.
@@ -141,6 +172,25 @@ async fn check_declared(settings: &WorkerSettings, specs: &[Arc<QueueSpec>]) -> 
             missing.push(format!("exchange '{dlx}'"));
         }
         for spec in specs {
+            if let Some(lanes) = &spec.lanes {
+                for exchange in [
+                    crate::topology::lanes::lanes_exchange(&spec.name),
+                    crate::topology::lanes::roster_exchange(&spec.name),
+                ] {
+                    if !amqp::exchange_exists(&conn, &exchange).await? {
+                        missing.push(format!("exchange '{exchange}'"));
+                    }
+                }
+                for queue in (0..lanes.count)
+                    .map(|l| crate::topology::lanes::lane_queue(&spec.name, l))
+                    .chain([spec.dlq()])
+                {
+                    if amqp::inspect_queue(&conn, &queue).await?.is_none() {
+                        missing.push(format!("queue '{queue}'"));
+                    }
+                }
+                continue;
+            }
             let tiers = spec.retry_delays.iter().map(|d| spec.retry_queue(*d));
             for queue in std::iter::once(spec.name.clone())
                 .chain(tiers)

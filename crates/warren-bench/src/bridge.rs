@@ -198,7 +198,7 @@ async fn baseline(opts: &BenchOptions, url: &AmqpUrl, t: &Topology) -> Result<f6
             let e = catalog.next_event();
             let env =
                 Envelope::parse(&e.frame).map_err(|e| Error::Other(format!("bench frame: {e}")))?;
-            let props = route::event_properties(&env, None, &route::new_traceparent());
+            let props = route::event_properties(&env, None, &route::new_traceparent(), Vec::new());
             Ok((env.event_type, e.frame, props))
         })
         .collect::<Result<_, Error>>()?;

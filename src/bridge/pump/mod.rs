@@ -417,7 +417,12 @@ impl Pump {
         Outgoing {
             exchange: self.events_exchange.clone(),
             routing_key: event.event_type.clone(),
-            properties: route::event_properties(event, live_ttl, traceparent),
+            properties: route::event_properties(
+                event,
+                live_ttl,
+                traceparent,
+                self.topology.lane_headers(event),
+            ),
             body,
         }
     }
