@@ -1,7 +1,7 @@
-//! `trader`: the seeds' momentum strategy ([`strategy`]) driving a trading API through the
-//! idempotent client. Its state is per process, so a trading queue must run with
-//! single-active-consumer and the worker with `--concurrency 1`: ticks then reach one worker,
-//! in order, and a standby takes over when it dies.
+//! `trader`: a momentum strategy ([`strategy`]) driving a trading API through the idempotent
+//! client. Its state is per pair, so the trading queue is laned by pair (or a single-active-
+//! consumer queue run with `--concurrency 1`): each pair's ticks reach one worker, in order,
+//! and the worker that takes a lane over (or a standby) carries on from the API's positions.
 //!
 //! Every trade's key derives from the deciding event, so a redelivery or a replay repeats the
 //! keys and the API replays its stored responses instead of trading again. Trades decided for
@@ -10,7 +10,9 @@
 //!
 //! A worker (a standby taking over, a restart) first loads the open positions from the API
 //! (`GET <api>/positions`), each with the idempotency key and event id of the open that created
-//! it. The strategy inherits them as opened by that event, so they count from the first tick
+//! it. On a laned queue it does so per pair, before the first event of the pair after it took
+//! the pair's lane over (the lane generation in the context changes), since another worker
+//! may have traded the pair while it owned the lane. The strategy inherits them as opened by that event, so they count from the first tick
 //! after it: a standby never opens a second position on a pair it inherited and closes it with
 //! the key its predecessor would have used, and a fresh worker fed the whole stream again
 //! decides exactly the first worker's trades, every one a replay.
@@ -55,6 +57,8 @@ struct State {
     pending: BTreeMap<String, Vec<Trade>>,
     /// Position ids learnt from opens, by the open's key.
     position_ids: HashMap<String, String>,
+    /// On a laned queue: the lane generation each pair's positions were loaded at.
+    loaded_at: HashMap<String, u64>,
 }
 
 #[derive(Serialize)]
@@ -221,6 +225,12 @@ impl TraderHandler {
     /// event id, or a key that is not the open key of its event) counts at once. A 404 means
     /// the API has no such endpoint: start empty.
     async fn load_positions(&self) -> Result<(), HandlerError> {
+        self.load_pair_positions(None).await
+    }
+
+    /// Loads the open positions of `pair` (all pairs for `None`), replacing what the strategy
+    /// believed of that pair.
+    async fn load_pair_positions(&self, pair: Option<&str>) -> Result<(), HandlerError> {
         let Some(list) = self
             .client
             .get_json::<Positions>(&self.positions_url)
@@ -230,6 +240,16 @@ impl TraderHandler {
             return Ok(());
         };
         let mut s = self.state();
+        if let Some(pair) = pair {
+            s.strategy.forget(pair);
+        }
+        let list = Positions {
+            positions: list
+                .positions
+                .into_iter()
+                .filter(|p| pair.is_none_or(|want| p.pair == want))
+                .collect(),
+        };
         for p in &list.positions {
             if let Some(opened_by) = p.opened_by() {
                 s.position_ids
@@ -304,9 +324,22 @@ impl Handler for TraderHandler {
                 )));
             }
         }
-        self.loaded
-            .get_or_try_init(|| self.load_positions())
-            .await?;
+        match (ctx.lane_generation, &input) {
+            // A laned queue: the pair's positions, once per lane ownership.
+            (Some(generation), Input::Tick { pair, .. }) => {
+                let stale = self.state().loaded_at.get(pair) != Some(&generation);
+                if stale {
+                    self.load_pair_positions(Some(pair)).await?;
+                    self.state().loaded_at.insert(pair.clone(), generation);
+                }
+            }
+            (Some(_), _) => {}
+            (None, _) => {
+                self.loaded
+                    .get_or_try_init(|| self.load_positions())
+                    .await?;
+            }
+        }
         let trades = self.decide(event, &input);
         for trade in &trades {
             if let Err(error) = self.execute(trade).await {

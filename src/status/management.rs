@@ -38,6 +38,25 @@ pub enum ManagementError {
 #[derive(Deserialize)]
 struct QueueInfo {
     messages_unacknowledged: Option<u64>,
+    #[serde(default)]
+    consumer_details: Vec<ConsumerInfo>,
+}
+
+#[derive(Deserialize)]
+struct ConsumerInfo {
+    #[serde(default)]
+    active: Option<bool>,
+    #[serde(default)]
+    consumer_tag: Option<String>,
+}
+
+/// What the management API says of one queue.
+#[derive(Debug, Clone, Default)]
+pub struct QueueFigures {
+    /// Delivered, not yet acked; `None` when the broker has no figure yet.
+    pub unacked: Option<u64>,
+    /// The active consumer's tag (a warren worker's is `warren-<host:pid>-<queue>`), if any.
+    pub active: Option<String>,
 }
 
 impl Management {
@@ -85,6 +104,11 @@ impl Management {
     /// Unacked messages of `queue`; `Ok(None)` when the queue does not exist or the broker has
     /// no figure yet (stats lag a few seconds).
     pub async fn unacked(&self, queue: &str) -> Result<Option<u64>, ManagementError> {
+        Ok(self.figures(queue).await?.and_then(|f| f.unacked))
+    }
+
+    /// Unacked messages and the active consumer of `queue`; `Ok(None)` when it does not exist.
+    pub async fn figures(&self, queue: &str) -> Result<Option<QueueFigures>, ManagementError> {
         let mut url = self.base.clone();
         url.path_segments_mut()
             .map_err(|_| ManagementError::Url(format!("{} cannot be a base URL", self.shown())))?
@@ -113,7 +137,15 @@ impl Management {
             .json()
             .await
             .map_err(|e| fail(format!("unexpected answer: {e}")))?;
-        Ok(info.messages_unacknowledged)
+        let active = info
+            .consumer_details
+            .iter()
+            .find(|c| c.active.unwrap_or(true))
+            .and_then(|c| c.consumer_tag.clone());
+        Ok(Some(QueueFigures {
+            unacked: info.messages_unacknowledged,
+            active,
+        }))
     }
 }
 

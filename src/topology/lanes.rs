@@ -138,15 +138,47 @@ pub fn lane_of(key: &str, lanes: u16) -> u16 {
     (u64::from_be_bytes(head) % u64::from(lanes.max(1))) as u16
 }
 
-/// Which lanes of a queue each of `members` (sorted, distinct worker ids) should own: lane `i`
-/// goes to member `i mod W`, so each owns ⌊N/W⌋ or ⌈N/W⌉ lanes.
-pub fn assign(lanes: u16, members: usize, me: usize) -> Vec<u16> {
-    if members == 0 || me >= members {
+/// The lanes `members[me]` should own, given the sorted, distinct ids of the live workers.
+/// Every worker computes the same answer from the same list. Each lane goes to the member
+/// that ranks it highest (SHA-256 of member and lane: rendezvous hashing) among those with
+/// room left, and room is ⌊N/W⌋, or ⌈N/W⌉ for the first N mod W members to fill up: so each
+/// owns ⌊N/W⌋ or ⌈N/W⌉ lanes, and a worker joining or leaving moves few lanes besides its own.
+pub fn assign(lanes: u16, members: &[String], me: usize) -> Vec<u16> {
+    let w = members.len();
+    if w == 0 || me >= w {
         return Vec::new();
     }
-    (0..lanes)
-        .filter(|l| usize::from(*l) % members == me)
-        .collect()
+    let n = usize::from(lanes);
+    let (floor, mut extra) = (n / w, n % w);
+    let mut owned = vec![0usize; w];
+    let mut mine = Vec::new();
+    for lane in 0..lanes {
+        let mut ranked: Vec<(u64, usize)> = (0..w).map(|m| (rank(&members[m], lane), m)).collect();
+        ranked.sort_unstable_by(|a, b| b.cmp(a));
+        let taker = ranked
+            .iter()
+            .map(|&(_, m)| m)
+            .find(|&m| owned[m] < floor || (owned[m] == floor && extra > 0))
+            .unwrap_or(ranked[0].1);
+        if owned[taker] == floor {
+            extra = extra.saturating_sub(1);
+        }
+        owned[taker] += 1;
+        if taker == me {
+            mine.push(lane);
+        }
+    }
+    mine
+}
+
+fn rank(member: &str, lane: u16) -> u64 {
+    let mut h = Sha256::new();
+    h.update(member.as_bytes());
+    h.update(lane.to_be_bytes());
+    let digest = h.finalize();
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(head)
 }
 
 #[cfg(test)]
@@ -231,21 +263,60 @@ mod tests {
     /// Computed apart from this code: `int.from_bytes(sha256(key).digest()[:8], "big") % 8`.
     const PINNED: [u16; 5] = [5, 7, 4, 4, 0];
 
+    fn ids(n: usize) -> Vec<String> {
+        let mut v: Vec<String> = (0..n).map(|i| format!("host:{}:w{i}", 100 + i)).collect();
+        v.sort();
+        v
+    }
+
     #[test]
-    fn assignment_is_within_one_of_fair() {
-        for lanes in [1u16, 7, 8, 16] {
-            for members in 1..=9usize {
-                let owned: Vec<usize> = (0..members)
-                    .map(|me| assign(lanes, members, me).len())
+    fn assignment_covers_every_lane_once_within_one_of_fair() {
+        for lanes in [1u16, 7, 8, 16, 64] {
+            for w in 1..=9usize {
+                let members = ids(w);
+                let mut seen = vec![0u32; usize::from(lanes)];
+                let owned: Vec<usize> = (0..w)
+                    .map(|me| {
+                        let mine = assign(lanes, &members, me);
+                        for l in &mine {
+                            seen[usize::from(*l)] += 1;
+                        }
+                        mine.len()
+                    })
                     .collect();
-                assert_eq!(owned.iter().sum::<usize>(), usize::from(lanes));
-                let fair = usize::from(lanes) / members;
+                assert!(seen.iter().all(|&n| n == 1), "{lanes}/{w}: {seen:?}");
+                let fair = usize::from(lanes) / w;
                 assert!(
                     owned.iter().all(|n| *n == fair || *n == fair + 1),
-                    "{lanes} lanes, {members} members: {owned:?}"
+                    "{lanes} lanes, {w} members: {owned:?}"
                 );
             }
         }
-        assert!(assign(8, 0, 0).is_empty());
+        assert!(assign(8, &[], 0).is_empty());
+    }
+
+    /// A worker leaving moves its own lanes and few others: far fewer than a modulo split.
+    #[test]
+    fn a_worker_leaving_moves_few_other_lanes() {
+        let owners = |members: &[String]| -> Vec<String> {
+            let mut owner = vec![String::new(); 64];
+            for (i, m) in members.iter().enumerate() {
+                for l in assign(64, members, i) {
+                    owner[usize::from(l)] = m.clone();
+                }
+            }
+            owner
+        };
+        let four = ids(4);
+        let before = owners(&four);
+        let three: Vec<String> = four[..3].to_vec();
+        let after = owners(&three);
+        let moved_between_survivors = (0..64)
+            .filter(|&l| before[l] != four[3] && before[l] != after[l])
+            .count();
+        assert!(
+            moved_between_survivors <= 8,
+            "{moved_between_survivors} of 64 moved needlessly"
+        );
     }
 }

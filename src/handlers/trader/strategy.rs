@@ -325,9 +325,11 @@ impl Strategy {
         );
     }
 
-    /// Drops what the strategy believes is open on `pair` (after a trade failed for good).
+    /// Drops what the strategy believes is open on `pair`, inherited or its own (after a trade
+    /// failed for good, or before reloading the pair's positions from the API).
     pub fn forget(&mut self, pair: &str) {
         self.open.remove(pair);
+        self.inherited.remove(pair);
     }
 
     /// True after `wallet.low_balance` until a resume event.

@@ -2,7 +2,7 @@
 //! at a time, so the queue scales out while every key keeps its order.
 //!
 //! Each worker heartbeats on the queue's roster exchange ([`roster`]); all of them agree on the
-//! sorted list of live workers and each owns the lanes its place gives it (⌊N/W⌋ or ⌈N/W⌉). A
+//! sorted list of live workers and each owns the lanes `assign` gives it (⌊N/W⌋ or ⌈N/W⌉). A
 //! worker consumes only the lanes it owns ([`lane`]); the lanes are single-active-consumer
 //! queues, so while two workers disagree for a moment the broker still lets only one of them
 //! have a lane. A lane changes hands only between messages: the old owner finishes the message
@@ -147,7 +147,7 @@ async fn run_session<H: Handler>(
             continue;
         }
         let (members, place) = roster.members(Instant::now());
-        let mine: Vec<u16> = assign(lanes, members.len(), place);
+        let mine: Vec<u16> = assign(lanes, &members, place);
         if members != last_members {
             log_handovers(spec, lanes, &last_members, &members, me);
             last_members = members;
@@ -230,12 +230,19 @@ fn set_owned<H>(w: &Worker<H>, spec: &QueueSpec, lane: u16, owned: bool) {
 
 /// Logs, for every lane this worker gains or loses, its old and new owner.
 fn log_handovers(spec: &QueueSpec, lanes: u16, before: &[String], after: &[String], me: &str) {
-    let owner = |members: &[String], lane: u16| -> Option<String> {
-        (!members.is_empty()).then(|| members[usize::from(lane) % members.len()].clone())
+    let owners = |members: &[String]| -> Vec<Option<String>> {
+        let mut owner = vec![None; usize::from(lanes)];
+        for (i, m) in members.iter().enumerate() {
+            for l in assign(lanes, members, i) {
+                owner[usize::from(l)] = Some(m.clone());
+            }
+        }
+        owner
     };
     tracing::info!(queue = %spec.name, workers = after.len(), "Lane workers changed.");
+    let (old, new) = (owners(before), owners(after));
     for lane in 0..lanes {
-        let (old, new) = (owner(before, lane), owner(after, lane));
+        let (old, new) = (&old[usize::from(lane)], &new[usize::from(lane)]);
         if old == new || (old.as_deref() != Some(me) && new.as_deref() != Some(me)) {
             continue;
         }

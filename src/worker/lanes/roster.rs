@@ -1,6 +1,6 @@
 //! Who works a laned queue: every worker publishes a heartbeat on the queue's roster exchange
 //! each second and hears everyone's, so all agree on the sorted list of live workers and each
-//! takes the lanes [`crate::topology::lanes::assign`] gives its place in that list. RabbitMQ is
+//! takes the lanes [`crate::topology::lanes::assign`] gives it from that list. RabbitMQ is
 //! the only coordinator; a worker killed with `kill -9` drops out when its heartbeats stop.
 
 use std::collections::BTreeMap;
