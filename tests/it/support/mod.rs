@@ -470,3 +470,4 @@ pub mod dlq;
 pub mod downstream;
 pub mod fleet;
 pub mod proxy;
+pub mod worker;
