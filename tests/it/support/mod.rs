@@ -470,4 +470,5 @@ pub mod dlq;
 pub mod downstream;
 pub mod fleet;
 pub mod proxy;
+pub mod trader;
 pub mod worker;
