@@ -6,32 +6,30 @@
 //! - [`report`]: the pure reconciliation (emitted, processed, dead-lettered, lost, latency).
 //! - [`fleet`]: the worker child processes.
 //! - [`progress`]: the progress line on stderr.
+//! - `drive`: the run itself, sampled until the pipeline settles, then the reconciliation's inputs.
+//! - `sims`: the simulated upstream and API: their settings, listeners and answers.
+//! - `ledger`: the upstream's ledger file, read as it grows.
 
+mod drive;
 pub mod fleet;
+mod ledger;
 pub mod progress;
 pub mod report;
+mod sims;
 
-use std::collections::BTreeSet;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde::Deserialize;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use report::{DemoReport, reconcile};
 
+use self::drive::drive;
 use self::fleet::Fleet;
-use self::progress::{Progress, Sample};
-use self::report::{Dead, Effect, Emitted, Inputs};
+use self::sims::{api_settings, bind, local};
 use crate::amqp::{self, AmqpError, AmqpUrl, Connection};
 use crate::error::{Error, Result};
 use crate::topology::{self, Topology};
-use warren_sim::api::{ApiSettings, FaultRates};
-use warren_sim::upstream::{self, Faults, UpstreamSettings};
 
 /// The topology the demo runs when no file is given: the default one, built in.
 pub const DEFAULT_TOPOLOGY: &str = include_str!("../../topology/warren.toml");
@@ -219,364 +217,9 @@ async fn pipeline(
     outcome
 }
 
-/// Runs the upstream and the bridge, shows progress until the pipeline settles, reconciles.
-async fn drive(
-    settings: &DemoSettings,
-    conn: &Connection,
-    topology: &Topology,
-    api_addr: &str,
-    dir: &Path,
-    fleet: &mut Fleet,
-    stop: &CancellationToken,
-) -> Result<DemoReport> {
-    let ledger = dir.join("upstream.ledger");
-    let up_listener = bind().await?;
-    let up_addr = local(&up_listener)?;
-    let upstream_stop = stop.child_token();
-    let upstream_task = tokio::spawn(upstream::run(
-        up_listener,
-        upstream_settings(settings, ledger.clone()),
-        upstream_stop.clone(),
-    ));
-    let mut bridge_settings =
-        crate::bridge::BridgeSettings::new(settings.amqp_url.clone(), topology.clone());
-    bridge_settings.upstream = Some(crate::bridge::UpstreamSettings {
-        url: format!("ws://{up_addr}/api/stream"),
-        topics: crate::bridge::upstream::DEFAULT_TOPICS
-            .map(String::from)
-            .to_vec(),
-        agent_key: "pf_demo_key".into(),
-        agent_id: "pf_agent_demo".into(),
-    });
-    bridge_settings.cursor_file = Some(dir.join("bridge.cursor"));
-    bridge_settings.shutdown_timeout = Duration::from_secs(10);
-    let stats = Arc::new(crate::bridge::Stats::default());
-    let bridge_stop = stop.child_token();
-    let bridge_task = tokio::spawn(crate::bridge::run(
-        bridge_settings,
-        stats.clone(),
-        bridge_stop.clone(),
-    ));
-
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| Error::Other(format!("HTTP client: {e}")))?;
-    let api = format!("http://{api_addr}");
-    let unrouted = unrouted_types(topology);
-    let mut tail = LedgerTail::new(ledger.clone());
-    let mut progress = Progress::new(settings.events);
-    let mut killed = false;
-    let mut worker_kills = 0;
-    let started = tokio::time::Instant::now();
-    let emission =
-        Duration::from_secs_f64(settings.events as f64 / f64::from(settings.rate.max(1)));
-    let deadline = started + emission + settings.settle_timeout;
-    let mut settled_once = false;
-    let report = loop {
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = tokio::time::sleep(SAMPLE_EVERY) => {}
-        }
-        if bridge_task.is_finished() {
-            progress.finish();
-            return match bridge_task.await {
-                Ok(Err(e)) => Err(e),
-                _ => Err(Error::Other("the bridge stopped unexpectedly".into())),
-            };
-        }
-        let emitted = tail.read()?;
-        let api_stats: ApiStats = get_json(&http, &format!("{api}/stats")).await?;
-        let depths = depths(conn, topology).await?;
-        let workers = fleet.sample().await;
-        progress.show(Sample {
-            emitted: emitted.len() as u64,
-            published: stats.confirmed.load(Ordering::Relaxed),
-            processed: api_stats.effects,
-            retrying: depths.retrying,
-            retries: workers.retries,
-            dead: depths.dead,
-        });
-        if settings.faults && !killed && api_stats.effects * 10 >= settings.events * 4 {
-            killed = true;
-            worker_kills += 1;
-            fleet.kill_and_replace().await?;
-        }
-        let all_emitted = emitted.len() as u64 >= settings.events;
-        let routed = emitted
-            .iter()
-            .filter(|e| !unrouted.contains(&e.event_type))
-            .count() as u64;
-        let confirmed = all_emitted
-            && stats.cursor().map(|c| c.to_string()) == emitted.last().map(|e| e.id.clone());
-        let quiet = confirmed
-            && depths.backlog == 0
-            && depths.retrying == 0
-            && workers.in_flight == 0
-            && api_stats.effects + depths.dead >= routed;
-        // Twice in a row, so a delivery between two queues is not missed.
-        let settled = quiet && settled_once;
-        settled_once = quiet;
-        let out_of_time = tokio::time::Instant::now() > deadline || stop.is_cancelled();
-        if settled || out_of_time {
-            let mut inputs = Inputs {
-                emitted: emitted.to_vec(),
-                published: stats.confirmed.load(Ordering::Relaxed),
-                unrouted_types: unrouted.clone(),
-                bridge_duplicates: stats.duplicates.load(Ordering::Relaxed),
-                worker_kills,
-                ..Inputs::default()
-            };
-            collect(&http, &api, conn, topology, &mut inputs).await?;
-            let report = reconcile(&topology.prefix, &inputs);
-            if report.lost == 0 || out_of_time {
-                if out_of_time && !stop.is_cancelled() {
-                    tracing::warn!(
-                        timeout_s = settings.settle_timeout.as_secs(),
-                        "The pipeline did not settle in time; reporting what is known."
-                    );
-                }
-                break report;
-            }
-        }
-    };
-    progress.finish();
-    bridge_stop.cancel();
-    if let Ok(Err(error)) = bridge_task.await {
-        tracing::warn!(%error, "The bridge stopped with an error.");
-    }
-    upstream_stop.cancel();
-    let _ = upstream_task.await;
-    Ok(report)
-}
-
-/// Reads the downstream's ledger and every DLQ into `inputs`.
-async fn collect(
-    http: &reqwest::Client,
-    api: &str,
-    conn: &Connection,
-    topology: &Topology,
-    inputs: &mut Inputs,
-) -> Result<()> {
-    let ledger: ApiLedger = get_json(http, &format!("{api}/ledger")).await?;
-    inputs.api_replays = ledger.keys.iter().map(|k| u64::from(k.replays)).sum();
-    inputs.effects = ledger
-        .keys
-        .into_iter()
-        .map(|k| Effect {
-            event_id: k.event_id,
-            effects: k.effects,
-            committed_at_ms: k.stored.map(|s| s.committed_at_ms),
-        })
-        .collect();
-    let dlqs = crate::dlq::resolve(topology, &[])?;
-    let mut dead = vec![];
-    crate::dlq::scan(conn, &dlqs, &crate::dlq::Filter::default(), |_, letter| {
-        dead.push(Dead {
-            id: letter.id,
-            kind: letter.kind.as_str().to_string(),
-        });
-        Ok(std::ops::ControlFlow::Continue(()))
-    })
-    .await?;
-    inputs.dead = dead;
-    Ok(())
-}
-
-/// Queue depths that matter for progress and for knowing the run is over.
-#[derive(Debug, Default)]
-struct Depths {
-    /// Ready in the work queues.
-    backlog: u64,
-    /// Ready in the retry tiers.
-    retrying: u64,
-    /// In the DLQs.
-    dead: u64,
-}
-
-async fn depths(conn: &Connection, topology: &Topology) -> Result<Depths> {
-    let count = |name: String| async move {
-        amqp::inspect_queue(conn, &name)
-            .await
-            .map(|q| q.map_or(0, |(ready, _)| u64::from(ready)))
-    };
-    let mut d = Depths::default();
-    for q in &topology.queues {
-        d.backlog += count(q.name.clone()).await?;
-        for delay in &q.retry_delays {
-            d.retrying += count(q.retry_queue(*delay)).await?;
-        }
-    }
-    for (_, dlq) in topology.dlqs() {
-        d.dead += count(dlq).await?;
-    }
-    Ok(d)
-}
-
-/// Catalog event types that no queue of the topology binds.
-fn unrouted_types(topology: &Topology) -> BTreeSet<String> {
-    warren_sim::catalog::EVENT_TYPES
-        .iter()
-        .map(|(t, _)| *t)
-        .filter(|t| {
-            !topology
-                .queues
-                .iter()
-                .any(|q| q.bind.iter().any(|p| topology::topic_matches(p, t)))
-        })
-        .map(String::from)
-        .collect()
-}
-
-fn api_settings(settings: &DemoSettings) -> ApiSettings {
-    let mut api = ApiSettings {
-        seed: settings.seed,
-        ..ApiSettings::default()
-    };
-    if settings.faults {
-        api.rates = FaultRates {
-            fail: 0.05,
-            throttle: 0.03,
-            ambiguous: 0.03,
-            conflict: 0.02,
-            reject: 0.02,
-        };
-        api.latency = Duration::from_millis(2);
-    }
-    api
-}
-
-fn upstream_settings(settings: &DemoSettings, ledger: PathBuf) -> UpstreamSettings {
-    let faults = if settings.faults {
-        Faults {
-            drop_every: Some((settings.events / 4).max(50)),
-            duplicate_rate: 0.05,
-            ..Faults::default()
-        }
-    } else {
-        Faults::default()
-    };
-    UpstreamSettings {
-        seed: settings.seed,
-        rate: settings.rate,
-        events: settings.events,
-        start_ms: upstream::now_ms(),
-        agent_id: "pf_agent_demo".into(),
-        ledger: Some(ledger),
-        faults,
-        ..UpstreamSettings::default()
-    }
-}
-
-async fn bind() -> Result<TcpListener> {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| Error::Other(format!("cannot listen on 127.0.0.1: {e}")))
-}
-
-fn local(listener: &TcpListener) -> Result<String> {
-    listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .map_err(|e| Error::Other(format!("listener address: {e}")))
-}
-
-async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> Result<T> {
-    let fail = |e: reqwest::Error| Error::Other(format!("GET {url}: {e}"));
-    http.get(url)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(fail)?
-        .json()
-        .await
-        .map_err(fail)
-}
-
-#[derive(Deserialize)]
-struct ApiStats {
-    effects: u64,
-}
-
-#[derive(Deserialize)]
-struct ApiLedger {
-    keys: Vec<ApiKey>,
-}
-
-#[derive(Deserialize)]
-struct ApiKey {
-    event_id: Option<String>,
-    effects: u32,
-    #[serde(default)]
-    replays: u32,
-    stored: Option<ApiStored>,
-}
-
-#[derive(Deserialize)]
-struct ApiStored {
-    committed_at_ms: u64,
-}
-
-/// Reads the upstream's ledger file as it grows: `<eventId> <type>` lines, `#` comments.
-struct LedgerTail {
-    path: PathBuf,
-    offset: u64,
-    partial: String,
-    events: Vec<Emitted>,
-}
-
-impl LedgerTail {
-    fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            offset: 0,
-            partial: String::new(),
-            events: vec![],
-        }
-    }
-
-    /// Every event so far.
-    fn read(&mut self) -> Result<&[Emitted]> {
-        let io = |source| Error::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let mut file = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(&self.events),
-            Err(e) => return Err(io(e)),
-        };
-        file.seek(SeekFrom::Start(self.offset)).map_err(io)?;
-        let mut text = String::new();
-        let n = file.read_to_string(&mut text).map_err(io)?;
-        self.offset += n as u64;
-        self.partial.push_str(&text);
-        let complete = self.partial.rfind('\n').map_or(0, |i| i + 1);
-        let lines: String = self.partial.drain(..complete).collect();
-        for line in lines.lines().filter(|l| !l.starts_with('#')) {
-            let mut parts = line.split_whitespace();
-            if let (Some(id), Some(event_type)) = (parts.next(), parts.next()) {
-                let ts_ms = ulid::Ulid::from_string(id).map_or(0, |u| u.timestamp_ms());
-                self.events.push(Emitted {
-                    id: id.to_string(),
-                    event_type: event_type.to_string(),
-                    ts_ms,
-                });
-            }
-        }
-        Ok(&self.events)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_default_topology_routes_every_catalog_type() {
-        let t = Topology::parse(DEFAULT_TOPOLOGY, Path::new("t.toml"), "x.").unwrap();
-        assert!(unrouted_types(&t).is_empty());
-    }
 
     #[test]
     fn queues_expire_unless_kept() {
@@ -590,29 +233,5 @@ mod tests {
         let kept = demo_topology(DEFAULT_TOPOLOGY, true).unwrap();
         let t = Topology::parse(&kept, Path::new("t.toml"), "x.").unwrap();
         assert!(t.queues.iter().all(|q| q.expires.is_none()));
-    }
-
-    #[test]
-    fn ledger_tail_reads_complete_lines_only() {
-        let dir = std::env::temp_dir().join(format!("warren-tail-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("ledger");
-        let id = ulid::Ulid::from_parts(1_700_000_000_000, 7).to_string();
-        std::fs::write(
-            &path,
-            format!("{id} job.completed\n# malformed binary\n01AB"),
-        )
-        .unwrap();
-        let mut tail = LedgerTail::new(path.clone());
-        let got = tail.read().unwrap().to_vec();
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].ts_ms, 1_700_000_000_000);
-        std::fs::write(
-            &path,
-            format!("{id} job.completed\n# malformed binary\n01AB job.failed\n"),
-        )
-        .unwrap();
-        assert_eq!(tail.read().unwrap().len(), 2);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

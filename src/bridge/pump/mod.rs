@@ -1,19 +1,20 @@
 //! The bridge loop. One task owns everything: the upstream socket, the broker connection, the
 //! outbox and the cursor, so ordering needs no locks. It reads a frame only when the outbox has
 //! room and the broker is connected and not blocked: that is the backpressure, and it keeps
-//! memory bounded by the confirm window.
+//! memory bounded by the confirm window. Frames come in through `ingest`, go out and are
+//! confirmed through `publish`; `connect` keeps both ends up and `drain` shuts down.
 
 mod connect;
 mod drain;
+mod ingest;
+mod publish;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
@@ -21,12 +22,11 @@ use ulid::Ulid;
 use super::cursor::CursorFile;
 use super::dedup::Dedup;
 use super::ingress::{self, WebhookJob};
-use super::outbox::{Origin, Outbox, Outgoing};
+use super::outbox::Outbox;
 use super::upstream::{UpstreamSettings, WsStream};
-use super::{BridgeSettings, Stats, route};
-use crate::amqp::{AmqpError, AmqpUrl, ConfirmWindow, Connection, Message, Publisher};
+use super::{BridgeSettings, Stats};
+use crate::amqp::{AmqpError, AmqpUrl, ConfirmWindow, Connection, Publisher};
 use crate::backoff::Backoff;
-use crate::envelope::{Envelope, EnvelopeError, MAX_ENVELOPE_BYTES};
 use crate::error::Error;
 use crate::topology::Topology;
 use drain::write_cursor;
@@ -296,281 +296,6 @@ impl Pump {
                 .broker
                 .as_ref()
                 .is_some_and(|b| !b.conn.status().blocked())
-    }
-
-    async fn on_frame(&mut self, frame: Option<Result<WsMessage, WsError>>) {
-        let msg = match frame {
-            None => return self.upstream_failed("the upstream closed the connection"),
-            Some(Err(e)) => {
-                // tungstenite fails the connection on these before handing over any bytes:
-                // a text frame that is not UTF-8 (its error holds only a lossy rendering of
-                // the bad sequence), or a frame over HARD_FRAME_LIMIT (refused from its
-                // header, never read). Record it, say why the body is empty, resume.
-                let absent = match e {
-                    WsError::Utf8(_) => Some(route::ABSENT_INVALID_UTF8),
-                    WsError::Capacity(_) => Some(route::ABSENT_OVER_HARD_LIMIT),
-                    _ => None,
-                };
-                if let Some(why) = absent {
-                    Stats::add(&self.stats.received, 1);
-                    let error =
-                        format!("frame rejected by the WebSocket layer, bytes unavailable: {e}");
-                    self.dead_letter(Vec::new(), &error, route::BodyNote::Absent(why))
-                        .await;
-                }
-                return self.upstream_failed(&e.to_string());
-            }
-            Some(Ok(msg)) => msg,
-        };
-        if let Some(ws) = &mut self.ws {
-            ws.last_frame = Instant::now();
-        }
-        match msg {
-            WsMessage::Text(text) => self.on_text(text.as_bytes()).await,
-            WsMessage::Binary(bytes) => {
-                Stats::add(&self.stats.received, 1);
-                self.dead_letter(
-                    bytes.to_vec(),
-                    "binary frame; the upstream sends JSON text frames",
-                    route::BodyNote::Whole,
-                )
-                .await;
-            }
-            WsMessage::Close(frame) => {
-                let reason = self.close_reason(frame.as_ref());
-                self.upstream_failed(&reason);
-            }
-            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
-        }
-    }
-
-    /// The upstream's close code and reason, for the log: a refused subscribe (a bad topic, a
-    /// revoked key) says why here. The agent key never appears, even if the reason echoes it.
-    fn close_reason(&self, frame: Option<&CloseFrame>) -> String {
-        let Some(f) = frame else {
-            return "the upstream closed the connection (no close code)".into();
-        };
-        let mut reason: String = f.reason.as_str().chars().take(200).collect();
-        if let Some(key) = self.upstream.as_ref().map(|u| u.agent_key.as_str())
-            && !key.is_empty()
-        {
-            reason = reason.replace(key, "***");
-        }
-        format!(
-            "the upstream closed the connection: code {} ({:?}), reason {reason:?}",
-            f.code, f.code
-        )
-    }
-
-    async fn on_text(&mut self, frame: &[u8]) {
-        Stats::add(&self.stats.received, 1);
-        if frame.len() > MAX_ENVELOPE_BYTES {
-            let error = EnvelopeError::TooLarge(frame.len()).to_string();
-            let kept = frame[..route::TRUNCATED_BYTES].to_vec();
-            let note = route::BodyNote::Truncated(frame.len());
-            return self.dead_letter(kept, &error, note).await;
-        }
-        let event = match Envelope::parse(frame) {
-            Ok(e) => e,
-            Err(error) => {
-                let error = error.to_string();
-                return self
-                    .dead_letter(frame.to_vec(), &error, route::BodyNote::Whole)
-                    .await;
-            }
-        };
-        let Ok(id) = Ulid::from_string(&event.event_id) else {
-            let error = "field 'eventId': not a ULID";
-            return self
-                .dead_letter(frame.to_vec(), error, route::BodyNote::Whole)
-                .await;
-        };
-        if !self.dedup.accept(id) {
-            Stats::add(&self.stats.duplicates, 1);
-            return;
-        }
-        Stats::add(&self.stats.accepted, 1);
-        self.observe_lag(event.ts);
-        let traceparent = route::frame_traceparent(frame).unwrap_or_else(route::new_traceparent);
-        let out = self.event_message(&event, frame.to_vec(), &traceparent);
-        let seq = self.outbox.push(out, Origin::Stream(id));
-        self.publish(seq).await;
-    }
-
-    async fn on_job(&mut self, job: WebhookJob) {
-        self.observe_lag(job.event.ts);
-        let traceparent = job
-            .traceparent
-            .clone()
-            .unwrap_or_else(route::new_traceparent);
-        let out = self.event_message(&job.event, job.body, &traceparent);
-        let seq = self.outbox.push(out, Origin::Webhook(Some(job.reply)));
-        self.publish(seq).await;
-    }
-
-    fn event_message(&self, event: &Envelope, body: Vec<u8>, traceparent: &str) -> Outgoing {
-        let live_ttl = if self.topology.is_live_only(&event.event_type) {
-            self.topology.live_ttl
-        } else {
-            None
-        };
-        Outgoing {
-            exchange: self.events_exchange.clone(),
-            routing_key: event.event_type.clone(),
-            properties: route::event_properties(
-                event,
-                live_ttl,
-                traceparent,
-                self.topology.lane_headers(event),
-            ),
-            body,
-        }
-    }
-
-    async fn dead_letter(&mut self, body: Vec<u8>, error: &str, note: route::BodyNote) {
-        let n = self.stats.invalid.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.warn_invalid.ready() {
-            tracing::warn!(%error, invalid_total = n, "Invalid frame; dead-lettering it.");
-        }
-        let now_secs = now_ms() / 1000;
-        let out = Outgoing {
-            exchange: self.dead_letter_exchange.clone(),
-            routing_key: self.events_exchange.to_string(),
-            properties: route::invalid_properties(error, &self.events_exchange, note, now_secs),
-            body,
-        };
-        let seq = self.outbox.push(out, Origin::Invalid);
-        self.publish(seq).await;
-    }
-
-    /// Publishes slot `seq` if the broker is up; otherwise it waits for the reconnect.
-    async fn publish(&mut self, seq: u64) {
-        let Some(broker) = &self.broker else {
-            self.dirty = true;
-            return;
-        };
-        let Some(out) = self.outbox.mark_sent(seq) else {
-            return;
-        };
-        let sent = broker
-            .publisher
-            .send(Message {
-                exchange: &out.exchange,
-                routing_key: &out.routing_key,
-                body: &out.body,
-                properties: out.properties.clone(),
-                mandatory: true,
-            })
-            .await;
-        match sent {
-            Ok(confirm) => {
-                Stats::add(&self.stats.published, 1);
-                self.window.push((seq, Instant::now()), confirm);
-            }
-            Err(error) => self.broker_failed(&error.to_string()),
-        }
-    }
-
-    async fn publish_due(&mut self) {
-        self.dirty = false;
-        for seq in self.outbox.due(Instant::now()) {
-            // A blocked connection (memory or disk alarm) takes no publishes: writing would
-            // park this loop on the socket, and with it confirms, acks and shutdown.
-            if self
-                .broker
-                .as_ref()
-                .is_none_or(|b| b.conn.status().blocked())
-            {
-                self.dirty = true;
-                return;
-            }
-            self.publish(seq).await;
-        }
-        self.dirty |= self.outbox.has_waiting();
-    }
-
-    fn on_confirm(&mut self, (seq, sent): (u64, Instant), result: Result<(), AmqpError>) {
-        if matches!(
-            result,
-            Ok(()) | Err(AmqpError::Returned { .. } | AmqpError::Nacked { .. })
-        ) {
-            let latency = &self.stats.latency.confirm;
-            latency.observe(sent.elapsed().as_secs_f64());
-        }
-        match result {
-            Ok(()) => {
-                if self.outbox.confirm(seq) {
-                    Stats::add(&self.stats.confirmed, 1);
-                    self.since_flush += 1;
-                }
-            }
-            Err(error @ AmqpError::Returned { .. }) => {
-                let n = self.stats.unroutable.fetch_add(1, Ordering::Relaxed) + 1;
-                if self.warn_unroutable.ready() {
-                    // The topology's alternate exchange keeps unbound event types in
-                    // `<events>.unrouted`; a return means it is missing or routes nowhere
-                    // (its queue deleted or expired), or the ingress DLQ is gone.
-                    tracing::warn!(%error, unroutable_total = n, "Publish matched no queue, not even the alternate exchange's <events>.unrouted (apply the topology again); dropped by the broker.");
-                }
-                if self.outbox.confirm(seq) {
-                    Stats::add(&self.stats.confirmed, 1);
-                    self.since_flush += 1;
-                }
-            }
-            Err(error @ AmqpError::Nacked { .. }) => {
-                let n = self.stats.nacked.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Some(delay) = self.outbox.nack(seq, Instant::now())
-                    && self.warn_nacked.ready()
-                {
-                    tracing::warn!(
-                        %error,
-                        nacked_total = n,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "Publish nacked; retrying in order."
-                    );
-                }
-                self.dirty = true;
-            }
-            Err(error) => self.broker_failed(&error.to_string()),
-        }
-    }
-
-    /// Now minus the event's own timestamp, at its first publish.
-    fn observe_lag(&self, ts_ms: u64) {
-        let lag = now_ms().saturating_sub(ts_ms) as f64 / 1000.0;
-        self.stats.latency.event_lag.observe(lag);
-    }
-
-    /// Publishes the loop's state for `/metrics` and `/readyz`: two relaxed stores.
-    fn report_state(&self) {
-        let stats = &self.stats;
-        stats
-            .in_flight
-            .store(self.outbox.len() as u64, Ordering::Relaxed);
-        let subscribed = self.upstream.is_none() || self.ws.is_some();
-        stats.ready.set(self.broker.is_some() && subscribed);
-    }
-
-    fn advance_cursor(&mut self) {
-        if let Some(id) = self.outbox.pop_confirmed() {
-            self.cursor = Some(id);
-            self.dedup.raise_floor(id);
-            self.stats.set_cursor(id);
-            self.flush_cursor(false);
-        }
-    }
-
-    /// Hands the cursor to the writer: on the timer, or once a window's worth has moved, so a
-    /// crash replays at most about two windows.
-    fn flush_cursor(&mut self, timer: bool) {
-        if self.cursor == self.cursor_queued || !(timer || self.since_flush >= self.window_size) {
-            return;
-        }
-        if let Some(tx) = &self.cursor_tx {
-            tx.send_replace(self.cursor);
-        }
-        self.cursor_queued = self.cursor;
-        self.since_flush = 0;
     }
 }
 

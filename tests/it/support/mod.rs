@@ -474,3 +474,5 @@ pub mod downstream;
 pub mod fleet;
 pub mod node;
 pub mod proxy;
+pub mod trader;
+pub mod worker;

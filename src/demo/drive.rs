@@ -1,0 +1,245 @@
+//! The demo run: the upstream and the bridge started, progress sampled until the pipeline
+//! settles (or time runs out), then the downstream's ledger and the DLQs read for the
+//! reconciliation.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use warren_sim::upstream;
+
+use super::fleet::Fleet;
+use super::ledger::LedgerTail;
+use super::progress::{Progress, Sample};
+use super::report::{Dead, DemoReport, Effect, Inputs, reconcile};
+use super::sims::{ApiLedger, ApiStats, bind, get_json, local, upstream_settings};
+use super::{DemoSettings, SAMPLE_EVERY};
+use crate::amqp::{self, Connection};
+use crate::error::{Error, Result};
+use crate::topology::{self, Topology};
+
+/// Runs the upstream and the bridge, shows progress until the pipeline settles, reconciles.
+pub(super) async fn drive(
+    settings: &DemoSettings,
+    conn: &Connection,
+    topology: &Topology,
+    api_addr: &str,
+    dir: &Path,
+    fleet: &mut Fleet,
+    stop: &CancellationToken,
+) -> Result<DemoReport> {
+    let ledger = dir.join("upstream.ledger");
+    let up_listener = bind().await?;
+    let up_addr = local(&up_listener)?;
+    let upstream_stop = stop.child_token();
+    let upstream_task = tokio::spawn(upstream::run(
+        up_listener,
+        upstream_settings(settings, ledger.clone()),
+        upstream_stop.clone(),
+    ));
+    let mut bridge_settings =
+        crate::bridge::BridgeSettings::new(settings.amqp_url.clone(), topology.clone());
+    bridge_settings.upstream = Some(crate::bridge::UpstreamSettings {
+        url: format!("ws://{up_addr}/api/stream"),
+        topics: crate::bridge::upstream::DEFAULT_TOPICS
+            .map(String::from)
+            .to_vec(),
+        agent_key: "pf_demo_key".into(),
+        agent_id: "pf_agent_demo".into(),
+    });
+    bridge_settings.cursor_file = Some(dir.join("bridge.cursor"));
+    bridge_settings.shutdown_timeout = Duration::from_secs(10);
+    let stats = Arc::new(crate::bridge::Stats::default());
+    let bridge_stop = stop.child_token();
+    let bridge_task = tokio::spawn(crate::bridge::run(
+        bridge_settings,
+        stats.clone(),
+        bridge_stop.clone(),
+    ));
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| Error::Other(format!("HTTP client: {e}")))?;
+    let api = format!("http://{api_addr}");
+    let unrouted = unrouted_types(topology);
+    let mut tail = LedgerTail::new(ledger.clone());
+    let mut progress = Progress::new(settings.events);
+    let mut killed = false;
+    let mut worker_kills = 0;
+    let started = tokio::time::Instant::now();
+    let emission =
+        Duration::from_secs_f64(settings.events as f64 / f64::from(settings.rate.max(1)));
+    let deadline = started + emission + settings.settle_timeout;
+    let mut settled_once = false;
+    let report = loop {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+        }
+        if bridge_task.is_finished() {
+            progress.finish();
+            return match bridge_task.await {
+                Ok(Err(e)) => Err(e),
+                _ => Err(Error::Other("the bridge stopped unexpectedly".into())),
+            };
+        }
+        let emitted = tail.read()?;
+        let api_stats: ApiStats = get_json(&http, &format!("{api}/stats")).await?;
+        let depths = depths(conn, topology).await?;
+        let workers = fleet.sample().await;
+        progress.show(Sample {
+            emitted: emitted.len() as u64,
+            published: stats.confirmed.load(Ordering::Relaxed),
+            processed: api_stats.effects,
+            retrying: depths.retrying,
+            retries: workers.retries,
+            dead: depths.dead,
+        });
+        if settings.faults && !killed && api_stats.effects * 10 >= settings.events * 4 {
+            killed = true;
+            worker_kills += 1;
+            fleet.kill_and_replace().await?;
+        }
+        let all_emitted = emitted.len() as u64 >= settings.events;
+        let routed = emitted
+            .iter()
+            .filter(|e| !unrouted.contains(&e.event_type))
+            .count() as u64;
+        let confirmed = all_emitted
+            && stats.cursor().map(|c| c.to_string()) == emitted.last().map(|e| e.id.clone());
+        let quiet = confirmed
+            && depths.backlog == 0
+            && depths.retrying == 0
+            && workers.in_flight == 0
+            && api_stats.effects + depths.dead >= routed;
+        // Twice in a row, so a delivery between two queues is not missed.
+        let settled = quiet && settled_once;
+        settled_once = quiet;
+        let out_of_time = tokio::time::Instant::now() > deadline || stop.is_cancelled();
+        if settled || out_of_time {
+            let mut inputs = Inputs {
+                emitted: emitted.to_vec(),
+                published: stats.confirmed.load(Ordering::Relaxed),
+                unrouted_types: unrouted.clone(),
+                bridge_duplicates: stats.duplicates.load(Ordering::Relaxed),
+                worker_kills,
+                ..Inputs::default()
+            };
+            collect(&http, &api, conn, topology, &mut inputs).await?;
+            let report = reconcile(&topology.prefix, &inputs);
+            if report.lost == 0 || out_of_time {
+                if out_of_time && !stop.is_cancelled() {
+                    tracing::warn!(
+                        timeout_s = settings.settle_timeout.as_secs(),
+                        "The pipeline did not settle in time; reporting what is known."
+                    );
+                }
+                break report;
+            }
+        }
+    };
+    progress.finish();
+    bridge_stop.cancel();
+    if let Ok(Err(error)) = bridge_task.await {
+        tracing::warn!(%error, "The bridge stopped with an error.");
+    }
+    upstream_stop.cancel();
+    let _ = upstream_task.await;
+    Ok(report)
+}
+
+/// Reads the downstream's ledger and every DLQ into `inputs`.
+async fn collect(
+    http: &reqwest::Client,
+    api: &str,
+    conn: &Connection,
+    topology: &Topology,
+    inputs: &mut Inputs,
+) -> Result<()> {
+    let ledger: ApiLedger = get_json(http, &format!("{api}/ledger")).await?;
+    inputs.api_replays = ledger.keys.iter().map(|k| u64::from(k.replays)).sum();
+    inputs.effects = ledger
+        .keys
+        .into_iter()
+        .map(|k| Effect {
+            event_id: k.event_id,
+            effects: k.effects,
+            committed_at_ms: k.stored.map(|s| s.committed_at_ms),
+        })
+        .collect();
+    let dlqs = crate::dlq::resolve(topology, &[])?;
+    let mut dead = vec![];
+    crate::dlq::scan(conn, &dlqs, &crate::dlq::Filter::default(), |_, letter| {
+        dead.push(Dead {
+            id: letter.id,
+            kind: letter.kind.as_str().to_string(),
+        });
+        Ok(std::ops::ControlFlow::Continue(()))
+    })
+    .await?;
+    inputs.dead = dead;
+    Ok(())
+}
+
+/// Queue depths that matter for progress and for knowing the run is over.
+#[derive(Debug, Default)]
+struct Depths {
+    /// Ready in the work queues.
+    backlog: u64,
+    /// Ready in the retry tiers.
+    retrying: u64,
+    /// In the DLQs.
+    dead: u64,
+}
+
+async fn depths(conn: &Connection, topology: &Topology) -> Result<Depths> {
+    let count = |name: String| async move {
+        amqp::inspect_queue(conn, &name)
+            .await
+            .map(|q| q.map_or(0, |(ready, _)| u64::from(ready)))
+    };
+    let mut d = Depths::default();
+    for q in &topology.queues {
+        d.backlog += count(q.name.clone()).await?;
+        for delay in &q.retry_delays {
+            d.retrying += count(q.retry_queue(*delay)).await?;
+        }
+    }
+    for (_, dlq) in topology.dlqs() {
+        d.dead += count(dlq).await?;
+    }
+    Ok(d)
+}
+
+/// Catalog event types that no queue of the topology binds.
+fn unrouted_types(topology: &Topology) -> BTreeSet<String> {
+    warren_sim::catalog::EVENT_TYPES
+        .iter()
+        .map(|(t, _)| *t)
+        .filter(|t| {
+            !topology
+                .queues
+                .iter()
+                .any(|q| q.bind.iter().any(|p| topology::topic_matches(p, t)))
+        })
+        .map(String::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::demo::DEFAULT_TOPOLOGY;
+
+    #[test]
+    fn the_default_topology_routes_every_catalog_type() {
+        let t = Topology::parse(DEFAULT_TOPOLOGY, Path::new("t.toml"), "x.").unwrap();
+        assert!(unrouted_types(&t).is_empty());
+    }
+}
