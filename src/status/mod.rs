@@ -4,6 +4,7 @@
 //! DLQ's depth is its ready messages plus those a reader (`dlq list`, `replay`) holds unacked,
 //! so it does not drop to zero while one runs.
 
+mod lanes;
 mod management;
 
 use std::io::IsTerminal;
@@ -13,6 +14,7 @@ use serde::Serialize;
 use tabled::Tabled;
 use tokio_util::sync::CancellationToken;
 
+pub use lanes::LaneStatus;
 pub use management::{Management, ManagementError, QueueFigures};
 
 use crate::amqp::{self, AmqpUrl, Connection};
@@ -67,22 +69,6 @@ pub struct QueueStatus {
     pub owners: Vec<(String, u32)>,
 }
 
-/// One lane of a laned queue.
-#[derive(Debug, Clone, Serialize)]
-pub struct LaneStatus {
-    /// The lane's number.
-    pub lane: u16,
-    /// The lane's queue.
-    pub queue: String,
-    /// Ready messages; `None` if the queue is missing.
-    pub ready: Option<u32>,
-    /// Delivered, not yet acked; `None` when the management API gave no figure.
-    pub unacked: Option<u64>,
-    /// The worker active on it (`host:pid`), from the management API; `None` when unknown or
-    /// nobody.
-    pub owner: Option<String>,
-}
-
 /// A DLQ's depth: ready messages plus those held unacked by a reader (`dlq list`, `replay`,
 /// `show`, or any other consumer), which are still dead letters.
 #[derive(Debug, Clone, Serialize)]
@@ -125,7 +111,7 @@ pub struct Status {
 
 /// The management API, until its first failure (then every unacked figure is unknown and the
 /// failure is reported once).
-struct Unacked<'a> {
+pub(crate) struct Unacked<'a> {
     api: Option<&'a Management>,
     problem: Option<ManagementError>,
 }
@@ -135,7 +121,7 @@ impl Unacked<'_> {
         self.figures(queue).await.and_then(|f| f.unacked)
     }
 
-    async fn figures(&mut self, queue: &str) -> Option<QueueFigures> {
+    pub(crate) async fn figures(&mut self, queue: &str) -> Option<QueueFigures> {
         let api = self.api.filter(|_| self.problem.is_none())?;
         match api.figures(queue).await {
             Ok(f) => f,
@@ -160,7 +146,7 @@ pub async fn collect(
     let mut queues = Vec::new();
     for q in &topology.queues {
         if let Some(lanes) = &q.lanes {
-            queues.push(laned(conn, &mut mgmt, q, lanes.count).await?);
+            queues.push(lanes::laned(conn, &mut mgmt, q, lanes.count).await?);
             continue;
         }
         let (ready, consumers) = match depth(conn, &q.name).await? {
@@ -199,66 +185,7 @@ pub async fn collect(
     Ok((status, mgmt.problem))
 }
 
-/// A laned queue: each lane's depth and owner; the queue's figures are the lanes' sums, its
-/// consumers the lanes' (active and waiting).
-async fn laned(
-    conn: &Connection,
-    mgmt: &mut Unacked<'_>,
-    q: &crate::topology::QueueSpec,
-    count: u16,
-) -> Result<QueueStatus> {
-    let mut lanes = Vec::new();
-    let (mut ready, mut consumers, mut unacked) = (Some(0u32), Some(0u32), Some(0u64));
-    let mut owners: std::collections::BTreeMap<String, u32> = Default::default();
-    for lane in 0..count {
-        let queue = crate::topology::lanes::lane_queue(&q.name, lane);
-        let found = depth(conn, &queue).await?;
-        let figures = match found {
-            Some(_) => mgmt.figures(&queue).await,
-            None => None,
-        };
-        let lane_unacked = figures.as_ref().and_then(|f| f.unacked);
-        ready = ready.zip(found.map(|(r, _)| r)).map(|(a, b)| a + b);
-        consumers = consumers.zip(found.map(|(_, c)| c)).map(|(a, b)| a + b);
-        unacked = unacked.zip(lane_unacked).map(|(a, b)| a + b);
-        let owner = figures
-            .and_then(|f| f.active)
-            .map(|tag| worker_of(&tag, &queue).to_string());
-        if let Some(o) = &owner {
-            *owners.entry(o.clone()).or_default() += 1;
-        }
-        lanes.push(LaneStatus {
-            lane,
-            queue,
-            ready: found.map(|(r, _)| r),
-            unacked: lane_unacked,
-            owner,
-        });
-    }
-    let mut owners: Vec<(String, u32)> = owners.into_iter().collect();
-    owners.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    Ok(QueueStatus {
-        name: q.name.clone(),
-        ready,
-        unacked,
-        consumers,
-        retry: Vec::new(),
-        dlq: dlq_of(conn, mgmt, q.dlq()).await?,
-        lanes,
-        owners,
-    })
-}
-
-/// A warren worker's consumer tag `warren-<host:pid>-<queue>` → `host:pid`; another
-/// consumer's tag as it is.
-fn worker_of<'t>(tag: &'t str, queue: &str) -> &'t str {
-    tag.strip_prefix("warren-")
-        .and_then(|rest| rest.strip_suffix(queue))
-        .and_then(|rest| rest.strip_suffix('-'))
-        .unwrap_or(tag)
-}
-
-async fn depth(conn: &Connection, queue: &str) -> Result<Option<(u32, u32)>> {
+pub(crate) async fn depth(conn: &Connection, queue: &str) -> Result<Option<(u32, u32)>> {
     Ok(amqp::inspect_queue(conn, queue).await?)
 }
 
@@ -267,7 +194,11 @@ async fn ready_of(conn: &Connection, queue: String) -> Result<Depth> {
     Ok(Depth { queue, ready })
 }
 
-async fn dlq_of(conn: &Connection, mgmt: &mut Unacked<'_>, queue: String) -> Result<DlqDepth> {
+pub(crate) async fn dlq_of(
+    conn: &Connection,
+    mgmt: &mut Unacked<'_>,
+    queue: String,
+) -> Result<DlqDepth> {
     let ready = depth(conn, &queue).await?.map(|(r, _)| r);
     let unacked = match ready {
         Some(_) => mgmt.of(&queue).await,
@@ -292,7 +223,7 @@ struct Row {
     dlq: String,
 }
 
-fn figure<T: ToString>(v: Option<T>, absent: &str) -> String {
+pub(crate) fn figure<T: ToString>(v: Option<T>, absent: &str) -> String {
     v.map(|n| n.to_string())
         .unwrap_or_else(|| absent.to_string())
 }
@@ -347,53 +278,9 @@ pub fn render(s: &Status) -> String {
     let mut text = output::table(rows);
     for q in s.queues.iter().filter(|q| !q.lanes.is_empty()) {
         text.push_str(&format!("\n\nLanes of {}:\n", q.name));
-        text.push_str(&output::table(q.lanes.iter().map(|l| LaneRow {
-            lane: l.lane,
-            ready: figure(l.ready, "missing"),
-            unacked: figure(l.unacked, "?"),
-            worker: l.owner.clone().unwrap_or_else(|| "-".into()),
-        })));
-        text.push('\n');
-        text.push_str(&balance(q));
+        text.push_str(&lanes::render(q));
     }
     text
-}
-
-#[derive(Tabled)]
-struct LaneRow {
-    lane: u16,
-    ready: String,
-    unacked: String,
-    #[tabled(rename = "active worker")]
-    worker: String,
-}
-
-/// `3 workers own 8 lanes: host:1 3, host:2 3, host:3 2 (balanced)`.
-fn balance(q: &QueueStatus) -> String {
-    if q.owners.is_empty() {
-        return "No worker owns a lane (or the management API is unavailable).".into();
-    }
-    let lanes = q.lanes.len() as u32;
-    let workers = q.owners.len() as u32;
-    let (fair_low, fair_high) = (lanes / workers, lanes.div_ceil(workers));
-    let owned: u32 = q.owners.iter().map(|(_, n)| n).sum();
-    let balanced = owned == lanes
-        && q.owners
-            .iter()
-            .all(|(_, n)| (fair_low..=fair_high).contains(n));
-    format!(
-        "{workers} worker(s) own {owned} of {lanes} lanes: {} ({})",
-        q.owners
-            .iter()
-            .map(|(w, n)| format!("{w} {n}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        if balanced {
-            "balanced"
-        } else {
-            "not balanced yet"
-        }
-    )
 }
 
 /// Shows the status once, or with `watch` every interval until `shutdown` is cancelled.
