@@ -474,3 +474,4 @@ pub mod downstream;
 pub mod fleet;
 pub mod node;
 pub mod proxy;
+pub mod recorder;
