@@ -147,7 +147,6 @@ pub async fn delete(conn: &Connection, plan: &Plan) -> Result<usize, AmqpError> 
     Ok(deleted)
 }
 
-/// The broker's reply text when it refused a declare with PRECONDITION_FAILED; other errors pass.
 /// A laned queue whose lane count differs from the broker's, or a plain queue that became
 /// laned (or the reverse): keys would move to other lanes with messages still in the old ones,
 /// so `apply` refuses and says how to migrate.
@@ -163,21 +162,25 @@ async fn lane_count_changes(conn: &Connection, plan: &Plan) -> Result<Vec<String
              '{q}.dlq' stay and replay into the new lanes by key."
         )
     };
+    // The lanes on the broker: lane 0, 1, … up to the first one missing.
+    let broker_lanes = |q: String| async move {
+        let mut n = 0u16;
+        while n < super::lanes::MAX_LANES && exists(lane_queue(&q, n)).await? {
+            n += 1;
+        }
+        Ok::<u16, Error>(n)
+    };
     let mut problems = Vec::new();
     for l in &plan.laned {
         let q = &l.queue;
-        if exists(lane_queue(q, l.lanes)).await? {
+        if exists(lane_queue(q, l.lanes)).await?
+            || (exists(lane_queue(q, 0)).await? && !exists(lane_queue(q, l.lanes - 1)).await?)
+        {
+            let have = broker_lanes(q.clone()).await?;
             problems.push(format!(
-                "queue '{q}' has more than {} lanes on the broker ('{}' exists). {}",
+                "queue '{q}' has {have} lanes on the broker and the topology file asks for {}: \
+                 its keys would move to other lanes while messages wait in the old ones. {}",
                 l.lanes,
-                lane_queue(q, l.lanes),
-                recipe(q)
-            ));
-        } else if exists(lane_queue(q, 0)).await? && !exists(lane_queue(q, l.lanes - 1)).await? {
-            problems.push(format!(
-                "queue '{q}' has fewer than {} lanes on the broker ('{}' is missing). {}",
-                l.lanes,
-                lane_queue(q, l.lanes - 1),
                 recipe(q)
             ));
         } else if exists(q.clone()).await? {
@@ -207,6 +210,7 @@ async fn lane_count_changes(conn: &Connection, plan: &Plan) -> Result<Vec<String
     Ok(problems)
 }
 
+/// The broker's reply text when it refused a declare with PRECONDITION_FAILED; other errors pass.
 fn precondition_failed(err: AmqpError) -> Result<String, Error> {
     match err.reply_text() {
         Some(text) if text.contains("PRECONDITION_FAILED") => Ok(text),

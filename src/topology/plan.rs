@@ -237,8 +237,11 @@ impl Topology {
                 role: QueueRole::Lane,
                 arguments: self.work_queue_args(&spec),
             });
+            // The lane header starts with `x-`, which a headers exchange ignores under
+            // `x-match = all` (every binding would match, and every event go to every lane):
+            // `all-with-x` (RabbitMQ 3.10+) matches on it.
             let mut args = BTreeMap::new();
-            args.insert("x-match".to_string(), Arg::Str("all".into()));
+            args.insert("x-match".to_string(), Arg::Str("all-with-x".into()));
             args.insert(header.clone(), Arg::Str(lane.to_string()));
             bindings.push(BindingPlan {
                 exchange: split.clone(),

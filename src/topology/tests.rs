@@ -414,7 +414,10 @@ fn a_laned_queue_plans_its_lanes_split_exchange_roster_and_dlq() {
         lane2.arguments["x-warren-lane.trading"],
         plan::Arg::Str("2".into())
     );
-    assert_eq!(lane2.arguments["x-match"], plan::Arg::Str("all".into()));
+    assert_eq!(
+        lane2.arguments["x-match"],
+        plan::Arg::Str("all-with-x".into())
+    );
     assert_eq!(plan.laned.len(), 1);
     let defs = plan.definitions("/");
     assert!(

@@ -34,6 +34,7 @@ mod http_chaos;
 mod http_client;
 mod http_worker;
 mod inbound;
+mod lanes;
 mod metrics;
 mod permissions;
 mod reliability;

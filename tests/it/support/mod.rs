@@ -474,5 +474,6 @@ pub mod downstream;
 pub mod fleet;
 pub mod node;
 pub mod proxy;
+pub mod recorder;
 pub mod trader;
 pub mod worker;
