@@ -180,6 +180,7 @@ async fn dropped_connections_are_reestablished_and_nothing_is_lost() {
 
 #[tokio::test]
 async fn disruptive_close_all_connections_mid_run_loses_nothing() {
+    let _node = crate::support::node::use_throwaway_node();
     let t = TestTopology::fast("close-all");
     let conn = connect().await;
     t.apply(&conn).await;
@@ -233,6 +234,7 @@ impl Drop for MemoryAlarm {
 /// consuming connection keeps acking. Disturbs the broker for everyone: run alone.
 #[tokio::test]
 async fn disruptive_a_worker_under_a_memory_alarm_keeps_acking() {
+    let _node = crate::support::node::use_throwaway_node();
     let t = TestTopology::fast("memory-alarm");
     let conn = connect().await;
     t.apply(&conn).await;

@@ -1,11 +1,9 @@
 //! The broker side of the reliability harness: `rabbitmqctl`, putting the broker back after a
 //! fault, and the canary user whose password must never reach a log.
 
-use std::process::Command;
-
 /// Runs `rabbitmqctl`; Err carries stderr.
 pub fn ctl(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("rabbitmqctl")
+    let out = crate::support::node::ctl_command()
         .args(args)
         .output()
         .map_err(|e| e.to_string())?;
@@ -25,14 +23,18 @@ pub fn restore_broker() {
     }
 }
 
-/// Restores the broker when dropped, on success and on panic alike.
-pub struct BrokerGuard;
+/// Switches the test to the suite's throwaway node (the faults stop, block and close it),
+/// and restores it when dropped, on success and on panic alike.
+pub struct BrokerGuard {
+    _node: crate::support::node::NodeGuard,
+}
 
 impl BrokerGuard {
     /// Restores first, in case an earlier run crashed mid-fault.
     pub fn new() -> Self {
+        let node = crate::support::node::use_throwaway_node();
         restore_broker();
-        Self
+        Self { _node: node }
     }
 }
 
