@@ -24,8 +24,8 @@ pub enum HandlerName {
     /// POST each event's envelope to --url with an idempotency key; map the answer with the
     /// error taxonomy. Bearer token from WARREN_HTTP_TOKEN.
     Http,
-    /// The momentum trader against the trading API at --api (needs --concurrency 1 and a
-    /// single-active-consumer queue).
+    /// The momentum trader against the trading API at --api, on a queue laned by pair (or a
+    /// single-active-consumer queue with --concurrency 1).
     Trader,
 }
 
@@ -40,7 +40,8 @@ pub struct WorkerArgs {
     /// Unacked deliveries per consumer [default: the queue's prefetch in the topology].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: Option<u16>,
-    /// Handlers running at once, across all queues [default: 16; 1 for the trader].
+    /// Handlers running at once, across the plain queues [default: 16; 1 for the trader]. A
+    /// laned queue runs one message per lane, its lanes in parallel, whatever this says.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: Option<u32>,
     /// The handler to run.
@@ -108,7 +109,14 @@ impl DownstreamArgs {
 
 pub(super) async fn worker_command(global: &GlobalArgs, args: WorkerArgs) -> Result<Outcome> {
     let handler = build_handler(&args)?;
+    let topology = args.topology.load()?;
+    // A laned queue orders each pair's ticks itself; a plain one only with one handler at once.
+    let all_laned = args
+        .queues
+        .iter()
+        .all(|q| topology.queue(q).is_ok_and(|s| s.lanes.is_some()));
     let concurrency = match (args.handler, args.concurrency) {
+        (HandlerName::Trader, n) if all_laned => n.unwrap_or(16),
         (HandlerName::Trader, Some(n)) if n > 1 => {
             return Err(Error::Usage(
                 "--handler trader decides ticks in delivery order: run it with --concurrency 1"
@@ -118,7 +126,6 @@ pub(super) async fn worker_command(global: &GlobalArgs, args: WorkerArgs) -> Res
         (HandlerName::Trader, _) => 1,
         (_, n) => n.unwrap_or(16),
     };
-    let topology = args.topology.load()?;
     if args.handler == HandlerName::Trader {
         warn_unfit_for_trading(&topology, &args.queues);
     }
@@ -147,11 +154,11 @@ pub(super) async fn worker_command(global: &GlobalArgs, args: WorkerArgs) -> Res
 /// The trader's state is per process: say so when a queue cannot keep ticks in order or stale.
 fn warn_unfit_for_trading(topology: &Topology, queues: &[String]) {
     for spec in queues.iter().filter_map(|q| topology.queue(q).ok()) {
-        if !spec.single_active_consumer {
-            tracing::warn!(queue = %spec.name, "Trading queue without single_active_consumer: several traders would split each pair's ticks.");
+        if spec.lanes.is_none() && !spec.single_active_consumer {
+            tracing::warn!(queue = %spec.name, "Trading queue neither laned nor single_active_consumer: several traders would split each pair's ticks.");
         }
-        if spec.message_ttl.is_none() {
-            tracing::warn!(queue = %spec.name, "Trading queue without message_ttl: stale ticks cannot be recognised.");
+        if spec.message_ttl.is_none() && !topology.is_live_only("market.tick") {
+            tracing::warn!(queue = %spec.name, "Ticks are not live-only (events.live_only) and the queue has no message_ttl: stale ticks cannot be recognised.");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The demo's workers: real `warren worker` child processes, each serving `/metrics` on a port
 //! it picks, found in its JSON log. Killed with SIGKILL and restarted to show recovery.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -26,6 +27,8 @@ struct Worker {
     log: PathBuf,
     /// Retries counted by this process at its last scrape (kept after it dies).
     retries: u64,
+    /// Acks per lane queue counted by this process at its last scrape (kept after it dies).
+    lane_acks: BTreeMap<String, u64>,
 }
 
 /// N workers started from the same arguments.
@@ -38,11 +41,13 @@ pub struct Fleet {
     workers: Vec<Worker>,
     /// Retries counted by processes that are gone.
     retries_of_dead: u64,
+    /// Lane acks counted by processes that are gone.
+    lane_acks_of_dead: BTreeMap<String, u64>,
     started: usize,
 }
 
 /// What a scrape of the fleet found.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct FleetSample {
     /// Handlers running now, all workers.
     pub in_flight: u64,
@@ -50,6 +55,8 @@ pub struct FleetSample {
     pub retries: u64,
     /// Workers answering `/readyz` with 200.
     pub ready: usize,
+    /// Deliveries acked per lane queue, all workers ever started.
+    pub lane_acks: BTreeMap<String, u64>,
 }
 
 impl Fleet {
@@ -67,6 +74,7 @@ impl Fleet {
                 .unwrap_or_default(),
             workers: vec![],
             retries_of_dead: 0,
+            lane_acks_of_dead: BTreeMap::new(),
             started: 0,
         }
     }
@@ -112,6 +120,7 @@ impl Fleet {
             metrics,
             log,
             retries: 0,
+            lane_acks: BTreeMap::new(),
         });
         Ok(())
     }
@@ -153,6 +162,7 @@ impl Fleet {
     pub async fn sample(&mut self) -> FleetSample {
         let mut s = FleetSample {
             retries: self.retries_of_dead,
+            lane_acks: self.lane_acks_of_dead.clone(),
             ..FleetSample::default()
         };
         for w in &mut self.workers {
@@ -166,8 +176,12 @@ impl Fleet {
                 let (in_flight, retries) = parse_metrics(&text);
                 s.in_flight += in_flight;
                 w.retries = retries;
+                w.lane_acks = lane_acks(&text);
             }
             s.retries += w.retries;
+            for (lane, n) in &w.lane_acks {
+                *s.lane_acks.entry(lane.clone()).or_default() += n;
+            }
         }
         s
     }
@@ -183,6 +197,9 @@ impl Fleet {
         let _ = victim.child.start_kill();
         let _ = victim.child.wait().await;
         self.retries_of_dead += victim.retries;
+        for (lane, n) in victim.lane_acks {
+            *self.lane_acks_of_dead.entry(lane).or_default() += n;
+        }
         tracing::info!(pid, log = %victim.log.display(), "Killed a worker with SIGKILL; starting a new one.");
         self.spawn().await
     }
@@ -241,6 +258,20 @@ fn metrics_addr(line: &str) -> Option<SocketAddr> {
     v.get("addr")?.as_str()?.parse().ok()
 }
 
+/// Acked deliveries per lane queue (`<queue>.lane.<i>`) from a worker's OpenMetrics text.
+fn lane_acks(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter(|l| l.starts_with("warren_worker_deliveries_total{") && l.contains("outcome=\"ack\""))
+        .filter_map(|l| {
+            let queue = l.split("queue=\"").nth(1)?.split('"').next()?;
+            queue.contains(".lane.").then(|| {
+                let n = l.rsplit(' ').next()?.parse::<f64>().ok()? as u64;
+                Some((queue.to_string(), n))
+            })?
+        })
+        .collect()
+}
+
 /// `(in_flight, retries)` from a worker's OpenMetrics text.
 fn parse_metrics(text: &str) -> (u64, u64) {
     let value = |line: &str| {
@@ -282,5 +313,12 @@ mod tests {
             warren_worker_deliveries_total{queue=\"b\",outcome=\"retry\"} 5\n\
             warren_worker_deliveries_total{queue=\"b\",outcome=\"ack\"} 50\n";
         assert_eq!(parse_metrics(text), (3, 7));
+        let lanes = "warren_worker_deliveries_total{queue=\"d.pf.trading.lane.3\",outcome=\"ack\"} 12\n\
+                     warren_worker_deliveries_total{queue=\"d.pf.trading.lane.3\",outcome=\"dead\"} 2\n\
+                     warren_worker_deliveries_total{queue=\"d.pf.jobs\",outcome=\"ack\"} 40\n";
+        assert_eq!(
+            lane_acks(lanes),
+            BTreeMap::from([("d.pf.trading.lane.3".to_string(), 12)])
+        );
     }
 }
