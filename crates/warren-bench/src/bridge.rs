@@ -319,7 +319,7 @@ fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// User + system CPU seconds of a process, from `/proc/<pid>/stat` (clock ticks of 10 ms).
-fn proc_cpu_secs(pid: u32) -> Option<f64> {
+pub(crate) fn proc_cpu_secs(pid: u32) -> Option<f64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
     let rest = &text[text.rfind(')')? + 2..];

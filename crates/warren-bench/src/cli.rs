@@ -4,6 +4,7 @@
 use clap::{Parser, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use crate::lanes::{LaneRouting, LanesSettings};
 use crate::{
     BenchOptions, BenchReport, PIPELINE_PREFETCH, QueueType, RunSpec, SATURATION_IN_FLIGHT,
     Scenario, Side,
@@ -29,7 +30,11 @@ pub enum ScenarioName {
     /// Every message fails, waits in a 100 ms retry tier, fails again and is dead-lettered
     /// (prefetch 100 unless --prefetch is given).
     Retry,
-    /// All of the above.
+    /// A laned queue (--lanes, 16) drained by 1, 2, 4 and 8 `warren worker` processes
+    /// (--workers) with the http handler against a downstream answering in 5 ms
+    /// (--downstream-latency); each worker count's rate and its ratio to one worker.
+    Lanes,
+    /// All of the above but lanes (which runs `warren worker` processes).
     All,
 }
 
@@ -75,9 +80,9 @@ pub struct BenchArgs {
     /// Queue type of the scenario's queues.
     #[arg(long, value_enum, default_value_t = QueueTypes::Classic)]
     pub queue_type: QueueTypes,
-    /// Messages per run.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub messages: u64,
+    /// Messages per run [default: 20000; 8000 for lanes].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub messages: Option<u64>,
     /// Message body size in bytes (an event envelope padded to this size; at least ~150).
     #[arg(long, default_value_t = 256)]
     pub size: usize,
@@ -103,6 +108,33 @@ pub struct BenchArgs {
     /// Rounds per scenario; figures are medians, ratios the median of per-round ratios.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub rounds: u64,
+    /// Lanes: worker processes per run, each compared with one worker (always run); repeat or
+    /// separate with commas.
+    #[arg(long, value_delimiter = ',', default_values_t = crate::lanes::WORKERS,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: Vec<u16>,
+    /// Lanes: lanes of the queue.
+    #[arg(long, default_value_t = crate::lanes::LANES,
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(warren::topology::lanes::MAX_LANES)))]
+    pub lanes: u16,
+    /// Lanes: pairs (values of the lane key, payload.pair) the events are spread over, evenly
+    /// over the lanes.
+    #[arg(long, default_value_t = crate::lanes::PAIRS, value_parser = clap::value_parser!(u16).range(1..))]
+    pub pairs: u16,
+    /// Lanes: the downstream's processing time per request.
+    #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
+    pub downstream_latency: std::time::Duration,
+    /// Lanes: --concurrency of each worker [default: the worker's own].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: Option<u32>,
+    /// Lanes: how events reach their lanes: through the events exchange and the lanes
+    /// exchange, as the bridge publishes, or straight to the lane queue their lane header
+    /// names.
+    #[arg(long, value_enum, default_value_t = LaneRouting::Exchange)]
+    pub lane_routing: LaneRouting,
+    /// Lanes: the `warren` binary the workers run [default: `warren` beside this program].
+    #[arg(long)]
+    pub warren: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputArg::Table)]
     pub output: OutputArg,
@@ -111,7 +143,13 @@ pub struct BenchArgs {
     pub child: Option<String>,
 }
 
-fn expand(names: &[ScenarioName], prefetches: &[u16], in_flight: &[u64]) -> Vec<Scenario> {
+fn expand(
+    names: &[ScenarioName],
+    prefetches: &[u16],
+    in_flight: &[u64],
+    workers: &[u16],
+    lanes: u16,
+) -> Vec<Scenario> {
     let all = names.contains(&ScenarioName::All);
     let has = |n: ScenarioName| all || names.contains(&n);
     let mut out = Vec::new();
@@ -151,6 +189,20 @@ fn expand(names: &[ScenarioName], prefetches: &[u16], in_flight: &[u64]) -> Vec<
             prefetch_or(&[PIPELINE_PREFETCH])
                 .into_iter()
                 .map(|prefetch| Scenario::Retry { prefetch }),
+        );
+    }
+    // Not part of `all`: it needs the `warren` binary and runs worker processes.
+    if names.contains(&ScenarioName::Lanes) {
+        let mut counts = vec![1];
+        for &w in workers {
+            if !counts.contains(&w) {
+                counts.push(w);
+            }
+        }
+        out.extend(
+            counts
+                .into_iter()
+                .map(|workers| Scenario::Lanes { workers, lanes }),
         );
     }
     out
@@ -195,18 +247,40 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
             args.peer.display()
         )));
     }
+    let scenarios = expand(
+        &args.scenarios,
+        &args.prefetch,
+        &args.max_in_flight,
+        &args.workers,
+        args.lanes,
+    );
+    let lanes = if scenarios
+        .iter()
+        .any(|s| matches!(s, Scenario::Lanes { .. }))
+    {
+        Some(LanesSettings {
+            warren_exe: crate::lanes::find_warren(args.warren.as_deref())?,
+            events: args.messages.unwrap_or(crate::lanes::EVENTS),
+            pairs: args.pairs,
+            latency: args.downstream_latency,
+            concurrency: args.concurrency,
+            routing: args.lane_routing,
+        })
+    } else {
+        None
+    };
     let opts = BenchOptions {
         url,
         amqp_url: args.amqp_url.clone(),
         exe: std::env::current_exe()
             .map_err(|e| Error::Other(format!("bench: cannot find its own binary: {e}")))?,
-        scenarios: expand(&args.scenarios, &args.prefetch, &args.max_in_flight),
+        scenarios,
         queue_types: match args.queue_type {
             QueueTypes::Classic => vec![QueueType::Classic],
             QueueTypes::Quorum => vec![QueueType::Quorum],
             QueueTypes::Both => vec![QueueType::Classic, QueueType::Quorum],
         },
-        messages: args.messages,
+        messages: args.messages.unwrap_or(20_000),
         size: args.size,
         sides,
         rounds: args.rounds as usize,
@@ -217,6 +291,7 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
             .unwrap_or(SATURATION_IN_FLIGHT),
         peer: args.peer.clone(),
         stop: on_ctrl_c(),
+        lanes,
     };
     let report = crate::run(&opts).await?;
     let mut out = Output::stdout();
@@ -284,10 +359,11 @@ fn render(report: &BenchReport) -> String {
                 queue: row.queue_type.as_str(),
                 side,
                 rate: format!("{:.0}", s.msgs_per_sec),
-                latency: match (s.latency, s.settle_ms) {
-                    (Some(l), _) => format!("{}/{}/{}", l.p50_us, l.p99_us, l.max_us),
-                    (None, Some(ms)) => format!("settle {ms:.1} ms"),
-                    (None, None) => "-".into(),
+                latency: match (s.latency, s.settle_ms, &row.lanes) {
+                    (Some(l), _, _) => format!("{}/{}/{}", l.p50_us, l.p99_us, l.max_us),
+                    (None, Some(ms), _) => format!("settle {ms:.1} ms"),
+                    (None, None, Some(l)) => format!("converged in {:.1} s", l.convergence_secs),
+                    (None, None, None) => "-".into(),
                 },
                 cpu: format!("{:.1}", s.cpu_us_per_msg),
                 rss: format!("{:.1}", s.peak_rss_kib as f64 / 1024.0),
@@ -296,6 +372,7 @@ fn render(report: &BenchReport) -> String {
         for (side, r) in [
             ("warren÷raw", &row.ratios),
             ("warren÷aio-pika", &row.peer_ratios),
+            ("÷1 worker", &row.scaling),
         ] {
             let Some(r) = r else { continue };
             lines.push(Line {
@@ -316,13 +393,46 @@ fn render(report: &BenchReport) -> String {
             });
         }
     }
-    format!(
-        "{}\n{} messages of {} bytes per run, {} round(s); figures are medians.",
-        output::table(lines),
-        report.messages,
-        report.size,
-        report.rounds
-    )
+    let mut notes = Vec::new();
+    if report.rows.iter().any(|r| r.lanes.is_none()) {
+        notes.push(format!(
+            "{} messages of {} bytes per run, {} round(s); figures are medians.",
+            report.messages, report.size, report.rounds
+        ));
+    }
+    if let Some(l) = report.rows.iter().find_map(|r| r.lanes.as_ref()) {
+        let busy: Vec<String> = report
+            .rows
+            .iter()
+            .filter_map(|r| r.lanes.as_ref())
+            .map(|l| format!("{}: {:.0}%", l.workers, l.machine_busy_pct))
+            .collect();
+        notes.push(format!(
+            "lanes: a quorum queue of {} lanes keyed by payload.pair, {} pairs spread evenly, {} \
+             events per run published {}, a downstream answering in {} ms; {} round(s), worker \
+             counts interleaved; figures are medians, ratios the median of per-round ratios.\n\
+             Each worker: {}. A worker runs every lane it owns at once, one message at a time \
+             each, so {} lanes ÷ {} ms = {:.0} msg/s is the queue's ceiling at any worker count.\n\
+             Timed from convergence (every worker owning its share of the lanes) to the last \
+             effect; CPU is all the workers' per message, RSS the largest worker's. Machine \
+             busy while timed, by workers: {}.",
+            l.lanes,
+            l.pairs,
+            l.events,
+            match l.routing {
+                LaneRouting::Exchange => "through the events exchange",
+                LaneRouting::Direct => "straight to their lane queues (--lane-routing direct)",
+            },
+            l.downstream_latency_ms,
+            report.rounds,
+            l.worker_args,
+            l.lanes,
+            l.downstream_latency_ms,
+            l.lane_ceiling_msgs_per_sec,
+            busy.join(", ")
+        ));
+    }
+    format!("{}\n{}", output::table(lines), notes.join("\n"))
 }
 
 #[cfg(test)]
@@ -333,13 +443,13 @@ mod tests {
     fn prefetch_applies_to_consume_and_retry_and_each_has_its_own_default() {
         use ScenarioName::{Consume, Retry};
         assert_eq!(
-            expand(&[Retry], &[], &[]),
+            expand(&[Retry], &[], &[], &[], 16),
             [Scenario::Retry {
                 prefetch: PIPELINE_PREFETCH
             }]
         );
         assert_eq!(
-            expand(&[Consume, Retry], &[10, 1000], &[]),
+            expand(&[Consume, Retry], &[10, 1000], &[], &[], 16),
             [
                 Scenario::Consume { prefetch: 10 },
                 Scenario::Consume { prefetch: 1000 },
@@ -347,13 +457,32 @@ mod tests {
                 Scenario::Retry { prefetch: 1000 },
             ]
         );
-        assert_eq!(expand(&[Consume], &[], &[]).len(), 4);
+        assert_eq!(expand(&[Consume], &[], &[], &[], 16).len(), 4);
+    }
+
+    #[test]
+    fn lanes_always_run_one_worker_first_and_are_not_in_all() {
+        let lanes = |workers: u16| Scenario::Lanes { workers, lanes: 16 };
+        assert_eq!(
+            expand(&[ScenarioName::Lanes], &[], &[], &[4, 2, 4], 16),
+            [lanes(1), lanes(4), lanes(2)]
+        );
+        assert_eq!(
+            expand(&[ScenarioName::Lanes], &[], &[], &[1, 2, 4, 8], 16),
+            [lanes(1), lanes(2), lanes(4), lanes(8)]
+        );
+        assert!(
+            expand(&[ScenarioName::All], &[], &[1000], &[1, 2], 16)
+                .iter()
+                .all(|s| !matches!(s, Scenario::Lanes { .. }))
+        );
+        assert_eq!(lanes(4).label(), "lanes=16, 4 workers");
     }
 
     #[test]
     fn saturation_runs_once_per_in_flight_bound() {
         assert_eq!(
-            expand(&[ScenarioName::Saturation], &[], &[1000, 0]),
+            expand(&[ScenarioName::Saturation], &[], &[1000, 0], &[], 16),
             [
                 Scenario::Saturation {
                     max_in_flight: 1000

@@ -12,10 +12,13 @@
 //! - [`stats`]: percentiles, CPU time, peak RSS.
 //! - [`run`]: the orchestration and the report.
 //! - [`bridge`]: sim → bridge process → broker against a raw publisher, and the bridge's RSS.
+//! - [`lanes`]: a laned queue drained by 1, 2, 4, 8… `warren worker` processes, run by the
+//!   parent itself.
 //! - [`cli`]: the `warren-bench` command line.
 
 pub mod bridge;
 pub mod cli;
+pub mod lanes;
 mod parent;
 pub mod raw;
 pub mod scenarios;
@@ -104,6 +107,15 @@ pub enum Scenario {
         /// Per-consumer prefetch: how many deliveries may wait for their republish's confirm.
         prefetch: u16,
     },
+    /// A laned queue drained by `workers` `warren worker` processes with the `http` handler
+    /// against a downstream with a fixed latency (see [`lanes`]); run by the parent, which
+    /// compares it with one worker in the same rounds.
+    Lanes {
+        /// Worker processes.
+        workers: u16,
+        /// Lanes of the queue.
+        lanes: u16,
+    },
 }
 
 /// The saturation scenario's default bound on messages published and not yet handled: ten
@@ -128,6 +140,8 @@ impl Scenario {
             Scenario::EndToEnd => "e2e bridge+worker".into(),
             Scenario::Latency { percent } => format!("latency at {percent}%"),
             Scenario::Retry { prefetch } => format!("retry+dead-letter prefetch={prefetch}"),
+            Scenario::Lanes { workers: 1, lanes } => format!("lanes={lanes}, 1 worker"),
+            Scenario::Lanes { workers, lanes } => format!("lanes={lanes}, {workers} workers"),
         }
     }
 
@@ -151,7 +165,7 @@ impl Scenario {
     /// `message.process(requeue=True)`, a requeue loop with no retry tiers, so it has no retry
     /// scenario to compare.
     pub fn peer_applies(&self) -> bool {
-        !matches!(self, Scenario::Retry { .. })
+        !matches!(self, Scenario::Retry { .. } | Scenario::Lanes { .. })
     }
 
     /// True when per-message latency means something here (a backlog's wait does not).
@@ -240,6 +254,10 @@ pub struct SideResult {
     /// The run's topology prefix (set by the parent, which deleted everything under it).
     #[serde(default)]
     pub prefix: String,
+    /// The lanes scenario's own figures: convergence, what was left out of the timing, the
+    /// machine's load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lanes: Option<lanes::LaneRun>,
 }
 
 /// The body of a bench message: an envelope with a send stamp, padded to about `size` bytes.
@@ -418,12 +436,18 @@ impl Tally {
                 n => Some(n),
             },
             prefix: String::new(),
+            lanes: None,
         }
     }
 }
 
 /// The time limit of one measured run.
 pub const RUN_LIMIT: Duration = Duration::from_secs(600);
+
+/// The lanes scenario has no child side: the parent runs its worker processes.
+pub(crate) fn lanes_in_parent() -> Error {
+    Error::Usage("bench --child: the lanes scenario runs `warren worker` processes from the parent, not in a child".into())
+}
 
 /// Runs one side of one scenario in this process (the `--child` mode) and returns its figures.
 pub async fn run_child(spec: &RunSpec, url: &warren::amqp::AmqpUrl) -> Result<SideResult, Error> {

@@ -20,6 +20,8 @@ use warren::error::Error;
 use warren::topology::{self, Topology};
 use warren_sim::upstream::{self, UpstreamSettings};
 
+use crate::lanes::{LaneBench, LanesSettings};
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -49,6 +51,8 @@ pub struct BenchOptions {
     /// Cancelled on SIGINT/SIGTERM: the run in progress stops, its topology is deleted, and
     /// the bench fails.
     pub stop: CancellationToken,
+    /// The lanes scenario's settings; needed when `scenarios` has a lanes entry.
+    pub lanes: Option<LanesSettings>,
 }
 
 /// One side's figures over the rounds: medians, and the largest peak RSS.
@@ -110,6 +114,38 @@ pub struct Row {
     pub ratios: Option<Ratios>,
     /// warren ÷ the aio-pika peer.
     pub peer_ratios: Option<Ratios>,
+    /// Lanes: this many workers ÷ one worker, round by round (CPU: all the workers' together
+    /// per message; RSS: the largest worker's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<Ratios>,
+    /// Lanes: how the runs were made, and their convergence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lanes: Option<LanesRow>,
+}
+
+/// How a lanes row was measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct LanesRow {
+    /// Worker processes.
+    pub workers: u16,
+    /// Lanes of the queue.
+    pub lanes: u16,
+    /// Pairs (lane key values), spread evenly over the lanes.
+    pub pairs: u16,
+    /// Events per run.
+    pub events: u64,
+    /// The downstream's processing time per request, ms.
+    pub downstream_latency_ms: f64,
+    /// How the events reached their lanes.
+    pub routing: crate::lanes::LaneRouting,
+    /// The flags every worker ran with.
+    pub worker_args: String,
+    /// lanes ÷ latency: the most the queue can drain with every lane always busy.
+    pub lane_ceiling_msgs_per_sec: f64,
+    /// Seconds from starting the workers until each owned its share of the lanes, median.
+    pub convergence_secs: f64,
+    /// Busy share of the machine's CPUs while timed, percent, median.
+    pub machine_busy_pct: f64,
 }
 
 /// The whole run.
@@ -127,13 +163,20 @@ pub struct BenchReport {
 
 /// Runs every scenario on every queue type, `rounds` times with the sides interleaved.
 pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Error> {
-    let total =
-        (opts.scenarios.len() * opts.queue_types.len() * opts.rounds * opts.sides.len()) as u64;
+    let (laned, plain): (Vec<Scenario>, Vec<Scenario>) = opts
+        .scenarios
+        .iter()
+        .partition(|s| matches!(s, Scenario::Lanes { .. }));
+    let total = (plain.len() * opts.queue_types.len() * opts.rounds * opts.sides.len()
+        + laned.len() * opts.rounds) as u64;
     let bar = progress(total);
     let mut rows = Vec::new();
     for &qt in &opts.queue_types {
+        if plain.is_empty() {
+            break;
+        }
         let mut ceiling: Option<f64> = None;
-        for &scenario in &opts.scenarios {
+        for &scenario in &plain {
             let rate = match scenario {
                 Scenario::Latency { percent } => {
                     if ceiling.is_none() {
@@ -187,6 +230,9 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, Error> {
             rows.push(row(scenario, qt, rate, runs));
         }
     }
+    if !laned.is_empty() {
+        rows.extend(run_lanes(opts, &laned, &bar, total).await?);
+    }
     bar.finish_and_clear();
     Ok(BenchReport {
         messages: opts.messages,
@@ -225,7 +271,114 @@ fn row(scenario: Scenario, qt: QueueType, rate: Option<f64>, runs: Vec<(Side, Si
         warren: summarize(w),
         raw: summarize(r),
         peer: summarize(p),
+        scaling: None,
+        lanes: None,
     }
+}
+
+/// The lanes scenario: one laned topology, rounds that run each worker count in turn (1, 2,
+/// 4, 8, 1, 2, 4, 8…), a row per worker count with its ratio to one worker.
+async fn run_lanes(
+    opts: &BenchOptions,
+    scenarios: &[Scenario],
+    bar: &ProgressBar,
+    total: u64,
+) -> Result<Vec<Row>, Error> {
+    let settings = opts
+        .lanes
+        .as_ref()
+        .ok_or_else(|| Error::Usage("bench: the lanes scenario needs its settings".into()))?;
+    let Some(&Scenario::Lanes { lanes, .. }) = scenarios.first() else {
+        return Ok(Vec::new());
+    };
+    if opts.stop.is_cancelled() {
+        return Err(Error::Other("bench: interrupted".into()));
+    }
+    let bench = LaneBench::open(&opts.url, lanes, settings.pairs).await?;
+    let mut runs: Vec<Vec<SideResult>> = vec![Vec::new(); scenarios.len()];
+    let outcome: Result<(), Error> = async {
+        for _ in 0..opts.rounds {
+            for (i, &scenario) in scenarios.iter().enumerate() {
+                let Scenario::Lanes { workers, .. } = scenario else {
+                    continue;
+                };
+                bar.set_message(scenario.label());
+                let run = || bench.run(&opts.amqp_url, settings, workers, &opts.stop);
+                let r = match run().await {
+                    // As elsewhere: one failed run costs that run, not the report.
+                    Err(error) if !opts.stop.is_cancelled() => {
+                        tracing::warn!(%error, "Lanes run failed; running it again.");
+                        run().await?
+                    }
+                    r => r?,
+                };
+                bar.inc(1);
+                if bar.is_hidden() {
+                    tracing::info!(
+                        run = bar.position(),
+                        of = total,
+                        scenario = %scenario.label(),
+                        msgs_per_sec = r.msgs_per_sec.round(),
+                        convergence_secs = r.lanes.as_ref().map(|l| l.convergence_secs),
+                        "Run finished."
+                    );
+                }
+                runs[i].push(r);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    bench.close().await;
+    outcome?;
+    let one = scenarios
+        .iter()
+        .position(|s| matches!(s, Scenario::Lanes { workers: 1, .. }))
+        .map(|i| runs[i].clone())
+        .unwrap_or_default();
+    Ok(scenarios
+        .iter()
+        .zip(runs)
+        .map(|(&scenario, runs)| {
+            let workers = match scenario {
+                Scenario::Lanes { workers, .. } => workers,
+                _ => 0,
+            };
+            let lane_med = |f: &dyn Fn(&crate::lanes::LaneRun) -> f64| {
+                median(
+                    &mut runs
+                        .iter()
+                        .filter_map(|r| r.lanes.as_ref().map(f))
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let detail = LanesRow {
+                workers,
+                lanes,
+                pairs: settings.pairs,
+                events: settings.events,
+                downstream_latency_ms: settings.latency.as_secs_f64() * 1000.0,
+                routing: settings.routing,
+                worker_args: settings.worker_args(),
+                lane_ceiling_msgs_per_sec: settings.ceiling(lanes),
+                convergence_secs: lane_med(&|l| l.convergence_secs),
+                machine_busy_pct: lane_med(&|l| l.machine_busy_pct),
+            };
+            Row {
+                scenario: scenario.label(),
+                params: scenario,
+                queue_type: QueueType::Quorum,
+                offered_rate: None,
+                scaling: ratios(&runs, &one),
+                warren: summarize(runs),
+                raw: None,
+                peer: None,
+                ratios: None,
+                peer_ratios: None,
+                lanes: Some(detail),
+            }
+        })
+        .collect())
 }
 
 /// `a ÷ b` round by round (the sides ran interleaved, so index `i` is round `i` of both).

@@ -159,6 +159,7 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
             close(&driver).await;
             waited.map(|()| tally.result(Side::Raw, cpu_before))
         }
+        Scenario::Lanes { .. } => Err(crate::lanes_in_parent()),
     };
     close(&conn).await;
     outcome

@@ -112,6 +112,7 @@ pub async fn run(spec: &RunSpec, url: &AmqpUrl) -> Result<SideResult, Error> {
             Ok(tally.result(Side::Warren, cpu_before))
         }
         Scenario::EndToEnd => end_to_end(spec, url, &t, tally, cpu_before).await,
+        Scenario::Lanes { .. } => Err(crate::lanes_in_parent()),
     }
 }
 
