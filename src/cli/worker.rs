@@ -40,8 +40,9 @@ pub struct WorkerArgs {
     /// Unacked deliveries per consumer [default: the queue's prefetch in the topology].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: Option<u16>,
-    /// Handlers running at once, across the plain queues [default: 16; 1 for the trader]. A
-    /// laned queue runs one message per lane, its lanes in parallel, whatever this says.
+    /// Handlers running at once, across all queues and lanes [default: 16; 1 for the trader on
+    /// a plain queue]. A lane runs one message at a time; a worker owning more lanes than this
+    /// runs them in turn.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: Option<u32>,
     /// The handler to run.

@@ -261,7 +261,9 @@ fn metrics_addr(line: &str) -> Option<SocketAddr> {
 /// Acked deliveries per lane queue (`<queue>.lane.<i>`) from a worker's OpenMetrics text.
 fn lane_acks(text: &str) -> BTreeMap<String, u64> {
     text.lines()
-        .filter(|l| l.starts_with("warren_worker_deliveries_total{") && l.contains("outcome=\"ack\""))
+        .filter(|l| {
+            l.starts_with("warren_worker_deliveries_total{") && l.contains("outcome=\"ack\"")
+        })
         .filter_map(|l| {
             let queue = l.split("queue=\"").nth(1)?.split('"').next()?;
             queue.contains(".lane.").then(|| {

@@ -17,7 +17,8 @@
 //! the key its predecessor would have used, and a fresh worker fed the whole stream again
 //! decides exactly the first worker's trades, every one a replay.
 //!
-//! A tick older than the queue's `message_ttl` (by `payload.timestamp_ms`) is dead-lettered as
+//! A tick older than its time to live (the queue's `message_ttl`, else `events.live_ttl`; by
+//! `payload.timestamp_ms`) is dead-lettered as
 //! permanent ("stale"), as the worker does for an event whose envelope `ts` is that old: never
 //! traded on, never dropped unseen.
 
@@ -318,7 +319,7 @@ impl Handler for TraderHandler {
                 // Never traded on, and not windowed: dead-lettered like an event whose `ts` is
                 // that old (the worker's own check), so every stale tick is accounted for.
                 return Err(HandlerError::permanent(format!(
-                    "stale: the tick was observed {} ago, longer than the queue's message_ttl of {}",
+                    "stale: the tick was observed {} ago, longer than its time to live of {}",
                     humantime::format_duration(Duration::from_millis(age / 1000 * 1000)),
                     humantime::format_duration(ttl)
                 )));

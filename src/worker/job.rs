@@ -28,6 +28,28 @@ pub(super) struct Job<H> {
     pub handler_timeout: Duration,
     pub hard_stop: CancellationToken,
     pub in_flight: Arc<InFlight>,
+    /// The topology's live-only event types and their TTL.
+    pub live: Arc<LiveOnly>,
+}
+
+/// Event types that expire on their own, and after how long: on a queue without a
+/// `message_ttl`, such an event older than its TTL is stale all the same.
+#[derive(Debug, Default)]
+pub(super) struct LiveOnly {
+    pub types: std::collections::BTreeSet<String>,
+    pub ttl: Option<Duration>,
+}
+
+impl LiveOnly {
+    /// The age past which `event_type` is stale on `spec`: the queue's TTL, else the event's.
+    pub fn ttl(&self, spec: &QueueSpec, event_type: &str) -> Option<Duration> {
+        spec.message_ttl.or_else(|| {
+            self.types
+                .contains(event_type)
+                .then_some(self.ttl)
+                .flatten()
+        })
+    }
 }
 
 impl<H> Clone for Job<H> {
@@ -41,6 +63,7 @@ impl<H> Clone for Job<H> {
             handler_timeout: self.handler_timeout,
             hard_stop: self.hard_stop.clone(),
             in_flight: self.in_flight.clone(),
+            live: self.live.clone(),
         }
     }
 }
@@ -96,14 +119,14 @@ impl<H: Handler> Job<H> {
             }
         };
         let now = now_ms();
-        if let Some(ttl) = self.spec.message_ttl {
+        if let Some(ttl) = self.live.ttl(&self.spec, &event.event_type) {
             // A live-only event back from a retry tier has a fresh TTL clock; its age does not.
             let age = now.saturating_sub(event.ts);
             if age > ttl.as_millis() as u64 {
                 return Disposition::DeadLetter {
                     kind: ErrorKind::Permanent,
                     reason: format!(
-                        "stale: the event is {} old, older than the queue's message_ttl of {}",
+                        "stale: the event is {} old, older than its time to live of {}",
                         humantime::format_duration(Duration::from_millis(age / 1000 * 1000)),
                         humantime::format_duration(ttl)
                     ),
@@ -136,7 +159,7 @@ impl<H: Handler> Job<H> {
                 .into_iter()
                 .next()
                 .map(|d| d.queue),
-            message_ttl: self.spec.message_ttl,
+            message_ttl: self.live.ttl(&self.spec, &event.event_type),
             lane_generation: None,
         };
         call_handler(

@@ -47,7 +47,7 @@ pub struct WorkerSettings {
     pub queues: Vec<String>,
     /// Per-consumer prefetch; `None` uses each queue's `prefetch` from the topology.
     pub prefetch: Option<u16>,
-    /// Handlers running at once, across all queues.
+    /// Handlers running at once, across all queues and lanes.
     pub concurrency: usize,
     /// How long in-flight handlers may run after a shutdown signal.
     pub drain_timeout: Duration,
@@ -79,6 +79,11 @@ pub async fn run<H: Handler>(
         specs,
         metrics,
         dead_letter_exchange: Arc::from(settings.topology.dead_letter_exchange.as_str()),
+        permits: Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1))),
+        live: Arc::new(job::LiveOnly {
+            types: settings.topology.live_only.clone(),
+            ttl: settings.topology.live_ttl,
+        }),
         settings,
         shutdown,
     };
@@ -223,6 +228,10 @@ pub(crate) struct Worker<H> {
     queue_metrics: Vec<QueueMetrics>,
     metrics: Arc<WorkerMetrics>,
     dead_letter_exchange: Arc<str>,
+    /// `--concurrency`: handlers running at once, across every queue and lane.
+    permits: Arc<tokio::sync::Semaphore>,
+    /// Live-only event types and their TTL, for stale checks.
+    live: Arc<job::LiveOnly>,
     settings: WorkerSettings,
     shutdown: CancellationToken,
 }

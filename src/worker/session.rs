@@ -89,7 +89,7 @@ impl<'w, H: Handler> Session<'w, H> {
             streams: SelectAll::new(),
             resubscribes: FuturesUnordered::new(),
             tracker: TaskTracker::new(),
-            permits: Arc::new(Semaphore::new(w.settings.concurrency.max(1))),
+            permits: w.permits.clone(),
             hard_stop: CancellationToken::new(),
             in_flight: Arc::new(InFlight::default()),
         };
@@ -127,6 +127,7 @@ impl<'w, H: Handler> Session<'w, H> {
             handler_timeout: self.w.settings.handler_timeout,
             hard_stop: self.hard_stop.clone(),
             in_flight: self.in_flight.clone(),
+            live: self.w.live.clone(),
         }
     }
 

@@ -30,7 +30,7 @@ use warren::amqp::{self, AmqpUrl, ConfirmWindow, Message, Publisher};
 use warren::bridge::route;
 use warren::envelope::Envelope;
 use warren::error::Error;
-use warren::topology::lanes::{assign, lane_of, lane_queue};
+use warren::topology::lanes::{lane_of, lane_queue};
 use warren::topology::{self, Topology};
 use warren_sim::api::{self, ApiSettings};
 
@@ -419,9 +419,9 @@ impl LaneBench {
         fleet: &mut Fleet,
     ) -> Result<Measured, Error> {
         let target = settings.events;
-        let mut expected: Vec<usize> = (0..usize::from(workers))
-            .map(|i| assign(self.lanes, usize::from(workers), i).len())
-            .collect();
+        // ⌊N/W⌋ or ⌈N/W⌉ lanes each: N mod W of them own one more.
+        let (n, w) = (usize::from(self.lanes), usize::from(workers));
+        let mut expected: Vec<usize> = (0..w).map(|i| n / w + usize::from(i < n % w)).collect();
         expected.sort_unstable();
         let mut converged: Option<(Instant, u64, CpuTimes)> = None;
         let mut first: Option<(Instant, u64, CpuTimes)> = None;

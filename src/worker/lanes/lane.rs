@@ -5,16 +5,16 @@
 //! down, lets the message in hand finish, then closes the channel: the broker puts back what
 //! was not started, in order, ahead of the lane's later messages, for the next owner.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::super::decide::{Disposition, decide};
 use super::super::handler::{Context, Handler, HandlerError};
-use super::super::job::{call_handler, now_ms};
+use super::super::job::{LiveOnly, call_handler, now_ms};
 use super::super::metrics::QueueMetrics;
 use super::super::settle::settle;
 use crate::amqp::{self, BatchPublisher, Channel, ErrorKind, Inbound, hdr};
@@ -29,10 +29,12 @@ pub(super) struct LaneShared<H> {
     pub dead_letter_exchange: Arc<str>,
     pub handler_timeout: Duration,
     /// Live-only event types and their TTL: the age past which a handler sees them as stale.
-    pub live_only: BTreeSet<String>,
-    pub live_ttl: Option<Duration>,
+    pub live: Arc<LiveOnly>,
     /// Cancelled at the drain deadline: handlers still running are abandoned.
     pub hard_stop: CancellationToken,
+    /// The worker's `--concurrency`, shared with its other queues: a lane waits for a permit
+    /// before each handler call, so a worker that owns more lanes than that runs them in turn.
+    pub permits: Arc<Semaphore>,
 }
 
 /// Why a lane's task ended.
@@ -112,13 +114,7 @@ async fn handle<H: Handler>(
             return true;
         }
     };
-    let message_ttl = spec.message_ttl.or_else(|| {
-        shared
-            .live_only
-            .contains(&event.event_type)
-            .then_some(shared.live_ttl)
-            .flatten()
-    });
+    let message_ttl = shared.live.ttl(spec, &event.event_type);
     loop {
         let ctx = Context {
             queue: spec.name.clone(),
@@ -127,6 +123,13 @@ async fn handle<H: Handler>(
             returned_from: None,
             message_ttl,
             lane_generation: Some(generation),
+        };
+        let permit = tokio::select! {
+            p = shared.permits.clone().acquire_owned() => p.ok(),
+            _ = release.cancelled() => None,
+        };
+        let Some(held) = permit else {
+            return false;
         };
         let Some(result) = call_handler(
             &*shared.handler,
@@ -140,6 +143,7 @@ async fn handle<H: Handler>(
         else {
             return false;
         };
+        drop(held);
         let wait = match decide(&result, attempt, spec, now_ms()) {
             Disposition::Retry {
                 delay,

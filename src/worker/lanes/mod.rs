@@ -91,9 +91,9 @@ async fn run_session<H: Handler>(
         publisher: BatchPublisher::open(publish_conn, 1).await?,
         dead_letter_exchange: w.dead_letter_exchange.clone(),
         handler_timeout: w.settings.handler_timeout,
-        live_only: w.settings.topology.live_only.clone(),
-        live_ttl: w.settings.topology.live_ttl,
+        live: w.live.clone(),
         hard_stop: CancellationToken::new(),
+        permits: w.permits.clone(),
     });
     let mut roster = Roster::new(me);
     let mut owned: BTreeMap<u16, Owned> = BTreeMap::new();

@@ -20,6 +20,10 @@ pub const DLQ_TOPOLOGY: &str = r#"
 events = "ev"
 dead_letter = "ev.dlx"
 
+[events]
+live_only = ["live.tick"]
+live_ttl = "200ms"
+
 [defaults]
 queue_type = "quorum"
 prefetch = 50
@@ -34,7 +38,7 @@ bind = ["test.#"]
 
 [[queues]]
 name = "live"
-bind = ["live.#"]
+bind = ["live.tick"]
 message_ttl = "200ms"
 "#;
 

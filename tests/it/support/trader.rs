@@ -11,6 +11,10 @@ pub const TOPOLOGY: &str = r#"
 events = "ev"
 dead_letter = "ev.dlx"
 
+[events]
+live_only = ["market.tick"]
+live_ttl = "5m"
+
 [defaults]
 queue_type = "quorum"
 prefetch = 50
@@ -22,7 +26,6 @@ expires = "10m"
 [[queues]]
 name = "trading"
 bind = ["market.tick", "wallet.*", "escrow.released"]
-message_ttl = "5m"
 single_active_consumer = true
 "#;
 

@@ -72,7 +72,7 @@ async fn stale_ticks_are_dead_lettered_never_traded_on() {
             let (kind, reason) = dead.get(id).expect("dead-lettered");
             assert_eq!(kind, "permanent");
             assert!(reason.starts_with(says), "{reason}");
-            assert!(reason.contains("message_ttl of 5m"), "{reason}");
+            assert!(reason.contains("time to live of 5m"), "{reason}");
         }
     }
     // The same climb, fresh: traded. The stale ticks were never windowed, so it takes a full
