@@ -35,8 +35,14 @@ use crate::topology::lanes::{assign, roster_exchange};
 pub(super) async fn run<H: Handler>(w: &Worker<H>, spec: Arc<QueueSpec>) -> Result<(), Error> {
     let me = format!("{}:{}", amqp::identity(), ulid::Ulid::generate());
     let mut backoff = Backoff::reconnect();
+    // Kept across reconnects: a worker back after a dropped connection knows the fleet
+    // already and takes its lanes at once, instead of listening first.
+    let mut roster = Roster::new(me.clone());
+    let mut listen_first = true;
     loop {
-        match session(w, &spec, &me).await {
+        let result = session(w, &spec, &mut roster, listen_first, &mut backoff).await;
+        listen_first = false;
+        match result {
             Ok(()) => return Ok(()),
             Err(error) if w.shutdown.is_cancelled() => {
                 tracing::warn!(queue = %spec.name, %error, "Broker error during shutdown.");
@@ -60,7 +66,13 @@ struct Owned {
 }
 
 /// One connection's worth of lane work: the roster, and a task per owned lane.
-async fn session<H: Handler>(w: &Worker<H>, spec: &Arc<QueueSpec>, me: &str) -> Result<(), Error> {
+async fn session<H: Handler>(
+    w: &Worker<H>,
+    spec: &Arc<QueueSpec>,
+    roster: &mut Roster,
+    listen_first: bool,
+    backoff: &mut Backoff,
+) -> Result<(), Error> {
     let lanes = spec
         .lanes
         .as_ref()
@@ -68,7 +80,9 @@ async fn session<H: Handler>(w: &Worker<H>, spec: &Arc<QueueSpec>, me: &str) -> 
         .ok_or_else(|| Error::Usage(format!("queue '{}' has no lanes", spec.name)))?;
     let conn = amqp::connect(&w.settings.url, "worker", "lanes").await?;
     let publish_conn = amqp::connect(&w.settings.url, "worker", "lanes-publish").await?;
-    let result = run_session(w, spec, me, lanes, &conn, &publish_conn).await;
+    // A session that stays up long enough resets the backoff: the next loss reconnects fast.
+    backoff.connected();
+    let result = run_session(w, spec, roster, listen_first, lanes, &conn, &publish_conn).await;
     amqp::close(&conn).await;
     amqp::close(&publish_conn).await;
     result
@@ -77,7 +91,8 @@ async fn session<H: Handler>(w: &Worker<H>, spec: &Arc<QueueSpec>, me: &str) -> 
 async fn run_session<H: Handler>(
     w: &Worker<H>,
     spec: &Arc<QueueSpec>,
-    me: &str,
+    roster: &mut Roster,
+    listen_first: bool,
     lanes: u16,
     conn: &Connection,
     publish_conn: &Connection,
@@ -95,7 +110,8 @@ async fn run_session<H: Handler>(
         hard_stop: CancellationToken::new(),
         permits: w.permits.clone(),
     });
-    let mut roster = Roster::new(me);
+    let me = roster.me().to_string();
+    let me = me.as_str();
     let mut owned: BTreeMap<u16, Owned> = BTreeMap::new();
     let mut tasks: JoinSet<(u16, Result<LaneEnd, Error>)> = JoinSet::new();
     let mut last_members: Vec<String> = Vec::new();
@@ -143,7 +159,7 @@ async fn run_session<H: Handler>(
                 continue;
             }
         }
-        if started.elapsed() < LISTEN_FIRST {
+        if listen_first && started.elapsed() < LISTEN_FIRST {
             continue;
         }
         let (members, place) = roster.members(Instant::now());
