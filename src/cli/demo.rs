@@ -105,6 +105,31 @@ struct Row {
     value: String,
 }
 
+/// `pf.trading 0:120 1:98 …`: acks per lane, grouped by laned queue; `-` without lanes.
+fn lanes_cell(lanes: &std::collections::BTreeMap<String, u64>, prefix: &str) -> String {
+    let mut by_queue: std::collections::BTreeMap<&str, Vec<(u16, u64)>> = Default::default();
+    for (lane_queue, n) in lanes {
+        if let Some((queue, lane)) = lane_queue.rsplit_once(".lane.")
+            && let Ok(lane) = lane.parse()
+        {
+            by_queue.entry(queue).or_default().push((lane, *n));
+        }
+    }
+    if by_queue.is_empty() {
+        return "-".into();
+    }
+    by_queue
+        .into_iter()
+        .map(|(queue, mut lanes)| {
+            lanes.sort_unstable();
+            let counts: Vec<String> = lanes.iter().map(|(l, n)| format!("{l}:{n}")).collect();
+            let queue = queue.strip_prefix(prefix).unwrap_or(queue);
+            format!("{queue} {}", counts.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn table(r: &DemoReport) -> String {
     let row = |what: &str, value: String| Row {
         what: what.to_string(),
@@ -147,6 +172,7 @@ fn table(r: &DemoReport) -> String {
             ),
         ),
         row("workers killed (SIGKILL)", r.worker_kills.to_string()),
+        row("acked per lane", lanes_cell(&r.lanes, &r.prefix)),
         row("prefix", r.prefix.clone()),
     ];
     // Two columns of label and value: no header row.

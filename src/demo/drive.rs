@@ -127,6 +127,7 @@ pub(super) async fn drive(
                 unrouted_types: unrouted.clone(),
                 bridge_duplicates: stats.duplicates.load(Ordering::Relaxed),
                 worker_kills,
+                lane_acks: workers.lane_acks.clone(),
                 ..Inputs::default()
             };
             collect(&http, &api, conn, topology, &mut inputs).await?;
@@ -204,6 +205,12 @@ async fn depths(conn: &Connection, topology: &Topology) -> Result<Depths> {
     };
     let mut d = Depths::default();
     for q in &topology.queues {
+        if let Some(lanes) = &q.lanes {
+            for lane in 0..lanes.count {
+                d.backlog += count(topology::lanes::lane_queue(&q.name, lane)).await?;
+            }
+            continue;
+        }
         d.backlog += count(q.name.clone()).await?;
         for delay in &q.retry_delays {
             d.retrying += count(q.retry_queue(*delay)).await?;

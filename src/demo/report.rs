@@ -55,6 +55,8 @@ pub struct Inputs {
     pub api_replays: u64,
     /// Workers killed with SIGKILL during the run.
     pub worker_kills: u32,
+    /// Deliveries acked per lane queue, all workers.
+    pub lane_acks: BTreeMap<String, u64>,
 }
 
 /// Duplicates that reached a layer and were absorbed there.
@@ -113,6 +115,8 @@ pub struct DemoReport {
     pub latency: Latency,
     /// Workers killed with SIGKILL during the run.
     pub worker_kills: u32,
+    /// Deliveries acked per lane of each laned queue (lane queue → count), all workers.
+    pub lanes: BTreeMap<String, u64>,
 }
 
 impl DemoReport {
@@ -168,6 +172,7 @@ pub fn reconcile(prefix: &str, inputs: &Inputs) -> DemoReport {
         },
         dead_letters,
         worker_kills: inputs.worker_kills,
+        lanes: inputs.lane_acks.clone(),
         ..DemoReport::default()
     };
     let mut latencies = vec![];
