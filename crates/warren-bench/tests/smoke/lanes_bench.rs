@@ -5,9 +5,8 @@
 //! report's rows and ratios to one worker, and nothing left under the run's prefix. No timing
 //! is asserted.
 //!
-//! The events go straight to their lane queues (`--lane-routing direct`): through the events
-//! exchange, the broker gives each event to every lane (RabbitMQ leaves the `x-warren-lane.*`
-//! binding argument out of the headers match), and the bench refuses such a fill.
+//! The events go through the events exchange, as the bridge publishes them: the bench refuses a
+//! fill where an event reaches more than one lane.
 
 use std::process::Command;
 
@@ -19,12 +18,7 @@ const EVENTS: u64 = 200;
 fn lanes_drain_exactly_once_with_one_and_two_workers_and_clean_up() {
     let out = Command::new(env!("CARGO_BIN_EXE_warren-bench"))
         .args(["--scenario", "lanes", "--workers", "2", "--rounds", "1"])
-        .args([
-            "--messages",
-            &EVENTS.to_string(),
-            "--lane-routing",
-            "direct",
-        ])
+        .args(["--messages", &EVENTS.to_string(), "--concurrency", "4"])
         .arg("--warren")
         .arg(warren_exe())
         .args(["-o", "json"])
@@ -56,7 +50,7 @@ fn lanes_drain_exactly_once_with_one_and_two_workers_and_clean_up() {
         );
         let lanes = &row["lanes"];
         assert_eq!(lanes["events"].as_u64(), Some(EVENTS), "{row}");
-        assert_eq!(lanes["routing"], "direct", "{row}");
+        assert_eq!(lanes["routing"], "exchange", "{row}");
         assert!(
             lanes["worker_args"]
                 .as_str()
