@@ -411,8 +411,9 @@ fn render(report: &BenchReport) -> String {
             "lanes: a quorum queue of {} lanes keyed by payload.pair, {} pairs spread evenly, {} \
              events per run published {}, a downstream answering in {} ms; {} round(s), worker \
              counts interleaved; figures are medians, ratios the median of per-round ratios.\n\
-             Each worker: {}. A worker runs every lane it owns at once, one message at a time \
-             each, so {} lanes ÷ {} ms = {:.0} msg/s is the queue's ceiling at any worker count.\n\
+             Each worker: {}. A lane runs one message at a time, and a worker runs at most \
+             --concurrency of its lanes at once, so a worker's ceiling is concurrency ÷ latency \
+             and the queue's {} lanes ÷ {} ms = {:.0} msg/s.\n\
              Timed from convergence (every worker owning its share of the lanes) to the last \
              effect; CPU is all the workers' per message, RSS the largest worker's. Machine \
              busy while timed, by workers: {}.",
