@@ -89,7 +89,10 @@ pub(super) async fn topology_command(global: &GlobalArgs, cmd: TopologyCommand) 
                         .map(|e| ShowRow {
                             object: "exchange".into(),
                             name: e.name.clone(),
-                            details: e.kind.to_string(),
+                            details: std::iter::once(e.kind.to_string())
+                                .chain(e.arguments.iter().map(|(k, v)| format!("{k}={v}")))
+                                .collect::<Vec<_>>()
+                                .join("\n"),
                         })
                         .collect();
                     rows.extend(plan.queues.iter().map(|q| {
@@ -110,10 +113,20 @@ pub(super) async fn topology_command(global: &GlobalArgs, cmd: TopologyCommand) 
                                 .join("\n"),
                         }
                     }));
-                    rows.extend(plan.bindings.iter().map(|b| ShowRow {
-                        object: "binding".into(),
-                        name: format!("{} -> {}", b.exchange, b.queue),
-                        details: b.routing_key.clone(),
+                    rows.extend(plan.bindings.iter().map(|b| {
+                        ShowRow {
+                            object: if b.to_exchange {
+                                "binding (exchange)".into()
+                            } else {
+                                "binding".into()
+                            },
+                            name: format!("{} -> {}", b.exchange, b.queue),
+                            details: std::iter::once(b.routing_key.clone())
+                                .filter(|k| !k.is_empty())
+                                .chain(b.arguments.iter().map(|(k, v)| format!("{k}={v}")))
+                                .collect::<Vec<_>>()
+                                .join("\n"),
+                        }
                     }));
                     out.text(&output::table(rows))?;
                 }
