@@ -149,10 +149,12 @@ async fn run_session<H: Handler>(
                     Ok((lane, Ok(LaneEnd::Lost(why)))) => {
                         tracing::warn!(queue = %spec.name, lane, reason = %why, "Lane consumer ended; taking it again.");
                         owned.remove(&lane);
+                        owned_gauge(w, spec, lane, false);
                     }
                     Ok((lane, Err(error))) => {
                         tracing::warn!(queue = %spec.name, lane, %error, "Lane failed; taking it again.");
                         owned.remove(&lane);
+                        owned_gauge(w, spec, lane, false);
                     }
                     Err(error) => break Err(Error::Other(format!("a lane task failed: {error}"))),
                 }
@@ -165,7 +167,17 @@ async fn run_session<H: Handler>(
         let (members, place) = roster.members(Instant::now());
         let mine: Vec<u16> = assign(lanes, &members, place);
         if members != last_members {
-            log_handovers(spec, lanes, &last_members, &members, me);
+            // Joining: the lanes were the others' before this worker came.
+            let before: Vec<String> = if last_members.is_empty() {
+                members
+                    .iter()
+                    .filter(|m| m.as_str() != me)
+                    .cloned()
+                    .collect()
+            } else {
+                last_members
+            };
+            log_handovers(spec, lanes, &before, &members, me);
             last_members = members;
         }
         // Release what is no longer ours, then take what is.
@@ -230,18 +242,24 @@ async fn run_session<H: Handler>(
     outcome
 }
 
+/// A lane taken or given up: the ownership gauge, and one handover counted.
 fn set_owned<H>(w: &Worker<H>, spec: &QueueSpec, lane: u16, owned: bool) {
-    let queue = crate::topology::lanes::lane_queue(&spec.name, lane);
+    owned_gauge(w, spec, lane, owned);
+    w.metrics
+        .lane_handovers
+        .get_or_create(&QueueLabels {
+            queue: crate::topology::lanes::lane_queue(&spec.name, lane),
+        })
+        .inc();
+}
+
+fn owned_gauge<H>(w: &Worker<H>, spec: &QueueSpec, lane: u16, owned: bool) {
     w.metrics
         .lanes_owned
         .get_or_create(&QueueLabels {
-            queue: queue.clone(),
+            queue: crate::topology::lanes::lane_queue(&spec.name, lane),
         })
         .set(i64::from(owned));
-    w.metrics
-        .lane_handovers
-        .get_or_create(&QueueLabels { queue })
-        .inc();
 }
 
 /// Logs, for every lane this worker gains or loses, its old and new owner.
