@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole workspace's test suite against a real RabbitMQ (set up by scripts/broker.sh).
-# Needs a broker, cargo and cargo-nextest, nothing else; the benchmark's script tests (python3,
-# valgrind) run with crates/warren-bench/check.sh.
-# Extra arguments go to `cargo nextest run` (e.g. `scripts/test.sh worker::` runs the tests of tests/it/worker.rs).
+# Needs a broker, cargo and cargo-nextest, nothing else; the benchmark's script tests and
+# their tools run with crates/warren-bench/check.sh.
+# Extra arguments go to `cargo nextest run` (e.g. `scripts/test.sh worker::` runs the tests of tests/it/worker/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AMQP_URL="$(scripts/broker.sh)"

@@ -5,4 +5,5 @@
 mod bench_cli;
 mod bridge_bench;
 mod lanes_bench;
+#[path = "../support/mod.rs"]
 mod support;

@@ -4,4 +4,5 @@
 
 mod compare;
 mod instructions;
+#[path = "../support/mod.rs"]
 mod support;

@@ -1,5 +1,6 @@
-//! What the smoke tests share: the broker's URL, `rabbitmqctl`, a command's JSON report, and
-//! the `warren` binary the bridge benchmark starts.
+//! What the benchmark's test binaries (`smoke`, `tools`) share: the broker's URL, `rabbitmqctl`,
+//! a command's JSON report, and the `warren` binary the bridge and lanes benchmarks start.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::Command;
