@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -34,13 +35,25 @@ struct Served {
     ready: Arc<Readiness>,
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
+/// `warren_build_info{version}`: always 1, so dashboards can tell which build each replica runs.
+fn register_build_info(registry: &mut Registry) {
+    let info = Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);
+    registry.sub_registry_with_prefix("warren").register(
+        "build",
+        "The running build of warren",
+        info,
+    );
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`; the registry
+/// gains `warren_build_info`.
 pub async fn serve(
     listener: TcpListener,
-    registry: Registry,
+    mut registry: Registry,
     ready: Arc<Readiness>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    register_build_info(&mut registry);
     let state = Arc::new(Served { registry, ready });
     let app = Router::new()
         .route("/metrics", get(metrics))

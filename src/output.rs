@@ -24,8 +24,33 @@ pub enum OutputFormat {
 /// Renders rows as a table with rounded borders.
 pub fn table<T: tabled::Tabled>(rows: impl IntoIterator<Item = T>) -> String {
     let mut t = tabled::Table::new(rows);
-    t.with(Style::sharp());
+    style(&mut t);
     t.to_string()
+}
+
+/// Borders for every table: sharp lines, and a closed box when only the header is there
+/// (tabled would draw the header's separator where the bottom border belongs).
+pub fn style(t: &mut tabled::Table) {
+    if t.count_rows() <= 1 {
+        t.with(Style::sharp().remove_horizontals());
+    } else {
+        t.with(Style::sharp());
+    }
+}
+
+/// The width tables must fit: `COLUMNS` when set (as shells export it), else stdout's
+/// terminal; `None` when stdout is not a terminal (a file or a pipe takes whole lines).
+pub fn terminal_width() -> Option<usize> {
+    if let Some(n) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        return Some(n);
+    }
+    console::Term::stdout()
+        .size_checked()
+        .map(|(_, cols)| usize::from(cols))
 }
 
 /// The one writer for a command's data. A reader that goes away (`warren … | head`) ends the

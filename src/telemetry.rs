@@ -22,7 +22,9 @@ pub const DEFAULT_FILTER: &str = "info";
 
 /// Caps applied whatever `RUST_LOG` says: lapin's debug output carries frames (the login frame
 /// holds the password), its returned-message warning dumps whole messages, and its channel-close
-/// errors repeat broker replies that warren reports itself, in plain words.
+/// errors repeat broker replies that warren reports itself, in plain words, and its I/O loop's
+/// errors (a refused login's "Exponential backoff attempts exhausted") describe a connection
+/// failure that reaches warren as an error it reports in one line.
 fn library_caps() -> Targets {
     Targets::new()
         .with_default(LevelFilter::TRACE)
@@ -30,6 +32,7 @@ fn library_caps() -> Targets {
         .with_target("amq_protocol", LevelFilter::WARN)
         .with_target("lapin::channel", LevelFilter::OFF)
         .with_target("lapin::channels", LevelFilter::OFF)
+        .with_target("lapin::io_loop", LevelFilter::OFF)
         .with_target("lapin::returned_messages", LevelFilter::OFF)
 }
 

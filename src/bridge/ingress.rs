@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -130,7 +131,33 @@ fn reply(status: StatusCode, what: &str, detail: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+/// A refused request: counted, logged (status and reason, never the body or a signature), and
+/// answered in JSON like every other answer.
+fn rejected(app: &App, status: StatusCode, headers: &HeaderMap, error: &str) -> Response {
+    app.stats.webhooks_rejected.fetch_add(1, Ordering::Relaxed);
+    let webhook_id = headers.get("webhook-id").and_then(|v| v.to_str().ok());
+    tracing::warn!(
+        status = status.as_u16(),
+        webhook_id = webhook_id.unwrap_or("-"),
+        error,
+        "Webhook rejected."
+    );
+    reply(status, "rejected", error)
+}
+
+async fn receive(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    // A body over --webhook-max-body (413) or one that broke off: axum would answer in plain
+    // text.
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return rejected(&app, rejection.status(), &headers, &rejection.body_text());
+        }
+    };
     let Ok(_permit) = app.in_flight.clone().try_acquire_owned() else {
         let mut busy = reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -153,23 +180,21 @@ async fn receive(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default();
     if let Err(error) = webhook::verify(&app.secrets, &signed, &body, now, app.tolerance) {
-        app.stats.webhooks_rejected.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%error, "Webhook refused.");
         let status = match error {
             webhook::VerifyError::Unsigned
             | webhook::VerifyError::Missing(_)
             | webhook::VerifyError::Malformed(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::UNAUTHORIZED,
         };
-        return reply(status, "rejected", &error.to_string());
+        return rejected(&app, status, &headers, &error.to_string());
     }
     let event = match Envelope::parse(&body) {
         Ok(e) => e,
         Err(error) => {
-            app.stats.webhooks_rejected.fetch_add(1, Ordering::Relaxed);
-            return reply(
+            return rejected(
+                &app,
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "rejected",
+                &headers,
                 &error.to_string(),
             );
         }

@@ -2,6 +2,7 @@
 
 use crate::dlq::{self, Report, Scan};
 use crate::error::{Error, Result};
+use crate::topology::TopologyError;
 
 /// How a command ended. Commands return `Result<Outcome>`; [`exit_code`] maps either side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +36,14 @@ impl Outcome {
     /// A command that failed with `error`.
     pub fn of_error(error: &Error) -> Self {
         match error {
-            Error::Usage(_) => Outcome::Usage,
+            // A topology file that cannot be read or is invalid, or a queue it does not have:
+            // configuration the operator fixes, like a flag.
+            Error::Usage(_)
+            | Error::Topology(
+                TopologyError::Read { .. }
+                | TopologyError::Invalid { .. }
+                | TopologyError::UnknownQueue { .. },
+            ) => Outcome::Usage,
             // The id may be among the messages another consumer holds: the answer is partial.
             Error::DeadLetterNotFound { incomplete, .. } if !incomplete.is_empty() => {
                 Outcome::Partial
@@ -122,6 +130,18 @@ mod tests {
         let code = |e: Error| exit_code(&Err(e));
         assert_eq!(code(Error::Usage("--rate".into())), 2);
         assert_eq!(code(Error::NotConfirmed), 1);
+        let invalid = TopologyError::Invalid {
+            path: "t.toml".into(),
+            line: 3,
+            column: 1,
+            key: "queues[0].prefetch".into(),
+            message: "field 'prefetch': must be at least 1".into(),
+        };
+        assert_eq!(code(invalid.into()), 2);
+        assert_eq!(
+            code(TopologyError::Mismatch("x-max-length".into()).into()),
+            1
+        );
         let not_found = |incomplete: Vec<String>| Error::DeadLetterNotFound {
             id: "01X".into(),
             dlqs: vec!["a.dlq".into()],

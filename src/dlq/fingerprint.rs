@@ -94,6 +94,10 @@ fn push_part(out: &mut String, part: &str) {
     if part.is_empty() {
         return;
     }
+    if is_http_status(out, part) {
+        out.push_str(part);
+        return;
+    }
     let has_digit = part.chars().any(|c| c.is_ascii_digit());
     if !has_digit {
         out.push_str(part);
@@ -118,6 +122,19 @@ fn push_part(out: &mut String, part: &str) {
             }
         }
     }
+}
+
+/// A status code is what tells one HTTP failure from another: a number in 100..=599 after
+/// `: ` (`POST http://h/events: 503 …`) or after `HTTP`, `status`, `answered` or `returned`.
+fn is_http_status(out: &str, part: &str) -> bool {
+    let code = part.len() == 3 && part.parse::<u16>().is_ok_and(|n| (100..=599).contains(&n));
+    let Some(before) = out.strip_suffix(' ') else {
+        return false;
+    };
+    code && (before.ends_with(':')
+        || ["HTTP", "status", "answered", "returned"]
+            .iter()
+            .any(|w| before.ends_with(w)))
 }
 
 fn is_uuid(s: &str) -> bool {
@@ -147,7 +164,7 @@ mod tests {
         let cases = [
             (
                 "order 01JABCDEFGHJKMNPQRSTVWXYZ0 rejected: HTTP 422",
-                "order <ulid> rejected: HTTP <n>",
+                "order <ulid> rejected: HTTP 422",
             ),
             (
                 "escrow 3f2b8c1e-9d4a-4b7e-8f00-123456789abc not found",
@@ -167,7 +184,12 @@ mod tests {
                 "field <str> must be positive",
             ),
             ("can't   reach   host", "can't reach host"),
-            ("upstream v2 returned 503", "upstream v<n> returned <n>"),
+            ("upstream v2 returned 503", "upstream v<n> returned 503"),
+            ("took 250 ms: retry", "took <n> ms: retry"),
+            (
+                "http://10.0.0.1:443/x: timeout",
+                "http://<n>:<n>/x: timeout",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(fingerprint(input), want, "input: {input}");
@@ -186,6 +208,23 @@ mod tests {
         assert_ne!(
             a,
             fingerprint("HTTP 422 for escrow 01J9ZK3W8Q5V6X7Y8Z9A0B1C2D")
+        );
+    }
+
+    #[test]
+    fn http_failures_group_by_status_method_and_path() {
+        let a = fingerprint(
+            r#"POST http://127.0.0.1:40123/events: 503 Service Unavailable {"error":"busy"}"#,
+        );
+        assert_eq!(
+            a,
+            "POST http://<n>:<n>/events: 503 Service Unavailable {<str>:<str>}"
+        );
+        let b = fingerprint(r#"POST http://127.0.0.1:40999/events: 422 {"error":"qty"}"#);
+        assert_eq!(b, "POST http://<n>:<n>/events: 422 {<str>:<str>}");
+        assert_ne!(
+            fingerprint("POST http://h/orders: 500 x"),
+            fingerprint("POST http://h/events: 500 x")
         );
     }
 

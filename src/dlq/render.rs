@@ -30,11 +30,19 @@ pub fn truncate(s: &str, width: usize) -> String {
     out
 }
 
+/// The narrowest error column worth showing before columns are dropped instead: room for a
+/// failing call and its status (`POST http://host:port/path: 503 …`).
+const MIN_ERROR_WIDTH: usize = 48;
+
+/// Columns `list` drops, in this order, when the terminal is too narrow for them.
+const DROPPABLE: [&str; 5] = ["first failed", "agent", "attempts", "last failed", "id"];
+
 /// The `list` table; `#` is the position in the DLQ, named in a first column when the
-/// listing spans several DLQs.
-pub fn list(items: &[DeadLetter]) -> String {
+/// listing spans several DLQs. With a `width`, the table fits it: the error column takes the
+/// room the others leave (its start kept: the failing call and status), and when even
+/// [`MIN_ERROR_WIDTH`] does not fit, the least useful columns go first.
+pub fn list(items: &[DeadLetter], width: Option<usize>) -> String {
     let several = items.iter().any(|l| l.dlq != items[0].dlq);
-    let mut b = tabled::builder::Builder::new();
     let header = [
         "#",
         "id",
@@ -47,31 +55,56 @@ pub fn list(items: &[DeadLetter]) -> String {
         "origin",
         "error",
     ];
-    b.push_record(
-        several
-            .then_some("dlq")
-            .into_iter()
-            .chain(header)
-            .map(String::from),
-    );
-    for l in items {
-        let row = [
-            l.position.to_string(),
-            dash(&l.id),
-            dash(&l.event_type),
-            dash(&l.agent),
-            l.kind.to_string(),
-            l.attempts.to_string(),
-            time(l.first_failed),
-            time(l.last_failed),
-            dash(&l.origin),
-            truncate(&l.error, ERROR_WIDTH),
-        ];
-        b.push_record(several.then(|| l.dlq.clone()).into_iter().chain(row));
+    let rows: Vec<[String; 10]> = items
+        .iter()
+        .map(|l| {
+            [
+                l.position.to_string(),
+                dash(&l.id),
+                dash(&l.event_type),
+                dash(&l.agent),
+                l.kind.to_string(),
+                l.attempts.to_string(),
+                time(l.first_failed),
+                time(l.last_failed),
+                dash(&l.origin),
+                l.error.replace(['\n', '\r'], " "),
+            ]
+        })
+        .collect();
+    let build = |dropped: &[&str], error_width: usize| {
+        let keep: Vec<usize> = (0..header.len())
+            .filter(|&c| !dropped.contains(&header[c]))
+            .collect();
+        let mut b = tabled::builder::Builder::new();
+        let head = keep.iter().map(|&c| header[c].to_string());
+        b.push_record(several.then(|| "dlq".to_string()).into_iter().chain(head));
+        for (l, row) in items.iter().zip(&rows) {
+            let cells = keep.iter().map(|&c| match c {
+                9 => truncate(&row[c], error_width),
+                _ => row[c].clone(),
+            });
+            b.push_record(several.then(|| l.dlq.clone()).into_iter().chain(cells));
+        }
+        let mut t = b.build();
+        crate::output::style(&mut t);
+        t
+    };
+    let Some(width) = width else {
+        return build(&[], ERROR_WIDTH).to_string();
+    };
+    let longest = rows.iter().map(|r| r[9].chars().count()).max().unwrap_or(0);
+    for n in 0..=DROPPABLE.len() {
+        let dropped = &DROPPABLE[..n];
+        // The table with an empty error column: what every other column takes.
+        let rest = build(dropped, 0).total_width() - "error".len();
+        let room = width.saturating_sub(rest);
+        if room >= MIN_ERROR_WIDTH.min(longest.max("error".len())) || n == DROPPABLE.len() {
+            // Even with every droppable column gone the table fits: the error takes what is left.
+            return build(dropped, room.max(8)).to_string();
+        }
     }
-    let mut t = b.build();
-    t.with(tabled::settings::Style::sharp());
-    t.to_string()
+    unreachable!("the last attempt returns")
 }
 
 #[derive(Tabled)]

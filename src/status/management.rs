@@ -38,6 +38,7 @@ pub enum ManagementError {
 #[derive(Deserialize)]
 struct QueueInfo {
     messages_unacknowledged: Option<u64>,
+    messages: Option<u64>,
     #[serde(default)]
     consumer_details: Vec<ConsumerInfo>,
 }
@@ -55,6 +56,8 @@ struct ConsumerInfo {
 pub struct QueueFigures {
     /// Delivered, not yet acked; `None` when the broker has no figure yet.
     pub unacked: Option<u64>,
+    /// Ready plus unacked, of the same sample as `unacked`.
+    pub messages: Option<u64>,
     /// The active consumer's tag (a warren worker's is `warren-<host:pid>-<queue>`), if any.
     pub active: Option<String>,
 }
@@ -144,6 +147,7 @@ impl Management {
             .and_then(|c| c.consumer_tag.clone());
         Ok(Some(QueueFigures {
             unacked: info.messages_unacknowledged,
+            messages: info.messages,
             active,
         }))
     }

@@ -1,8 +1,8 @@
 //! `warren status`: for each work queue of the topology, ready, unacked and consumers, the depth
 //! of each retry tier and of its DLQ. Ready and consumers come from AMQP (exact, now); unacked
 //! only from the management API (a few seconds behind), and shows as unknown without it. A
-//! DLQ's depth is its ready messages plus those a reader (`dlq list`, `replay`) holds unacked,
-//! so it does not drop to zero while one runs.
+//! DLQ's depth counts the messages a reader (`dlq list`, `replay`) holds unacked, so it does
+//! not drop to zero while one runs; it never adds a fresh ready count to a stale unacked one.
 
 mod lanes;
 mod management;
@@ -77,10 +77,13 @@ pub struct DlqDepth {
     pub queue: String,
     /// Ready messages; `None` if the queue is missing.
     pub ready: Option<u32>,
-    /// Held unacked; `None` when the management API gave no figure.
+    /// Held unacked; `None` when the management API gave no figure. A sample a few seconds
+    /// old (the broker's statistics interval).
     pub unacked: Option<u64>,
-    /// `ready` + `unacked` (just `ready` when unacked is unknown); `None` if the queue is
-    /// missing.
+    /// The dead letters: the management API's ready + unacked of one sample, or the exact
+    /// `ready` when that is more (a sample older than the newest dead letters), or `ready`
+    /// alone without the API. Never a fresh ready count plus a stale unacked one (a reader that
+    /// just let go of its messages would count them twice). `None` if the queue is missing.
     pub messages: Option<u64>,
 }
 
@@ -200,15 +203,16 @@ pub(crate) async fn dlq_of(
     queue: String,
 ) -> Result<DlqDepth> {
     let ready = depth(conn, &queue).await?.map(|(r, _)| r);
-    let unacked = match ready {
-        Some(_) => mgmt.of(&queue).await,
+    let figures = match ready {
+        Some(_) => mgmt.figures(&queue).await,
         None => None,
     };
+    let sampled = figures.as_ref().and_then(|f| f.messages);
     Ok(DlqDepth {
-        messages: ready.map(|r| u64::from(r) + unacked.unwrap_or(0)),
+        messages: ready.map(|r| u64::from(r).max(sampled.unwrap_or(0))),
         queue,
         ready,
-        unacked,
+        unacked: figures.and_then(|f| f.unacked),
     })
 }
 

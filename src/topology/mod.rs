@@ -4,6 +4,8 @@
 
 mod declare;
 pub mod lanes;
+mod locate;
+mod model;
 mod parse;
 mod plan;
 
@@ -30,11 +32,18 @@ pub enum TopologyError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is not valid: the message names the file, the queue and the field.
-    #[error("{path}: {message}")]
+    /// The file is not valid: the message names the file, line and column, the key path and
+    /// the queue.
+    #[error("{path}:{line}:{column}: {key}{}{message}", if key.is_empty() { "" } else { ": " })]
     Invalid {
         /// The file.
         path: String,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// 1-based column, in characters.
+        column: usize,
+        /// The key path, e.g. `queues[1].prefetch`.
+        key: String,
         /// What is wrong, naming the queue and field.
         message: String,
     },

@@ -5,67 +5,11 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
-
+use super::locate::{self, KeyPath, Problem, Seg};
+use super::model::{QueueModel, QueueOptions, deserialize};
 use super::{
     QueueSpec, QueueType, Topology, TopologyError, is_topic_pattern, lanes, topic_matches,
 };
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileModel {
-    exchanges: ExchangesModel,
-    #[serde(default)]
-    events: EventsModel,
-    #[serde(default)]
-    defaults: QueueOptions,
-    #[serde(default)]
-    queues: Vec<toml::Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExchangesModel {
-    events: String,
-    dead_letter: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventsModel {
-    #[serde(default)]
-    live_only: Vec<String>,
-    live_ttl: Option<String>,
-}
-
-/// Fields allowed both in `[defaults]` and in each `[[queues]]` entry.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct QueueOptions {
-    queue_type: Option<QueueType>,
-    prefetch: Option<u16>,
-    max_attempts: Option<u32>,
-    retry_delays: Option<Vec<String>>,
-    delivery_limit: Option<u32>,
-    message_ttl: Option<String>,
-    max_length: Option<u64>,
-    single_active_consumer: Option<bool>,
-    expires: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct QueueModel {
-    name: String,
-    #[serde(default)]
-    bind: Vec<String>,
-    /// Split into this many single-active-consumer lanes (queue only, not in defaults).
-    lanes: Option<i64>,
-    /// The envelope path whose value picks a lane.
-    lane_key: Option<String>,
-    #[serde(flatten)]
-    options: QueueOptions,
-}
 
 impl Topology {
     /// Loads and validates a topology file, prefixing every AMQP name with `prefix`.
@@ -77,69 +21,85 @@ impl Topology {
         Self::parse(&text, path, prefix)
     }
 
-    /// Parses and validates topology text; `path` is only used in messages.
+    /// Parses and validates topology text; `path` is only used in messages, which name the
+    /// file, the line and column, and the key path.
     pub fn parse(text: &str, path: &Path, prefix: &str) -> Result<Self, TopologyError> {
-        let invalid = |message: String| TopologyError::Invalid {
-            path: path.display().to_string(),
-            message,
-        };
-        let model: FileModel = toml::from_str(text).map_err(|e| invalid(toml_message(&e)))?;
-        validate_options(&model.defaults, "[defaults]").map_err(invalid)?;
-        check_delivery_limit(&model.defaults, model.defaults.queue_type, "[defaults]")
-            .map_err(invalid)?;
+        Self::parse_model(text, path, prefix).map_err(|p| {
+            let span = p.span.clone().or_else(|| locate::span_of(text, &p.at));
+            let (line, column) = locate::line_col(text, span.map_or(0, |s| s.start));
+            TopologyError::Invalid {
+                path: path.display().to_string(),
+                line,
+                column,
+                key: KeyPath(&p.at).to_string(),
+                message: p.message,
+            }
+        })
+    }
+
+    fn parse_model(text: &str, path: &Path, prefix: &str) -> Result<Self, Problem> {
+        let model = deserialize(text)?;
+        let defaults = [Seg::Key("defaults".into())];
+        validate_options(&model.defaults)
+            .and_then(|()| check_delivery_limit(&model.defaults, model.defaults.queue_type))
+            .map_err(|p| p.under(&defaults).labelled("[defaults]"))?;
 
         let mut queues = Vec::with_capacity(model.queues.len());
-        for (i, raw) in model.queues.into_iter().enumerate() {
-            let label = raw
-                .get("name")
-                .and_then(|n| n.as_str())
-                .map(|n| format!("queue '{n}'"))
-                .unwrap_or_else(|| format!("queue #{}", i + 1));
-            let q: QueueModel = raw
-                .try_into()
-                .map_err(|e: toml::de::Error| invalid(format!("{label}: {}", toml_message(&e))))?;
-            validate_options(&q.options, &label).map_err(invalid)?;
-            let queue_type = q.options.queue_type.or(model.defaults.queue_type);
-            check_delivery_limit(&q.options, queue_type, &label).map_err(invalid)?;
-            queues.push(
-                resolve_queue(q, &model.defaults, prefix)
-                    .map_err(|m| invalid(format!("{label}: {m}")))?,
-            );
+        for (i, q) in model.queues.into_iter().enumerate() {
+            let at = [Seg::Key("queues".into()), Seg::Index(i)];
+            let label = format!("queue '{}'", q.name);
+            let options = q.options();
+            let queue_type = options.queue_type.or(model.defaults.queue_type);
+            validate_options(&options)
+                .and_then(|()| check_delivery_limit(&options, queue_type))
+                .and_then(|()| resolve_queue(q, &options, &model.defaults, prefix))
+                .map(|spec| queues.push(spec))
+                .map_err(|p| p.under(&at).labelled(&label))?;
         }
         if queues.is_empty() {
-            return Err(invalid("no [[queues]] declared".into()));
+            return Err(Problem::at("queues", "no [[queues]] declared"));
         }
 
+        let events = [Seg::Key("events".into())];
         let live_ttl = model
             .events
             .live_ttl
             .as_deref()
             .map(|s| parse_duration(s, "events.live_ttl"))
             .transpose()
-            .map_err(invalid)?;
-        for t in &model.events.live_only {
+            .map_err(|m| Problem::at("live_ttl", m).under(&events))?;
+        for (i, t) in model.events.live_only.iter().enumerate() {
+            let at = [
+                Seg::Key("events".into()),
+                Seg::Key("live_only".into()),
+                Seg::Index(i),
+            ];
             if !crate::envelope::is_event_type(t) {
-                return Err(invalid(format!(
+                return Err(Problem::here(format!(
                     "events.live_only: '{t}' is not an event type (domain.name)"
-                )));
+                ))
+                .under(&at));
             }
             if !queues
                 .iter()
                 .any(|q| q.bind.iter().any(|p| topic_matches(p, t)))
             {
-                return Err(invalid(format!(
+                return Err(Problem::here(format!(
                     "events.live_only: '{t}' is not bound to any queue"
-                )));
+                ))
+                .under(&at));
             }
         }
         if !model.events.live_only.is_empty() && live_ttl.is_none() {
-            return Err(invalid(
-                "events.live_ttl: required when events.live_only lists types".into(),
-            ));
+            return Err(Problem::at(
+                "live_only",
+                "events.live_ttl: required when events.live_only lists types",
+            )
+            .under(&events));
         }
         // A queue TTL expires whatever the queue holds: only a queue of live-only events may
         // have one, or a wallet or escrow event could expire unseen.
-        for q in &queues {
+        for (i, q) in queues.iter().enumerate() {
             if q.message_ttl.is_none() {
                 continue;
             }
@@ -151,40 +111,63 @@ impl Topology {
                 .collect();
             if !durable.is_empty() {
                 let name = q.name.strip_prefix(prefix).unwrap_or(&q.name);
-                return Err(invalid(format!(
-                    "queue '{name}': field 'message_ttl': the queue binds {}, which may carry \
-                     event types that are not live-only and must never expire; remove \
-                     message_ttl (live-only types expire on their own after events.live_ttl), \
-                     or bind only types listed in events.live_only",
-                    durable
-                        .iter()
-                        .map(|p| format!("'{p}'"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
+                return Err(Problem::at(
+                    "message_ttl",
+                    format!(
+                        "queue '{name}': field 'message_ttl': the queue binds {}, which may \
+                         carry event types that are not live-only and must never expire; remove \
+                         message_ttl (live-only types expire on their own after \
+                         events.live_ttl), or bind only types listed in events.live_only",
+                        durable
+                            .iter()
+                            .map(|p| format!("'{p}'"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+                .under(&[Seg::Key("queues".into()), Seg::Index(i)]));
             }
         }
 
+        let exchanges = [Seg::Key("exchanges".into())];
+        let exchange = |name: &str, field: &str| {
+            prefixed(prefix, name, &format!("exchanges.{field}"))
+                .map_err(|m| Problem::at(field, m).under(&exchanges))
+        };
         let topology = Topology {
             source: path.to_path_buf(),
             prefix: prefix.to_string(),
-            events_exchange: prefixed(prefix, &model.exchanges.events, "exchanges.events")
-                .map_err(invalid)?,
-            dead_letter_exchange: prefixed(
-                prefix,
-                &model.exchanges.dead_letter,
-                "exchanges.dead_letter",
-            )
-            .map_err(invalid)?,
+            events_exchange: exchange(&model.exchanges.events, "events")?,
+            dead_letter_exchange: exchange(&model.exchanges.dead_letter, "dead_letter")?,
             live_only: model.events.live_only.into_iter().collect(),
             live_ttl,
             queues,
         };
-        topology.check_unique_names().map_err(invalid)?;
+        topology.check_unique_names()?;
         Ok(topology)
     }
 
-    fn check_unique_names(&self) -> Result<(), String> {
+    /// Every derived name once; the error points at the first queue that repeats one.
+    fn check_unique_names(&self) -> Result<(), Problem> {
+        let Err(message) = self.unique_names() else {
+            return Ok(());
+        };
+        let culprit = (0..self.queues.len()).find(|&n| {
+            let head = Topology {
+                queues: self.queues[..=n].to_vec(),
+                ..self.clone()
+            };
+            head.unique_names().is_err()
+        });
+        Err(match culprit {
+            Some(i) => {
+                Problem::at("name", message).under(&[Seg::Key("queues".into()), Seg::Index(i)])
+            }
+            None => Problem::at("exchanges", message),
+        })
+    }
+
+    fn unique_names(&self) -> Result<(), String> {
         // Queues and exchanges are separate namespaces (`<events>.unrouted` is both).
         let plan = self.plan();
         let queues = plan.queues.iter().map(|q| &q.name);
@@ -201,18 +184,31 @@ impl Topology {
     }
 }
 
-fn resolve_queue(q: QueueModel, d: &QueueOptions, prefix: &str) -> Result<QueueSpec, String> {
-    let o = &q.options;
-    let name = prefixed(prefix, &q.name, "name")?;
+fn resolve_queue(
+    q: QueueModel,
+    o: &QueueOptions,
+    d: &QueueOptions,
+    prefix: &str,
+) -> Result<QueueSpec, Problem> {
+    let name = prefixed(prefix, &q.name, "name").map_err(|m| Problem::at("name", m))?;
+    let bad = |field: &str, m: String| Problem::at(field, format!("field '{field}': {m}"));
     if q.bind.is_empty() {
-        return Err("field 'bind': at least one routing pattern is required".into());
+        return Err(bad(
+            "bind",
+            "at least one routing pattern is required".into(),
+        ));
     }
-    for p in &q.bind {
-        if !is_topic_pattern(p) {
-            return Err(format!(
-                "field 'bind': '{p}' is not a topic pattern (dot-separated words, '*' or '#')"
-            ));
-        }
+    if let Some((i, p)) = q
+        .bind
+        .iter()
+        .enumerate()
+        .find(|(_, p)| !is_topic_pattern(p))
+    {
+        return Err(bad(
+            "bind",
+            format!("'{p}' is not a topic pattern (dot-separated words, '*' or '#')"),
+        )
+        .at_index(i));
     }
     let delays: Vec<Duration> = o
         .retry_delays
@@ -221,25 +217,29 @@ fn resolve_queue(q: QueueModel, d: &QueueOptions, prefix: &str) -> Result<QueueS
         .unwrap_or_else(|| vec!["1s".into(), "10s".into(), "1m".into()])
         .iter()
         .map(|s| parse_duration(s, "retry_delays"))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()
+        .map_err(|m| Problem::at("retry_delays", m))?;
     if delays.windows(2).any(|w| w[0] >= w[1]) {
-        return Err("field 'retry_delays': delays must be strictly increasing".into());
+        return Err(bad(
+            "retry_delays",
+            "delays must be strictly increasing".into(),
+        ));
     }
     let max_attempts = o.max_attempts.or(d.max_attempts).unwrap_or(5);
     if max_attempts > 1 && delays.is_empty() {
-        return Err("field 'retry_delays': needed when max_attempts > 1".into());
+        return Err(bad("retry_delays", "needed when max_attempts > 1".into()));
     }
     let duration = |v: &Option<String>, dv: &Option<String>, field: &str| {
         v.as_ref()
             .or(dv.as_ref())
             .map(|s| parse_duration(s, field))
             .transpose()
+            .map_err(|m| Problem::at(field, m))
     };
     let queue_type = o.queue_type.or(d.queue_type).unwrap_or(QueueType::Quorum);
     let lanes = resolve_lanes(&q, queue_type)?;
     Ok(QueueSpec {
         name,
-        bind: q.bind,
         queue_type,
         prefetch: o.prefetch.or(d.prefetch).unwrap_or(100),
         max_attempts,
@@ -252,6 +252,7 @@ fn resolve_queue(q: QueueModel, d: &QueueOptions, prefix: &str) -> Result<QueueS
             .or(d.single_active_consumer)
             .unwrap_or(false),
         expires: duration(&o.expires, &d.expires, "expires")?,
+        bind: q.bind,
         lanes,
         lane_of: None,
     })
@@ -259,38 +260,42 @@ fn resolve_queue(q: QueueModel, d: &QueueOptions, prefix: &str) -> Result<QueueS
 
 /// `lanes` and `lane_key`: a count in 1..=1024 on a quorum queue, and a valid envelope path
 /// (default `agentId`).
-fn resolve_lanes(q: &QueueModel, queue_type: QueueType) -> Result<Option<lanes::Lanes>, String> {
+fn resolve_lanes(q: &QueueModel, queue_type: QueueType) -> Result<Option<lanes::Lanes>, Problem> {
+    let bad = |field: &str, m: String| Problem::at(field, format!("field '{field}': {m}"));
     let Some(count) = q.lanes else {
         if q.lane_key.is_some() {
-            return Err("field 'lane_key': only for a laned queue; add lanes = N".into());
+            return Err(bad(
+                "lane_key",
+                "only for a laned queue; add lanes = N".into(),
+            ));
         }
         return Ok(None);
     };
     if count < 1 {
-        return Err(format!("field 'lanes': {count} lanes: at least 1"));
+        return Err(bad("lanes", format!("{count} lanes: at least 1")));
     }
     if count > i64::from(lanes::MAX_LANES) {
-        return Err(format!(
-            "field 'lanes': {count} lanes: at most {}",
-            lanes::MAX_LANES
+        return Err(bad(
+            "lanes",
+            format!("{count} lanes: at most {}", lanes::MAX_LANES),
         ));
     }
     if queue_type != QueueType::Quorum {
-        return Err(
-            "field 'lanes': lanes are quorum queues with a single active consumer; a classic \
-             queue cannot be laned (remove queue_type = \"classic\")"
+        return Err(bad(
+            "lanes",
+            "lanes are quorum queues with a single active consumer; a classic queue cannot be \
+             laned (remove queue_type = \"classic\")"
                 .into(),
-        );
+        ));
     }
-    if q.options.single_active_consumer.is_some() {
-        return Err(
-            "field 'single_active_consumer': lanes always have a single active consumer; \
-             remove the field"
-                .into(),
-        );
+    if q.single_active_consumer.is_some() {
+        return Err(bad(
+            "single_active_consumer",
+            "lanes always have a single active consumer; remove the field".into(),
+        ));
     }
     let key = match &q.lane_key {
-        Some(path) => lanes::LaneKey::parse(path).map_err(|m| format!("field 'lane_key': {m}"))?,
+        Some(path) => lanes::LaneKey::parse(path).map_err(|m| bad("lane_key", m))?,
         None => lanes::LaneKey::AgentId,
     };
     Ok(Some(lanes::Lanes {
@@ -299,8 +304,8 @@ fn resolve_lanes(q: &QueueModel, queue_type: QueueType) -> Result<Option<lanes::
     }))
 }
 
-fn validate_options(o: &QueueOptions, label: &str) -> Result<(), String> {
-    let bad = |field: &str, why: &str| Err(format!("{label}: field '{field}': {why}"));
+fn validate_options(o: &QueueOptions) -> Result<(), Problem> {
+    let bad = |field: &str, why: &str| Err(Problem::at(field, format!("field '{field}': {why}")));
     if o.prefetch == Some(0) {
         return bad("prefetch", "must be at least 1");
     }
@@ -315,12 +320,13 @@ fn validate_options(o: &QueueOptions, label: &str) -> Result<(), String> {
     }
     for (field, v) in [("message_ttl", &o.message_ttl), ("expires", &o.expires)] {
         if let Some(s) = v {
-            parse_duration(s, field).map_err(|m| format!("{label}: {m}"))?;
+            parse_duration(s, field).map_err(|m| Problem::at(field, m))?;
         }
     }
     if let Some(delays) = &o.retry_delays {
-        for s in delays {
-            parse_duration(s, "retry_delays").map_err(|m| format!("{label}: {m}"))?;
+        for (i, s) in delays.iter().enumerate() {
+            parse_duration(s, "retry_delays")
+                .map_err(|m| Problem::at("retry_delays", m).at_index(i))?;
         }
     }
     Ok(())
@@ -328,16 +334,13 @@ fn validate_options(o: &QueueOptions, label: &str) -> Result<(), String> {
 
 /// A delivery limit written for a classic queue would be dropped: RabbitMQ ignores
 /// `x-delivery-limit` there, so the crash-loop backstop the file asks for would not exist.
-fn check_delivery_limit(
-    o: &QueueOptions,
-    queue_type: Option<QueueType>,
-    label: &str,
-) -> Result<(), String> {
+fn check_delivery_limit(o: &QueueOptions, queue_type: Option<QueueType>) -> Result<(), Problem> {
     if o.delivery_limit.is_some() && queue_type == Some(QueueType::Classic) {
-        return Err(format!(
-            "{label}: field 'delivery_limit': a classic queue has no delivery limit (RabbitMQ \
-             ignores it, so a crash loop would never be stopped): remove the field, or make the \
-             queue queue_type = \"quorum\""
+        return Err(Problem::at(
+            "delivery_limit",
+            "field 'delivery_limit': a classic queue has no delivery limit (RabbitMQ ignores \
+             it, so a crash loop would never be stopped): remove the field, or make the queue \
+             queue_type = \"quorum\"",
         ));
     }
     Ok(())
@@ -373,14 +376,4 @@ fn prefixed(prefix: &str, name: &str, field: &str) -> Result<String, String> {
         ));
     }
     Ok(full)
-}
-
-/// toml's messages quote fields with backticks and add a source excerpt; keep the first line
-/// and use the quoting of the rest of warren's messages.
-fn toml_message(e: &toml::de::Error) -> String {
-    let msg = e.message().replace('`', "'");
-    match e.span() {
-        Some(_) => msg.trim().to_string(),
-        None => msg,
-    }
 }

@@ -37,8 +37,8 @@ pub struct WorkerMetrics {
     pub settle_duration: Family<QueueLabels, Histogram>,
     /// Handlers running now.
     pub in_flight: Gauge,
-    /// Now minus the event's `ts`, in seconds, when its handler starts.
-    pub event_lag: Histogram,
+    /// Now minus the event's `ts`, in seconds, when its handler starts, by queue.
+    pub event_lag: Family<QueueLabels, Histogram>,
     /// Broker sessions established after the first one.
     pub reconnects: Counter,
     /// Broker sessions established.
@@ -64,7 +64,9 @@ impl Default for WorkerMetrics {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
             in_flight: Gauge::default(),
-            event_lag: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
+            event_lag: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 16))
+            }),
             reconnects: Counter::default(),
             sessions: Counter::default(),
             ready: Default::default(),
@@ -81,7 +83,8 @@ impl WorkerMetrics {
         let r = registry.sub_registry_with_prefix("warren_worker");
         r.register(
             "deliveries",
-            "Settled deliveries by queue and outcome (ack, retry, dead, requeue, lost)",
+            "Settled deliveries by queue and outcome (ack, retry, dead, requeue, lost: the ack \
+             could not be sent, the broker redelivers)",
             self.deliveries.clone(),
         );
         r.register(
@@ -98,7 +101,7 @@ impl WorkerMetrics {
         r.register("in_flight", "Handlers running now", self.in_flight.clone());
         r.register(
             "event_lag_seconds",
-            "Now minus the event's ts when its handler starts",
+            "Now minus the event's ts when its handler starts, by queue",
             self.event_lag.clone(),
         );
         r.register(
@@ -152,7 +155,12 @@ impl WorkerMetrics {
                 })
                 .clone(),
             in_flight: self.in_flight.clone(),
-            event_lag: self.event_lag.clone(),
+            event_lag: self
+                .event_lag
+                .get_or_create(&QueueLabels {
+                    queue: queue.to_string(),
+                })
+                .clone(),
             lane_waits: self
                 .lane_waits
                 .get_or_create(&QueueLabels {
@@ -187,7 +195,7 @@ pub struct QueueMetrics {
     pub settle_duration: Histogram,
     /// Handlers running now (shared by all queues).
     pub in_flight: Gauge,
-    /// Event lag (shared by all queues).
+    /// Event lag.
     pub event_lag: Histogram,
     /// In-process retry waits (laned queues).
     pub lane_waits: Counter,

@@ -28,6 +28,8 @@ async fn the_binary_publishes_a_signed_webhook_once_and_refuses_a_forged_one() {
         "127.0.0.1:0",
         "--webhook-secret-file",
         secrets.to_str().unwrap(),
+        "--webhook-max-body",
+        "4096",
     ]
     .map(String::from)
     .to_vec();
@@ -102,6 +104,35 @@ async fn the_binary_publishes_a_signed_webhook_once_and_refuses_a_forged_one() {
     .await
     .unwrap();
     assert_eq!(resp.status().as_u16(), 401, "tampered");
+    // Unsigned (400), signed but not an envelope (422), too large (413): each answered in
+    // JSON and logged with its status.
+    let unsigned = http.post(&url).body(body.clone()).send().await.unwrap();
+    assert_eq!(unsigned.status().as_u16(), 400, "unsigned");
+    let not_envelope = br#"{"hello":"world"}"#.to_vec();
+    let resp = post(
+        "msg_bin_4",
+        sign(key, "msg_bin_4", now, &not_envelope),
+        now,
+        not_envelope,
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 422, "not an envelope");
+    let big = vec![b' '; 8192];
+    let resp = post("msg_bin_5", sign(key, "msg_bin_5", now, &big), now, big)
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413, "too large");
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"),
+        "413 in plain text: {:?}",
+        resp.headers()
+    );
+    let json: serde_json::Value = resp.json().await.expect("a JSON 413");
+    assert_eq!(json["status"], "rejected", "{json}");
     // The valid one again: a duplicate, not a second publish.
     let resp = post("msg_bin_1", sign(key, "msg_bin_1", now, &body), now, body)
         .await
@@ -114,6 +145,14 @@ async fn the_binary_publishes_a_signed_webhook_once_and_refuses_a_forged_one() {
     assert_eq!(ids, vec![id], "published once; the forged one never");
     assert!(!ids.contains(&forged_id));
     let text = bridge.log_text();
+    for status in [401, 400, 422, 413] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains("Webhook rejected.") && l.contains(&format!("status={status}"))),
+            "no log line for the rejected {status}:\n{text}"
+        );
+    }
+    assert!(text.contains("webhook_id=\"msg_bin_2\""), "{text}");
     let secret_b64 = KEY.trim_start_matches("whsec_");
     assert!(!text.contains(secret_b64), "the secret leaked:\n{text}");
     t.cleanup(&conn).await;

@@ -55,7 +55,7 @@ async fn stats_collapse_errors_that_differ_only_in_ids() {
             (
                 50,
                 "permanent",
-                "HTTP <n>: order <ulid> rejected for agent pf_agent_<n>: <str> below <n>"
+                "HTTP 422: order <ulid> rejected for agent pf_agent_<n>: <str> below <n>"
             ),
             (
                 20,
@@ -73,7 +73,7 @@ async fn stats_collapse_errors_that_differ_only_in_ids() {
     assert_eq!(code, 0, "{err}");
     let rows: Vec<&str> = table
         .lines()
-        .filter(|l| l.contains("HTTP <n>: order <ulid>"))
+        .filter(|l| l.contains("HTTP 422: order <ulid>"))
         .collect();
     assert_eq!(
         rows.len(),
@@ -81,5 +81,59 @@ async fn stats_collapse_errors_that_differ_only_in_ids() {
         "one row for 50 errors differing only in ids:\n{table}"
     );
     assert!(rows[0].contains(" 50 "), "{}", rows[0]);
+    t.cleanup(&conn).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_failures_group_by_status_method_and_path() {
+    let t = TestTopology::new("dlq-stats-http", DLQ_TOPOLOGY);
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let mut dead = vec![];
+    for (i, (path, status)) in [("events", 503), ("events", 422), ("orders", 503)]
+        .iter()
+        .enumerate()
+    {
+        for n in 0..3 {
+            let error = format!(
+                r#"POST http://127.0.0.1:{}/{path}: {status} {{"error":"e{n}"}}"#,
+                40000 + i * 10 + n
+            );
+            dead.push(Dead::new("test.order", "transient", &error, &work));
+        }
+    }
+    publish_dead(&conn, &t, &dead).await;
+    let stats = warren_json(&t, &["dlq", "stats", "-q", "work"]);
+    let mut groups: Vec<(u64, String)> = stats["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["count"].as_u64().unwrap(),
+                g["fingerprint"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    groups.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(
+        groups,
+        vec![
+            (
+                3,
+                "POST http://<n>:<n>/events: 422 {<str>:<str>}".to_string()
+            ),
+            (
+                3,
+                "POST http://<n>:<n>/events: 503 {<str>:<str>}".to_string()
+            ),
+            (
+                3,
+                "POST http://<n>:<n>/orders: 503 {<str>:<str>}".to_string()
+            ),
+        ],
+        "one group per status and path"
+    );
     t.cleanup(&conn).await;
 }

@@ -129,6 +129,19 @@ async fn worker_metrics_move_and_readiness_follows_the_broker_connection() {
         assert!(body.contains(series), "{series} missing:\n{body}");
     }
     assert_eq!(sample(&body, "warren_worker_reconnects_total"), 0.0);
+    assert_eq!(
+        sample(
+            &body,
+            &format!("warren_worker_event_lag_seconds_count{{queue=\"{queue}\"}}")
+        ),
+        7.0,
+        "event lag by queue:\n{body}"
+    );
+    let build = format!(
+        "warren_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(sample(&body, &build), 1.0, "{body}");
 
     readiness_follows_the_broker(&proxy, &addr).await;
     let body = get(&addr, "/metrics").await.1;
@@ -213,6 +226,7 @@ async fn bridge_metrics_move_and_readiness_follows_the_broker_connection() {
         EVENTS as f64
     );
     assert!(body.contains("warren_bridge_publish_confirm_seconds_bucket{le="));
+    assert!(body.contains("warren_build_info{version="), "{body}");
     assert!(
         body.lines()
             .any(|l| l.starts_with("warren_bridge_cursor_age_seconds ")),

@@ -231,3 +231,53 @@ async fn watch_redraws_survives_a_dropped_connection_and_stops_on_ctrl_c() {
     assert!(out.contains("Ctrl-C to stop"));
     t.cleanup(&conn).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dlq_a_reader_just_let_go_of_is_not_counted_twice() {
+    let _node = support::node::use_throwaway_node();
+    let t = TestTopology::new("status-let-go", DLQ_TOPOLOGY);
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let dead: Vec<Dead> = (0..300)
+        .map(|_| Dead::new("test.s", "permanent", "x", &work))
+        .collect();
+    publish_dead(&conn, &t, &dead).await;
+    // A reader (as `dlq list` is) holds 100 of the 300 until the management API has seen it.
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
+    let mut reader = ch
+        .basic_consume(
+            t.topology.queue("work").unwrap().dlq().as_str().into(),
+            "reader".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        reader.next().await.unwrap().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, _) = status_json(&t, &[]);
+        if s["queues"][0]["dlq"]["unacked"] == 100 {
+            assert_eq!(s["queues"][0]["dlq"]["messages"], 300, "{s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "unacked never reached 100: {s}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The reader lets go: all 300 are ready at once, while the management API's sample still
+    // says 100 unacked for a few seconds.
+    ch.close(200, "done".into()).await.unwrap();
+    drop(reader);
+    let (s, _) = status_json(&t, &[]);
+    let dlq = &s["queues"][0]["dlq"];
+    assert_eq!(dlq["ready"], 300, "{s}");
+    assert_eq!(
+        dlq["messages"], 300,
+        "a fresh ready count plus a stale unacked one: {dlq}"
+    );
+    t.cleanup(&conn).await;
+}

@@ -70,7 +70,10 @@ pub(super) async fn list(url: &AmqpUrl, args: ListArgs) -> Result<Outcome> {
     let mut out = Output::stdout();
     match args.output.into() {
         OutputFormat::Table => {
-            out.text(&render::list(&listing.items))?;
+            out.text(&render::list(
+                &listing.items,
+                crate::output::terminal_width(),
+            ))?;
             let total: u32 = listing.scans.iter().map(|s| s.total).sum();
             eprintln!(
                 "{} dead letters shown of {total} in {}.",
