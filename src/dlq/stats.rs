@@ -168,7 +168,7 @@ mod tests {
         assert_eq!(s.groups.len(), 2);
         let g = &s.groups[0];
         assert_eq!((g.count, g.kind), (3, Kind::Permanent));
-        assert_eq!(g.fingerprint, "HTTP <n>: order <ulid> rejected");
+        assert_eq!(g.fingerprint, "HTTP 422: order <ulid> rejected");
         assert_eq!((g.first, g.last), (Some(Time(1)), Some(Time(3))));
         assert_eq!(s.by_kind["permanent"], 3);
         assert_eq!(s.by_origin["q"], 4);
