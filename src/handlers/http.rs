@@ -7,7 +7,7 @@ use url::Url;
 
 use crate::envelope::Envelope;
 use crate::http::HttpClient;
-use crate::worker::{Context, Handler, HandlerResult};
+use crate::worker::{Context, EffectStatus, Handler, HandlerResult};
 
 /// The environment variable holding the downstream's bearer token (never logged).
 pub const TOKEN_ENV: &str = "WARREN_HTTP_TOKEN";
@@ -39,18 +39,39 @@ pub fn event_headers(event: &Envelope) -> HeaderMap {
     headers
 }
 
+impl HttpHandler {
+    /// The key of the one call this handler makes for `event`.
+    pub fn key(event: &Envelope) -> String {
+        event.idempotency_key("http", "post")
+    }
+}
+
 impl Handler for HttpHandler {
     fn name(&self) -> &str {
         "http"
     }
 
     async fn handle(&self, event: &Envelope, _ctx: &Context) -> HandlerResult {
-        let key = event.idempotency_key(self.name(), "post");
+        let key = Self::key(event);
         // The same event always serializes to the same bytes, so a retry repeats the same body.
         let body = Bytes::from(event.to_json());
         self.client
             .post_idempotent(&self.url, &key, body, &event_headers(event))
             .await
             .map(|_| ())
+    }
+
+    async fn effect_status(&self, event: &Envelope) -> EffectStatus {
+        effect_status(&self.client, &Self::key(event)).await
+    }
+}
+
+/// What the status endpoint says about `key`: done only for a committed 2xx outcome.
+pub async fn effect_status(client: &HttpClient, key: &str) -> EffectStatus {
+    match client.lookup(key).await {
+        Ok(Some(stored)) if (200..300).contains(&stored.status) => EffectStatus::Done,
+        Ok(Some(stored)) => EffectStatus::NotDone(format!("stored outcome {}", stored.status)),
+        Ok(None) => EffectStatus::NotDone("not found".into()),
+        Err(error) => EffectStatus::Unknown(error.to_string()),
     }
 }

@@ -11,7 +11,7 @@ pub use log::LogHandler;
 pub use trader::TraderHandler;
 
 use crate::envelope::Envelope;
-use crate::worker::{Context, Handler, HandlerResult};
+use crate::worker::{Context, EffectStatus, Handler, HandlerResult};
 
 /// One of the built-in handlers; dispatches statically to the chosen one.
 // One per process, behind an Arc: the size difference between variants costs nothing.
@@ -44,6 +44,15 @@ impl Handler for Builtin {
             Builtin::Chaos(h) => h.handle(event, ctx).await,
             Builtin::Http(h) => h.handle(event, ctx).await,
             Builtin::Trader(h) => h.handle(event, ctx).await,
+        }
+    }
+
+    async fn effect_status(&self, event: &Envelope) -> EffectStatus {
+        match self {
+            Builtin::Log(h) => h.effect_status(event).await,
+            Builtin::Chaos(h) => h.effect_status(event).await,
+            Builtin::Http(h) => h.effect_status(event).await,
+            Builtin::Trader(h) => h.effect_status(event).await,
         }
     }
 }

@@ -74,6 +74,18 @@ pub struct Context {
     pub lane_generation: Option<u64>,
 }
 
+/// What a handler's status check found about an event's effect downstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EffectStatus {
+    /// The effect is committed: the event needs nothing more.
+    Done,
+    /// The downstream holds no committed effect for the event's key (the reason says what it
+    /// answered).
+    NotDone(String),
+    /// The handler cannot tell: no status check, or the check failed (the reason says why).
+    Unknown(String),
+}
+
 /// An event handler. Implement it for your own type and pass it to [`crate::worker::run`].
 ///
 /// A handler must be safe to run more than once for the same event: derive idempotency keys
@@ -85,4 +97,13 @@ pub trait Handler: Send + Sync + 'static {
     /// Handles one event.
     fn handle(&self, event: &Envelope, ctx: &Context)
     -> impl Future<Output = HandlerResult> + Send;
+
+    /// Whether `event`'s effect is already done downstream, by its idempotency key. The worker
+    /// asks before it dead-letters as stale a message that may have run before (redelivered,
+    /// back from a retry tier, replayed): its effect may have committed while the ack was lost.
+    /// The default cannot tell, so such a message is dead-lettered as before.
+    fn effect_status(&self, event: &Envelope) -> impl Future<Output = EffectStatus> + Send {
+        let _ = event;
+        async { EffectStatus::Unknown("the handler has no status check".into()) }
+    }
 }

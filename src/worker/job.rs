@@ -11,7 +11,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use super::decide::{Disposition, decide, defer};
-use super::handler::{Context, Handler, HandlerError, HandlerResult};
+use super::handler::{Context, EffectStatus, Handler, HandlerError, HandlerResult};
 use super::metrics::QueueMetrics;
 use super::settle::settle;
 use crate::amqp::{self, BatchPublisher, ErrorKind, Inbound, hdr};
@@ -123,15 +123,12 @@ impl<H: Handler> Job<H> {
             // A live-only event back from a retry tier has a fresh TTL clock; its age does not.
             let age = now.saturating_sub(event.ts);
             if age > ttl.as_millis() as u64 {
-                return Disposition::DeadLetter {
-                    kind: ErrorKind::Permanent,
-                    reason: format!(
-                        "stale: the event is {} old, older than its time to live of {}",
-                        humantime::format_duration(Duration::from_millis(age / 1000 * 1000)),
-                        humantime::format_duration(ttl)
-                    ),
-                    attempt: attempt.saturating_add(1),
-                };
+                let reason = format!(
+                    "stale: the event is {} old, older than its time to live of {}",
+                    humantime::format_duration(Duration::from_millis(age / 1000 * 1000)),
+                    humantime::format_duration(ttl)
+                );
+                return self.stale(&event, delivery, attempt, reason).await;
             }
         }
         let not_before = amqp::header_u64(&delivery.properties, hdr::NOT_BEFORE);
@@ -141,6 +138,47 @@ impl<H: Handler> Job<H> {
         match self.call(&event, delivery, attempt).await {
             Some(result) => decide(&result, attempt, &self.spec, now_ms()),
             None => Disposition::Requeue,
+        }
+    }
+
+    /// A stale event is dead-lettered, unless it may have run before (its ack lost to a
+    /// connection reset, a crash, a retry) and the handler's status check finds its effect
+    /// done: then it is acked, or `warren dlq` would list as failed an event whose effect
+    /// happened. The dead letter's error says what the check found.
+    async fn stale(
+        &self,
+        event: &Envelope,
+        delivery: &Inbound,
+        attempt: u32,
+        mut reason: String,
+    ) -> Disposition {
+        if may_have_run(delivery, attempt) {
+            let check = tokio::select! {
+                r = tokio::time::timeout(self.handler_timeout, self.handler.effect_status(event)) => r,
+                _ = self.hard_stop.cancelled() => return Disposition::Requeue,
+            };
+            match check {
+                Ok(EffectStatus::Done) => {
+                    tracing::info!(queue = %self.spec.name, event_id = %event.event_id, "Stale redelivery whose effect is done; acking it.");
+                    self.metrics.stale_done.inc();
+                    return Disposition::Ack;
+                }
+                Ok(EffectStatus::NotDone(why)) => {
+                    reason.push_str(&format!("; status check: effect not done ({why})"))
+                }
+                Ok(EffectStatus::Unknown(why)) => {
+                    reason.push_str(&format!("; status check: unknown ({why})"))
+                }
+                Err(_) => reason.push_str(&format!(
+                    "; status check: unknown (no answer within {})",
+                    humantime::format_duration(self.handler_timeout)
+                )),
+            }
+        }
+        Disposition::DeadLetter {
+            kind: ErrorKind::Permanent,
+            reason,
+            attempt: attempt.saturating_add(1),
         }
     }
 
@@ -254,6 +292,19 @@ impl Drop for InFlightGuard {
             self.0.idle.notify_waiters();
         }
     }
+}
+
+/// Whether a handler may have run on this message before: the broker redelivered it, it came
+/// back from a retry tier, or an operator replayed it.
+fn may_have_run(delivery: &Inbound, attempt: u32) -> bool {
+    delivery.redelivered
+        || attempt > 0
+        || amqp::header_u32(&delivery.properties, hdr::REPLAYED) > 0
+        || delivery
+            .properties
+            .headers()
+            .as_ref()
+            .is_some_and(|h| h.inner().contains_key(hdr::X_DEATH))
 }
 
 pub(super) fn now_ms() -> u64 {

@@ -51,6 +51,8 @@ pub struct WorkerMetrics {
     pub lanes_owned: Family<QueueLabels, Gauge>,
     /// Lanes this worker took over or released, by lane queue.
     pub lane_handovers: Family<QueueLabels, Counter>,
+    /// Stale redeliveries acked because the handler's status check found their effect done.
+    pub stale_done: Family<QueueLabels, Counter>,
 }
 
 impl Default for WorkerMetrics {
@@ -73,6 +75,7 @@ impl Default for WorkerMetrics {
             lane_waits: Family::default(),
             lanes_owned: Family::default(),
             lane_handovers: Family::default(),
+            stale_done: Family::default(),
         }
     }
 }
@@ -124,6 +127,12 @@ impl WorkerMetrics {
             "Lanes this worker took over or released, by lane queue",
             self.lane_handovers.clone(),
         );
+        r.register(
+            "stale_done",
+            "Stale redeliveries acked (counted as ack deliveries too) because the handler's \
+             status check found their effect done, by queue",
+            self.stale_done.clone(),
+        );
     }
 
     /// Handles on one queue's series, resolved once so the per-message path does not allocate.
@@ -167,6 +176,12 @@ impl WorkerMetrics {
                     queue: queue.to_string(),
                 })
                 .clone(),
+            stale_done: self
+                .stale_done
+                .get_or_create(&QueueLabels {
+                    queue: queue.to_string(),
+                })
+                .clone(),
         }
     }
 
@@ -199,6 +214,8 @@ pub struct QueueMetrics {
     pub event_lag: Histogram,
     /// In-process retry waits (laned queues).
     pub lane_waits: Counter,
+    /// Stale redeliveries acked after a status check.
+    pub stale_done: Counter,
 }
 
 impl QueueMetrics {

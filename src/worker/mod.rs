@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 pub use decide::{Disposition, decide, defer};
-pub use handler::{Context, Handler, HandlerError, HandlerResult};
+pub use handler::{Context, EffectStatus, Handler, HandlerError, HandlerResult};
 pub use metrics::{QueueMetrics, WorkerMetrics};
 pub use settle::{Settled, settle};
 

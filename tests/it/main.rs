@@ -33,6 +33,7 @@ mod dlq_unrouted;
 mod http_bench;
 mod http_chaos;
 mod http_client;
+mod http_duplicates;
 mod http_worker;
 mod inbound;
 mod lanes;
