@@ -1,5 +1,7 @@
-//! An event whose effect is already done downstream, met again by an `http` worker: a stale
-//! redelivery whose ack was lost is acked after a status check instead of being dead-lettered.
+//! An event whose effect is already done or under way downstream, met again by an `http`
+//! worker: a stale redelivery whose ack was lost is acked after a status check instead of being
+//! dead-lettered, and of two copies racing one key the loser gets 409, checks, and never makes
+//! a second effect.
 
 use crate::support;
 
@@ -166,5 +168,91 @@ async fn a_stale_redelivery_whose_effect_is_done_is_acked_not_dead_lettered() {
     );
     assert!(dead[0].reason.starts_with("stale:"), "{:?}", dead[0]);
     assert!(sim.requests(Some(&key(&old))).await.is_empty());
+    t.cleanup(&conn).await;
+}
+
+/// `test.dup` reaches two queues: each event is delivered twice at once, under one key.
+const TWO_QUEUES: &str = r#"
+[exchanges]
+events = "ev"
+dead_letter = "ev.dlx"
+
+[defaults]
+queue_type = "quorum"
+prefetch = 20
+max_attempts = 6
+retry_delays = ["200ms", "500ms", "1s"]
+delivery_limit = 30
+expires = "10m"
+
+[[queues]]
+name = "a"
+bind = ["test.dup"]
+
+[[queues]]
+name = "b"
+bind = ["test.dup"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_racing_one_key_make_one_effect_through_409_and_a_status_check() {
+    // No fault is injected: every 409 comes from the race. A POST holds its key in flight for
+    // 2 s, so the copy that arrives second finds it in flight.
+    let sim = Sim::start(ApiSettings {
+        latency: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let t = TestTopology::new("http-409-race", TWO_QUEUES);
+    let conn = support::connect().await;
+    t.apply(&conn).await;
+    let url = sim.url("/events");
+    let wa = Warren::spawn(
+        &http_worker_args(&t, "a", &url, &[]),
+        &t.dir().join("a.log"),
+        &[],
+    );
+    let wb = Warren::spawn(
+        &http_worker_args(&t, "b", &url, &[]),
+        &t.dir().join("b.log"),
+        &[],
+    );
+    consuming(&wa).await;
+    consuming(&wb).await;
+    let ids = support::publish_events(&conn, &t, "test.dup", serde_json::json!({}), 10).await;
+    settled(&conn, &t, "a", Duration::from_secs(60)).await;
+    settled(&conn, &t, "b", Duration::from_secs(60)).await;
+
+    for q in ["a", "b"] {
+        let dead = dead_letters(&conn, &t.topology.queue(q).unwrap().dlq()).await;
+        assert!(dead.is_empty(), "{q}: {dead:?}");
+    }
+    let ledger = sim.ledger().await;
+    assert_eq!(ledger.effects, 10, "one effect per event");
+    for id in &ids {
+        let k = key(id);
+        let entry = ledger.keys.iter().find(|e| e.key == k).expect("key");
+        assert_eq!(entry.effects, 1, "{id}: {entry:?}");
+        let calls = sim.requests(Some(&k)).await;
+        let shown = || format!("{id}: {calls:#?}");
+        // The loser's POST was answered 409 while the winner's was in flight...
+        let conflict = calls
+            .iter()
+            .position(|r| r.method == "POST" && r.status == 409)
+            .unwrap_or_else(|| panic!("no 409: {}", shown()));
+        // ...and it checked the status before it called again, never assuming done.
+        let next = calls[conflict + 1..]
+            .iter()
+            .find(|r| r.method == "GET" || r.method == "POST")
+            .unwrap_or_else(|| panic!("nothing after the 409: {}", shown()));
+        assert_eq!(next.method, "GET", "{}", shown());
+        // Both copies ended acked: one with the effect, the other with the stored outcome (a
+        // status check's 200 or a replayed POST).
+        let answered_done = calls
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .count();
+        assert!(answered_done >= 2, "{}", shown());
+    }
     t.cleanup(&conn).await;
 }
