@@ -41,14 +41,31 @@ pub struct Detail {
 
 /// Decodes `delivery`, explained as `letter`.
 pub fn detail(delivery: &Delivery, letter: DeadLetter) -> Detail {
-    let props = &delivery.properties;
-    Detail {
+    Detail::decode(
         letter,
-        redelivered: delivery.redelivered,
-        properties: properties(props),
-        headers: props.headers().as_ref().map(table).unwrap_or_default(),
-        x_death: x_death(props),
-        body: body(&delivery.data),
+        &delivery.properties,
+        &delivery.data,
+        delivery.redelivered,
+    )
+}
+
+impl Detail {
+    /// Decodes a dead letter's properties and body, explained as `letter` (what [`detail`]
+    /// does for a delivery; the fuzz targets call it with decoded frames).
+    pub fn decode(
+        letter: DeadLetter,
+        props: &BasicProperties,
+        data: &[u8],
+        redelivered: bool,
+    ) -> Detail {
+        Detail {
+            letter,
+            redelivered,
+            properties: properties(props),
+            headers: props.headers().as_ref().map(table).unwrap_or_default(),
+            x_death: x_death(props),
+            body: body(data),
+        }
     }
 }
 

@@ -24,7 +24,7 @@ pub use filter::Filter;
 pub use fingerprint::fingerprint;
 pub use purge::purge;
 pub use read::{Listing, export, find, list, read_whole, scan, stats};
-pub use replay::{ReplayOptions, replay};
+pub use replay::{ReplayOptions, replay, replay_properties};
 pub use report::{Item, Outcome, Report, Scan};
 pub use stats::{Group, Stats, StatsBuilder};
 

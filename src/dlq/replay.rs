@@ -280,7 +280,7 @@ fn target(
 /// The replayed copy's properties: persistent, no expiration, the broker's dead-lettering
 /// headers and warren's attempt and not-before removed, `x-warren-replayed` + 1; everything
 /// else (trace context, failure history, message id) kept.
-pub(crate) fn replay_properties(original: &BasicProperties) -> BasicProperties {
+pub fn replay_properties(original: &BasicProperties) -> BasicProperties {
     let replayed = header_u32(original, hdr::REPLAYED).saturating_add(1);
     let mut map: BTreeMap<_, _> = original
         .headers()

@@ -30,6 +30,7 @@ mod dlq_replay_kill;
 mod dlq_stats;
 mod dlq_tables;
 mod dlq_unrouted;
+mod fuzz_corpus;
 mod http_bench;
 mod http_chaos;
 mod http_client;
