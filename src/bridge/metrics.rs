@@ -93,6 +93,17 @@ fn counters(
     Ok(())
 }
 
+/// A counter without labels (`counters` would render an empty `{}`).
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(metric)
+}
+
 fn gauge(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -164,6 +175,12 @@ impl Collector for BridgeMetrics {
                 ),
             ],
         )?;
+        counter(
+            &mut encoder,
+            "upstream_silences",
+            "Times the upstream sent no event within --silence-timeout (each one a resubscribe)",
+            load(&s.upstream_silences),
+        )?;
         gauge(
             &mut encoder,
             "in_flight",
@@ -176,6 +193,12 @@ impl Collector for BridgeMetrics {
             "cursor_age_seconds",
             "Now minus the time of the cursor's eventId (absent before the first cursor)",
             age_secs(now, load(&s.cursor_ms)),
+        )?;
+        gauge(
+            &mut encoder,
+            "seconds_since_last_event",
+            "Time since the upstream's last event, or since the first subscribe before any (absent without an upstream)",
+            age_secs(now, load(&s.last_event_ms)),
         )?;
         gauge(
             &mut encoder,
@@ -211,6 +234,7 @@ mod tests {
         stats.confirmed.store(10, Ordering::Relaxed);
         stats.unroutable.store(3, Ordering::Relaxed);
         stats.broker_connects.store(3, Ordering::Relaxed);
+        stats.upstream_silences.store(2, Ordering::Relaxed);
         stats.latency.confirm.observe(0.002);
         let body = scrape(&stats);
         for line in [
@@ -219,6 +243,7 @@ mod tests {
             "warren_bridge_publishes_total{outcome=\"returned\"} 3",
             "warren_bridge_reconnects_total{peer=\"broker\"} 2",
             "warren_bridge_reconnects_total{peer=\"upstream\"} 0",
+            "warren_bridge_upstream_silences_total 2",
             "warren_bridge_publish_confirm_seconds_count 1",
             "warren_bridge_ready 0.0",
         ] {
@@ -230,6 +255,12 @@ mod tests {
                 .lines()
                 .any(|l| l.starts_with("warren_bridge_cursor_age_seconds ")),
             "no cursor, no age:\n{body}"
+        );
+        assert!(
+            !body
+                .lines()
+                .any(|l| l.starts_with("warren_bridge_seconds_since_last_event ")),
+            "never subscribed, no silence gauge:\n{body}"
         );
     }
 

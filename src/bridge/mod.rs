@@ -58,6 +58,9 @@ use crate::amqp::AmqpUrl;
 use crate::error::Error;
 use crate::topology::Topology;
 
+/// A market feed ticks many times a second; half a minute without an event is a stuck producer.
+pub const DEFAULT_SILENCE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How the bridge runs.
 #[derive(Debug)]
 pub struct BridgeSettings {
@@ -79,6 +82,9 @@ pub struct BridgeSettings {
     pub ping_interval: Duration,
     /// No frame for this long means the connection is dead: reconnect.
     pub idle_timeout: Duration,
+    /// No event for this long (pongs do not count) means the upstream is silent: warn,
+    /// resubscribe from the cursor, report not ready until events flow. Zero turns it off.
+    pub silence_timeout: Duration,
     /// How often the cursor is persisted (also every `confirm_window` events, and on shutdown).
     pub cursor_flush_interval: Duration,
     /// How long shutdown waits for outstanding confirms.
@@ -98,6 +104,7 @@ impl BridgeSettings {
             connect_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
+            silence_timeout: DEFAULT_SILENCE_TIMEOUT,
             cursor_flush_interval: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
         }
@@ -125,6 +132,11 @@ pub struct Stats {
     pub duplicates: AtomicU64,
     /// Upstream connections made.
     pub upstream_connects: AtomicU64,
+    /// Times the upstream was silent past the silence deadline (each one a resubscribe).
+    pub upstream_silences: AtomicU64,
+    /// When the last upstream event (any data frame) arrived, epoch ms; until the first, when
+    /// the bridge first subscribed (0: never subscribed).
+    pub last_event_ms: AtomicU64,
     /// Broker connections made.
     pub broker_connects: AtomicU64,
     /// Webhook events published and confirmed.

@@ -37,6 +37,10 @@ pub struct BridgeArgs {
     /// No frame (event or pong) for this long means a dead connection: reconnect.
     #[arg(long, default_value = "45s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+    /// No event for this long (pongs do not count): warn, resubscribe from the cursor and
+    /// report not ready until events flow again. `0` or `off` turns it off.
+    #[arg(long, default_value = "30s", value_parser = parse_silence_timeout)]
+    pub silence_timeout: Duration,
     /// How often the cursor file is rewritten (also every --confirm-window events and on exit).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub cursor_flush_interval: Duration,
@@ -59,6 +63,14 @@ pub struct BridgeArgs {
     /// bound address is logged as `Serving /metrics… addr=…` (use port 0 to pick a free one).
     #[arg(long, env = "WARREN_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+}
+
+/// A duration, or `0`/`off` for none.
+fn parse_silence_timeout(s: &str) -> std::result::Result<Duration, String> {
+    match s.trim() {
+        "0" | "off" => Ok(Duration::ZERO),
+        d => humantime::parse_duration(d).map_err(|e| format!("{e} (or `off`)")),
+    }
 }
 
 pub(super) async fn bridge_command(global: &GlobalArgs, args: BridgeArgs) -> Result<Outcome> {
@@ -100,6 +112,7 @@ pub(super) async fn bridge_command(global: &GlobalArgs, args: BridgeArgs) -> Res
     settings.connect_timeout = args.connect_timeout;
     settings.ping_interval = args.ping_interval;
     settings.idle_timeout = args.idle_timeout;
+    settings.silence_timeout = args.silence_timeout;
     settings.cursor_flush_interval = args.cursor_flush_interval;
     settings.shutdown_timeout = args.shutdown_timeout;
     let shutdown = signals::on_signals();
@@ -113,4 +126,17 @@ pub(super) async fn bridge_command(global: &GlobalArgs, args: BridgeArgs) -> Res
     }
     crate::bridge::run(settings, stats, shutdown).await?;
     Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_timeout_takes_a_duration_or_off() {
+        assert_eq!(parse_silence_timeout("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_silence_timeout("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_silence_timeout("off"), Ok(Duration::ZERO));
+        assert!(parse_silence_timeout("soon").unwrap_err().contains("off"));
+    }
 }

@@ -106,6 +106,10 @@ pub struct SimUpstreamArgs {
     /// Each connection stops sending (and reading) after N events but keeps TCP open.
     #[arg(long)]
     pub stall_after: Option<u64>,
+    /// Each connection stops sending events after N but keeps reading, so it still answers
+    /// pings (a producer stuck behind a live socket).
+    #[arg(long)]
+    pub silent_after: Option<u64>,
 }
 
 /// A kind of malformed frame (`--malformed-kinds`).
@@ -178,6 +182,7 @@ pub(super) async fn sim_upstream_command(args: SimUpstreamArgs) -> Result<Outcom
                 .map(Malformed::kind)
                 .collect(),
             stall_after: args.stall_after.filter(|n| *n > 0),
+            silent_after: args.silent_after.filter(|n| *n > 0),
         },
         pregenerate: false,
     };

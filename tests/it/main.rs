@@ -11,6 +11,7 @@ mod bridge_malformed;
 mod bridge_nack;
 mod bridge_pipeline;
 mod bridge_shutdown;
+mod bridge_silence;
 mod bridge_stall;
 mod bridge_unroutable;
 mod bridge_upstream_edge;

@@ -175,11 +175,14 @@ async fn bridge_metrics_move_and_readiness_follows_the_broker_connection() {
     let cursor = t.dir().join("cursor");
     let w = {
         let url = proxy.amqp_url(2);
+        // The stream ends early; readiness here must follow the broker, not the silence.
         let mut extra = vec![
             "--cursor-file",
             cursor.to_str().unwrap(),
             "--metrics-listen",
             "127.0.0.1:0",
+            "--silence-timeout",
+            "off",
         ];
         extra.extend(["--amqp-url", &url]);
         spawn_bridge(&t, &sim.url(), &extra, &t.dir().join("bridge.log"))

@@ -1,6 +1,7 @@
 //! Connections: the broker (with republish of everything unconfirmed after a reconnect) and
 //! the upstream (subscribe with the cursor), their failures, backoff, pings and the idle deadline.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
@@ -22,6 +23,30 @@ impl Pump {
             let secs = self.idle_timeout.as_secs_f32();
             self.upstream_failed(&format!("no frame for {secs}s (idle deadline)"));
         }
+    }
+
+    /// Pongs keep the idle deadline at bay but not this one: a producer stuck behind a live
+    /// socket sends pongs and no events. Resubscribing from the cursor asks for a fresh session.
+    pub(super) fn check_silence(&mut self) {
+        if self.silence_timeout.is_zero() {
+            return;
+        }
+        let Some(ws) = &self.ws else { return };
+        if ws.last_event.elapsed() <= self.silence_timeout {
+            return;
+        }
+        let since = *self.silent_since.get_or_insert(ws.last_event);
+        self.ws = None;
+        // At once: the deadline itself paces resubscribes to a silent upstream.
+        self.ws_retry_at = Instant::now();
+        let silences = self.stats.upstream_silences.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(
+            silent_secs = format!("{:.1}", since.elapsed().as_secs_f64()),
+            deadline_secs = self.silence_timeout.as_secs_f64(),
+            silences,
+            resume_from = %self.cursor.map(|c| c.to_string()).unwrap_or_else(|| "latest".into()),
+            "Upstream silent past the deadline (pings answered, no events); resubscribing from the cursor."
+        );
     }
 
     pub(super) async fn ensure_broker(&mut self) {
@@ -85,10 +110,18 @@ impl Pump {
                     resume_from = %resume.map(|c| c.to_string()).unwrap_or_else(|| "latest".into()),
                     "Upstream subscribed."
                 );
+                let now = Instant::now();
                 self.ws = Some(Ws {
                     stream,
-                    last_frame: Instant::now(),
+                    last_frame: now,
+                    last_event: now,
                 });
+                let _ = self.stats.last_event_ms.compare_exchange(
+                    0,
+                    super::now_ms(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
             }
             Err(error) => {
                 let delay = self.ws_backoff.next_delay();

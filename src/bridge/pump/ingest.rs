@@ -39,8 +39,19 @@ impl Pump {
             }
             Some(Ok(msg)) => msg,
         };
+        let now = Instant::now();
         if let Some(ws) = &mut self.ws {
-            ws.last_frame = Instant::now();
+            ws.last_frame = now;
+            if matches!(msg, WsMessage::Text(_) | WsMessage::Binary(_)) {
+                ws.last_event = now;
+                self.stats.last_event_ms.store(now_ms(), Ordering::Relaxed);
+                if let Some(since) = self.silent_since.take() {
+                    tracing::info!(
+                        silent_secs = format!("{:.1}", since.elapsed().as_secs_f64()),
+                        "Upstream events flowing again."
+                    );
+                }
+            }
         }
         match msg {
             WsMessage::Text(text) => self.on_text(text.as_bytes()).await,

@@ -42,7 +42,10 @@ const WARN_EVERY: Duration = Duration::from_secs(5);
 
 struct Ws {
     stream: WsStream,
+    /// Any frame, pongs included: the idle deadline.
     last_frame: Instant,
+    /// Data frames only (or the subscribe): the silence deadline.
+    last_event: Instant,
 }
 
 struct Broker {
@@ -89,6 +92,9 @@ pub(super) struct Pump {
     connect_timeout: Duration,
     ping_interval: Duration,
     idle_timeout: Duration,
+    silence_timeout: Duration,
+    /// Set when the silence deadline fired: when the last event came. Cleared by the next event.
+    silent_since: Option<Instant>,
     flush_interval: Duration,
     shutdown_timeout: Duration,
     window_size: usize,
@@ -177,6 +183,8 @@ impl Pump {
             connect_timeout: s.connect_timeout,
             ping_interval: s.ping_interval,
             idle_timeout: s.idle_timeout,
+            silence_timeout: s.silence_timeout,
+            silent_since: None,
             flush_interval: s.cursor_flush_interval,
             shutdown_timeout: s.shutdown_timeout,
             window_size,
@@ -222,8 +230,10 @@ impl Pump {
             }
             let reading = self.can_read();
             if !reading && let Some(ws) = &mut self.ws {
-                // The idle deadline measures the upstream's silence, not ours.
-                ws.last_frame = Instant::now();
+                // The idle and silence deadlines measure the upstream's silence, not ours.
+                let now = Instant::now();
+                ws.last_frame = now;
+                ws.last_event = now;
             }
             let wake = {
                 let window = &mut self.window;
@@ -257,6 +267,7 @@ impl Pump {
                 Wake::Tick => {
                     self.check_broker();
                     self.check_idle();
+                    self.check_silence();
                 }
             }
             self.advance_cursor();

@@ -112,7 +112,10 @@ impl Pump {
             .in_flight
             .store(self.outbox.len() as u64, Ordering::Relaxed);
         let subscribed = self.upstream.is_none() || self.ws.is_some();
-        stats.ready.set(self.broker.is_some() && subscribed);
+        let silent = self.silent_since.is_some();
+        stats
+            .ready
+            .set(self.broker.is_some() && subscribed && !silent);
     }
 
     pub(super) fn advance_cursor(&mut self) {

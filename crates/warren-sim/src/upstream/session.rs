@@ -268,6 +268,16 @@ async fn session(
                 }
                 return Ok(End::Stalled);
             }
+            if f.silent_after.is_some_and(|n| sent >= n) {
+                ws.flush().await?;
+                shared.sent_up_to.send_if_modified(|v| bump(v, pos));
+                tracing::info!(
+                    connection = conn,
+                    sent,
+                    "Silent: no more events, pings still answered."
+                );
+                return Ok(silent(&mut ws, shutdown).await);
+            }
             if f.drop_every.is_some_and(|n| sent >= n) {
                 ws.flush().await?;
                 shared.sent_up_to.send_if_modified(|v| bump(v, pos));
@@ -276,6 +286,26 @@ async fn session(
         }
         ws.flush().await?;
         shared.sent_up_to.send_if_modified(|v| bump(v, pos));
+    }
+}
+
+/// Keeps reading (tungstenite answers each ping as it reads) and sends nothing, until the
+/// client leaves, shutdown, or [`STALL_HOLD`].
+async fn silent(ws: &mut Ws, shutdown: &CancellationToken) -> End {
+    let hold = tokio::time::sleep(STALL_HOLD);
+    tokio::pin!(hold);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = ws.close(None).await;
+                return End::Shutdown;
+            }
+            _ = &mut hold => return End::Stalled,
+            msg = ws.next() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return End::Closed,
+                Some(Ok(_)) => {}
+            },
+        }
     }
 }
 

@@ -94,6 +94,9 @@ pub struct Faults {
     pub malformed_kinds: Vec<MalformedKind>,
     /// Each connection stops sending and reading after this many events, keeping TCP open.
     pub stall_after: Option<u64>,
+    /// Each connection stops sending events after this many but keeps reading, so it answers
+    /// pings: a producer stuck behind a live socket.
+    pub silent_after: Option<u64>,
 }
 
 /// How the simulated upstream runs.
