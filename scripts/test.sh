@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 AMQP_URL="$(scripts/broker.sh)"
 export AMQP_URL
+# The PostgreSQL sink's tests create their own schemas in this database and drop them.
+DATABASE_URL="$(scripts/postgres.sh)"
+export DATABASE_URL
 # nextest runs the broker-disturbing tests alone (see .config/nextest.toml). A fresh CI runner
 # installs it; a developer machine is told how.
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use crate::amqp::AmqpError;
+use crate::postgres::DbError;
 use crate::topology::TopologyError;
 
 /// Everything a command can fail with.
@@ -16,6 +17,9 @@ pub enum Error {
     /// The topology file is invalid or disagrees with the broker.
     #[error(transparent)]
     Topology(#[from] TopologyError),
+    /// The database (PostgreSQL sink) failed or is not set up.
+    #[error(transparent)]
+    Db(#[from] DbError),
     /// A simulator (`warren sim`, `warren demo`) could not start or run.
     #[error(transparent)]
     Simulator(#[from] warren_sim::SimError),

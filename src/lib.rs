@@ -15,9 +15,10 @@
 //! - [`dlq`]: dead-letter operations: list, show, stats, export, replay, purge.
 //! - [`envelope`]: the upstream event envelope and its validation.
 //! - [`error`]: the crate's error type.
-//! - [`handlers`]: the built-in handlers (`log`, `chaos`, `http`, `trader`).
+//! - [`handlers`]: the built-in handlers (`log`, `chaos`, `http`, `trader`, `postgres`).
 //! - [`http`]: downstream calls: idempotency keys, the error taxonomy, retries, status checks.
 //! - [`metrics`]: `/metrics`, `/healthz`, `/readyz` for `--metrics-listen`.
+//! - [`postgres`]: the PostgreSQL sink: schema as code, batches written exactly once (inbox).
 //! - [`output`]: tables and JSON on stdout, through the one writer that a closed pipe ends quietly.
 //! - [`status`]: queue depths, unacked and consumers for the whole topology.
 //! - [`telemetry`]: logging to stderr.
@@ -77,6 +78,7 @@ pub mod handlers;
 pub mod http;
 pub mod metrics;
 pub mod output;
+pub mod postgres;
 pub mod status;
 pub mod telemetry;
 pub mod topology;

@@ -13,6 +13,7 @@ use crate::telemetry::LogFormat;
 use crate::topology::{DEFAULT_TOPOLOGY_FILE, Topology};
 
 mod bridge;
+mod db;
 mod demo;
 mod dlq;
 mod outcome;
@@ -23,6 +24,7 @@ mod topology;
 mod worker;
 
 pub use bridge::BridgeArgs;
+pub use db::{DbArgs, DbCommand};
 pub use demo::DemoArgs;
 pub use dlq::DlqCommand;
 pub use outcome::{Outcome, exit_code};
@@ -157,6 +159,9 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Queues of the topology: ready, unacked, consumers, retry tiers and DLQ depth.
     Status(StatusArgs),
+    /// The PostgreSQL sink's schema: apply (create or migrate) and status.
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Run the whole pipeline on the broker under a unique prefix (sim upstream, bridge, N
     /// worker processes, sim API), show progress, and reconcile: exit 1 if any event was lost.
     Demo(DemoArgs),
@@ -172,6 +177,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Dlq(cmd) => dlq::dlq_command(&cli.global, cmd).await,
         Command::Status(args) => status::status_command(&cli.global, args).await,
         Command::Sim(SimCommand::Api(args)) => sim::sim_api_command(args).await,
+        Command::Db(cmd) => db::db_command(cmd).await,
         Command::Demo(args) => demo::demo_command(&cli.global, args).await,
     }
 }

@@ -39,6 +39,7 @@ impl Outcome {
             // A topology file that cannot be read or is invalid, or a queue it does not have:
             // configuration the operator fixes, like a flag.
             Error::Usage(_)
+            | Error::Db(crate::postgres::DbError::Config(_))
             | Error::Topology(
                 TopologyError::Read { .. }
                 | TopologyError::Invalid { .. }

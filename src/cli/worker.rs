@@ -7,10 +7,14 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use super::{GlobalArgs, Outcome, TopologyArgs, signals};
+use super::{DbArgs, GlobalArgs, Outcome, TopologyArgs, signals};
 use crate::error::{Error, Result};
-use crate::handlers::{Builtin, ChaosHandler, HttpHandler, LogHandler, TraderHandler};
+use crate::handlers::postgres::{BatchSettings, NAME as POSTGRES_HANDLER};
+use crate::handlers::{
+    Builtin, ChaosHandler, HttpHandler, LogHandler, PostgresHandler, TraderHandler,
+};
 use crate::http::{ClientSettings, HttpClient, StatusUrl, Token};
+use crate::postgres::Sink;
 use crate::topology::Topology;
 use crate::worker::{self, WorkerSettings};
 
@@ -27,6 +31,9 @@ pub enum HandlerName {
     /// The momentum trader against the trading API at --api, on a queue laned by pair (or a
     /// single-active-consumer queue with --concurrency 1).
     Trader,
+    /// Write each event exactly once into PostgreSQL (DATABASE_URL): the events table, domain
+    /// tables by natural key, and an inbox row in the same transaction, in batches.
+    Postgres,
 }
 
 /// `warren worker …`
@@ -62,6 +69,24 @@ pub struct WorkerArgs {
     pub record: Option<PathBuf>,
     #[command(flatten)]
     pub downstream: DownstreamArgs,
+    #[command(flatten)]
+    pub sink: SinkArgs,
+}
+
+/// Where and how the `postgres` handler writes.
+#[derive(Debug, Clone, Args)]
+pub struct SinkArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// postgres handler: events per transaction at most.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+    /// postgres handler: how long a batch's first event waits for more before it is written.
+    #[arg(long, default_value = "2ms", value_parser = humantime::parse_duration)]
+    pub batch_linger: Duration,
+    /// postgres handler: database connections, hence batches written at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub db_pool: u32,
 }
 
 /// Where the `http` and `trader` handlers send their calls, and how patiently.
@@ -109,8 +134,8 @@ impl DownstreamArgs {
 }
 
 pub(super) async fn worker_command(global: &GlobalArgs, args: WorkerArgs) -> Result<Outcome> {
-    let handler = build_handler(&args)?;
     let topology = args.topology.load()?;
+    let handler = build_handler(&args).await?;
     // A laned queue orders each pair's ticks itself; a plain one only with one handler at once.
     let all_laned = args
         .queues
@@ -125,6 +150,10 @@ pub(super) async fn worker_command(global: &GlobalArgs, args: WorkerArgs) -> Res
             ));
         }
         (HandlerName::Trader, _) => 1,
+        // Enough handlers waiting at once to fill every connection's batch.
+        (HandlerName::Postgres, n) => {
+            n.unwrap_or((args.sink.batch_size * args.sink.db_pool * 2).clamp(16, 10_000))
+        }
         (_, n) => n.unwrap_or(16),
     };
     if args.handler == HandlerName::Trader {
@@ -144,6 +173,9 @@ pub(super) async fn worker_command(global: &GlobalArgs, args: WorkerArgs) -> Res
     if let Some(addr) = &args.metrics_listen {
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
+        if let Builtin::Postgres(h) = &handler {
+            h.metrics().register(&mut registry);
+        }
         crate::metrics::spawn(addr, registry, metrics.ready.clone(), shutdown.clone())
             .await
             .map_err(|e| Error::Usage(format!("--metrics-listen {addr}: {e}")))?;
@@ -164,7 +196,7 @@ fn warn_unfit_for_trading(topology: &Topology, queues: &[String]) {
     }
 }
 
-fn build_handler(args: &WorkerArgs) -> Result<Builtin> {
+async fn build_handler(args: &WorkerArgs) -> Result<Builtin> {
     let d = &args.downstream;
     Ok(match args.handler {
         HandlerName::Log => Builtin::Log(LogHandler),
@@ -192,6 +224,21 @@ fn build_handler(args: &WorkerArgs) -> Result<Builtin> {
             )
             .map_err(Error::Usage)?;
             Builtin::Trader(trader)
+        }
+        HandlerName::Postgres => {
+            let sink = &args.sink;
+            let settings = sink.db.settings("--handler postgres")?;
+            let pool = settings.pool(sink.db_pool as usize)?;
+            let writer = Sink::connect(settings, pool, POSTGRES_HANDLER).await?;
+            tracing::info!(database = %writer.database(), batch_size = sink.batch_size, "Writing events into PostgreSQL.");
+            Builtin::Postgres(PostgresHandler::start(
+                writer,
+                BatchSettings {
+                    batch_size: sink.batch_size as usize,
+                    linger: sink.batch_linger,
+                    parallel: sink.db_pool as usize,
+                },
+            ))
         }
     })
 }

@@ -3,11 +3,13 @@
 mod chaos;
 pub mod http;
 mod log;
+pub mod postgres;
 pub mod trader;
 
 pub use chaos::ChaosHandler;
 pub use http::HttpHandler;
 pub use log::LogHandler;
+pub use postgres::PostgresHandler;
 pub use trader::TraderHandler;
 
 use crate::envelope::Envelope;
@@ -26,6 +28,8 @@ pub enum Builtin {
     Http(HttpHandler),
     /// The momentum trader.
     Trader(TraderHandler),
+    /// Writes each event exactly once into PostgreSQL.
+    Postgres(PostgresHandler),
 }
 
 impl Handler for Builtin {
@@ -35,6 +39,7 @@ impl Handler for Builtin {
             Builtin::Chaos(h) => h.name(),
             Builtin::Http(h) => h.name(),
             Builtin::Trader(h) => h.name(),
+            Builtin::Postgres(h) => h.name(),
         }
     }
 
@@ -44,6 +49,7 @@ impl Handler for Builtin {
             Builtin::Chaos(h) => h.handle(event, ctx).await,
             Builtin::Http(h) => h.handle(event, ctx).await,
             Builtin::Trader(h) => h.handle(event, ctx).await,
+            Builtin::Postgres(h) => h.handle(event, ctx).await,
         }
     }
 

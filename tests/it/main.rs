@@ -41,6 +41,7 @@ mod inbound;
 mod lanes;
 mod metrics;
 mod permissions;
+mod postgres;
 mod reliability;
 mod sim_api;
 mod sim_upstream;

@@ -473,6 +473,7 @@ pub mod dlq;
 pub mod downstream;
 pub mod fleet;
 pub mod node;
+pub mod pg;
 pub mod proxy;
 pub mod recorder;
 pub mod trader;
