@@ -121,14 +121,11 @@ pub async fn run(settings: DemoSettings, shutdown: CancellationToken) -> Result<
     let result = pipeline(&settings, &conn, &topology, &topology_file, &dir, shutdown).await;
 
     if settings.keep {
-        eprintln!(
-            "warren demo: kept prefix {prefix} and {dir}. Inspect with:\n  \
-             warren status -f {file} --prefix {prefix}\n  \
-             warren dlq list -f {file} --prefix {prefix}\n\
-             Remove with: warren topology delete -y -f {file} --prefix {prefix}",
-            dir = dir.display(),
-            file = topology_file.display(),
-        );
+        let first_dead = result
+            .as_ref()
+            .ok()
+            .and_then(|r| r.first_dead_id.as_deref());
+        eprintln!("{}", keep_hints(&prefix, &topology_file, &dir, first_dead));
     } else {
         match topology::delete(&conn, &plan).await {
             Ok(n) => tracing::info!(prefix = %prefix, deleted = n, "Demo topology deleted."),
@@ -144,6 +141,29 @@ pub async fn run(settings: DemoSettings, shutdown: CancellationToken) -> Result<
     }
     amqp::close(&conn).await;
     result
+}
+
+/// What `--keep` prints: each command runs as written once `warren` is on PATH (the quick
+/// start installs it); the last line removes everything the run left.
+fn keep_hints(prefix: &str, file: &Path, dir: &Path, first_dead: Option<&str>) -> String {
+    let f = file.display();
+    let at = format!("-f {f} --prefix {prefix}");
+    let show = match first_dead {
+        Some(id) => format!("  warren dlq show {at} {id}\n"),
+        None => String::new(),
+    };
+    format!(
+        "warren demo: kept prefix {prefix} and {dir}. Inspect with:\n  \
+         warren status {at}\n  \
+         warren dlq list {at}\n  \
+         warren dlq stats {at}\n\
+         {show}  \
+         warren dlq replay {at} --all --dry-run\n  \
+         warren dlq replay {at} --all -y\n\
+         Remove with:\n  \
+         warren topology delete -y {at} && rm -r {dir}",
+        dir = dir.display(),
+    )
 }
 
 /// The topology text the demo declares: with `expires` on every queue unless `keep`, so a demo

@@ -117,6 +117,9 @@ pub struct DemoReport {
     pub worker_kills: u32,
     /// Deliveries acked per lane of each laned queue (lane queue → count), all workers.
     pub lanes: BTreeMap<String, u64>,
+    /// One dead-lettered eventId, for the `dlq show` hint of `--keep`.
+    #[serde(skip)]
+    pub first_dead_id: Option<String>,
 }
 
 impl DemoReport {
@@ -190,6 +193,7 @@ pub fn reconcile(prefix: &str, inputs: &Inputs) -> DemoReport {
             last_effect = last_effect.max(at);
         } else if dead_ids.contains(e.id.as_str()) {
             report.dead_lettered += 1;
+            report.first_dead_id.get_or_insert_with(|| e.id.clone());
         } else if inputs.unrouted_types.contains(&e.event_type) {
             report.unrouted += 1;
         } else {

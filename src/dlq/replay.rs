@@ -252,7 +252,8 @@ fn item(letter: &DeadLetter) -> Item {
 }
 
 /// Where a dead letter goes back to, as (exchange, routing key): its origin queue by the
-/// default exchange, which must be a work queue of the topology (a stale or foreign header
+/// default exchange, which must be a work queue of the topology or one of its lanes (the
+/// lane a key hashes to, so the key's events stay in one lane); a stale or foreign header
 /// must not route a message anywhere else); an unrouted event goes through the events exchange
 /// with its own routing key, to whatever binds it now.
 fn target(
@@ -269,12 +270,22 @@ fn target(
     }
     match letter.origin.as_deref() {
         None => Err("no origin queue: a frame the bridge could not parse has nowhere to go back to; fix the producer and export it instead".into()),
-        Some(q) if topology.queues.iter().any(|s| s.name == q) => Ok((String::new(), q.to_string())),
+        Some(q) if is_work_queue(topology, q) => Ok((String::new(), q.to_string())),
         Some(q) => Err(format!(
             "origin queue '{q}' is not a work queue of {} (check -f/--prefix)",
             topology.source.display()
         )),
     }
+}
+
+/// `q` is a work queue of `topology` or a lane of one.
+fn is_work_queue(topology: &Topology, q: &str) -> bool {
+    topology.queues.iter().any(|s| {
+        s.name == q
+            || s.lanes.as_ref().is_some_and(|l| {
+                (0..l.count).any(|lane| crate::topology::lanes::lane_queue(&s.name, lane) == q)
+            })
+    })
 }
 
 /// The replayed copy's properties: persistent, no expiration, the broker's dead-lettering
@@ -328,6 +339,28 @@ mod tests {
 
     use super::*;
     use crate::amqp::header_str;
+
+    #[test]
+    fn a_lane_of_a_work_queue_is_a_replay_target() {
+        let t = Topology::parse(
+            crate::demo::DEFAULT_TOPOLOGY,
+            std::path::Path::new("t.toml"),
+            "d.",
+        )
+        .unwrap();
+        let laned = t
+            .queues
+            .iter()
+            .find(|q| q.lanes.is_some())
+            .expect("a laned queue");
+        let count = laned.lanes.as_ref().unwrap().count;
+        assert!(is_work_queue(&t, &laned.name));
+        let lane = |i| crate::topology::lanes::lane_queue(&laned.name, i);
+        assert!(is_work_queue(&t, &lane(0)));
+        assert!(is_work_queue(&t, &lane(count - 1)));
+        assert!(!is_work_queue(&t, &lane(count)), "no such lane");
+        assert!(!is_work_queue(&t, "d.elsewhere"));
+    }
 
     #[test]
     fn replayed_copy_resets_attempts_and_counts_the_replay() {

@@ -1,20 +1,35 @@
 //! `warren demo`, run as a user would: the binary against the real broker, its JSON report
 //! checked against the promise (nothing lost, no effect twice), and nothing left behind.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::support::{amqp_url, rabbitmqctl};
 use serde_json::Value;
 
 fn demo(args: &[&str], url: &str) -> Output {
+    demo_in(args, url, &std::env::temp_dir())
+}
+
+/// `warren demo` with its temp directory (`TMPDIR`) in `tmp`.
+fn demo_in(args: &[&str], url: &str, tmp: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_warren"))
         .arg("demo")
         .args(args)
         .env("AMQP_URL", url)
         .env("RUST_LOG", "info")
+        .env("TMPDIR", tmp)
         .env_remove("RUST_BACKTRACE")
         .output()
         .expect("run warren demo")
+}
+
+/// What a temp directory holds, by name.
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("read the temp dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// The report, after checking the run succeeded.
@@ -64,11 +79,14 @@ fn assert_cleaned_up(r: &Value) {
 
 #[test]
 fn demo_processes_every_event_once_and_cleans_up() {
-    let out = demo(
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let out = demo_in(
         &["--events", "300", "--workers", "2", "-o", "json"],
         &amqp_url(),
+        tmp.path(),
     );
     let r = report(&out);
+    assert_eq!(entries(tmp.path()), Vec::<String>::new(), "left in TMPDIR");
     assert_promise_kept(&r, 300);
     // Without faults nothing fails, so everything is processed.
     assert_eq!(n(&r, "processed"), 300, "{r}");
@@ -126,4 +144,70 @@ fn demo_without_a_broker_says_so_in_one_line() {
     for bad in ["panicked", "backtrace", "s3cret-pw"] {
         assert!(!stderr.contains(bad), "{bad} in {stderr}");
     }
+}
+
+/// `--keep` prints commands for status and every read of the DLQs; each one runs as printed
+/// with `warren` on PATH, and the removal line leaves neither queues nor files behind.
+#[test]
+fn demo_keep_hints_run_as_printed_and_remove_everything() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let url = amqp_url();
+    let out = demo_in(
+        &[
+            "--events", "300", "--faults", "--seed", "7", "--keep", "-o", "json",
+        ],
+        &url,
+        tmp.path(),
+    );
+    let r = report(&out);
+    assert!(
+        n(&r, "dead_lettered") > 0,
+        "the faults dead-letter some: {r}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let hints: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("  warren "))
+        .collect();
+    for command in [
+        "status ",
+        "dlq list ",
+        "dlq stats ",
+        "dlq show ",
+        "dlq replay ",
+        "topology delete ",
+    ] {
+        assert!(
+            hints.iter().any(|h| h.starts_with(command)),
+            "no `warren {command}` hint in:\n{stderr}"
+        );
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_warren"))
+        .parent()
+        .expect("bin dir");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // The removal line last, as a user would.
+    for hint in &hints {
+        let line = format!("warren {hint}");
+        let run = Command::new("sh")
+            .args(["-c", &line])
+            .env("PATH", &path)
+            .env("AMQP_URL", &url)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run the hint");
+        assert!(
+            run.status.success(),
+            "`{line}` failed ({:?}):\n{}{}",
+            run.status,
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    assert_cleaned_up(&r);
+    assert_eq!(entries(tmp.path()), Vec::<String>::new(), "left in TMPDIR");
 }
