@@ -69,9 +69,14 @@ impl AmqpUrl {
         (&u.username, &u.password)
     }
 
-    /// `host:port`, for messages that should not even show the user.
+    /// `host:port` (`[v6]:port`), for messages that should not even show the user.
     pub fn host_port(&self) -> String {
-        format!("{}:{}", self.uri.authority.host, self.uri.authority.port)
+        let host = &self.uri.authority.host;
+        if host.contains(':') {
+            format!("[{host}]:{}", self.uri.authority.port)
+        } else {
+            format!("{host}:{}", self.uri.authority.port)
+        }
     }
 }
 
@@ -105,6 +110,11 @@ impl FromStr for AmqpUrl {
                  half-open connection would go unnoticed): give heartbeat=N with N of at least 1, \
                  or leave it out for the default of {DEFAULT_HEARTBEAT_SECS} s"
             )));
+        }
+        // lapin takes the host from `Url::domain()`, which has none for an IPv6 literal, and
+        // would connect to `localhost` instead of `[fd00::5]`.
+        if let Some(url::Host::Ipv6(addr)) = parsed.host() {
+            uri.authority.host = addr.to_string();
         }
         uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
         uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
@@ -178,6 +188,16 @@ mod tests {
         assert_eq!(url.heartbeat_secs(), DEFAULT_HEARTBEAT_SECS);
         let url: AmqpUrl = "amqp://guest:guest@h/%2f?heartbeat=3".parse().unwrap();
         assert_eq!(url.heartbeat_secs(), 3);
+    }
+
+    #[test]
+    fn an_ipv6_literal_host_is_the_host_connected_to() {
+        let url: AmqpUrl = "amqp://bob:pw@[fd00::5]:5673/%2f".parse().unwrap();
+        assert_eq!(url.uri().authority.host, "fd00::5");
+        assert_eq!(url.host_port(), "[fd00::5]:5673");
+        let url: AmqpUrl = "amqp://bob:pw@10.1.2.3/%2f".parse().unwrap();
+        assert_eq!(url.uri().authority.host, "10.1.2.3");
+        assert_eq!(url.host_port(), "10.1.2.3:5672");
     }
 
     #[test]
