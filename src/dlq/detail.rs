@@ -5,6 +5,7 @@ use base64::Engine;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use super::effect::EffectCheck;
 use super::explain::DeadLetter;
 use crate::amqp::{AMQPValue, BasicProperties, Delivery, Headers, XDeath, x_death};
 
@@ -37,6 +38,9 @@ pub struct Detail {
     pub x_death: Vec<XDeath>,
     /// The body.
     pub body: Body,
+    /// What a status check found about its effect (`show --check-status`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effect: Option<EffectCheck>,
 }
 
 /// Decodes `delivery`, explained as `letter`.
@@ -65,6 +69,7 @@ impl Detail {
             headers: props.headers().as_ref().map(table).unwrap_or_default(),
             x_death: x_death(props),
             body: body(data),
+            effect: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! replayed message that fails again cannot loop. Bulk commands return a [`Report`].
 
 mod detail;
+mod effect;
 mod explain;
 mod filter;
 mod fingerprint;
@@ -19,6 +20,7 @@ mod stats;
 use std::time::Duration;
 
 pub use detail::{Body, Detail, detail};
+pub use effect::{EffectCheck, check_effects};
 pub use explain::{DeadLetter, Kind, Time, explain, last_death};
 pub use filter::Filter;
 pub use fingerprint::fingerprint;

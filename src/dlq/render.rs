@@ -223,8 +223,15 @@ pub fn detail(d: &Detail) -> String {
         ("last failed", time(l.last_failed)),
         ("error", l.error.clone()),
     ];
+    let effect = d
+        .effect
+        .as_ref()
+        .map(|e| ("effect".to_string(), e.describe()));
     out.push_str(&fields(
-        summary.into_iter().map(|(k, v)| (k.to_string(), v)),
+        summary
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .chain(effect),
     ));
     out.push_str("\n\nproperties\n");
     out.push_str(&fields(

@@ -40,15 +40,20 @@ pub fn event_headers(event: &Envelope) -> HeaderMap {
 }
 
 impl HttpHandler {
+    /// The handler's name, in its keys.
+    pub const NAME: &str = "http";
+    /// The step of its one call, in its keys.
+    pub const STEP: &str = "post";
+
     /// The key of the one call this handler makes for `event`.
     pub fn key(event: &Envelope) -> String {
-        event.idempotency_key("http", "post")
+        event.idempotency_key(Self::NAME, Self::STEP)
     }
 }
 
 impl Handler for HttpHandler {
     fn name(&self) -> &str {
-        "http"
+        Self::NAME
     }
 
     async fn handle(&self, event: &Envelope, _ctx: &Context) -> HandlerResult {

@@ -54,7 +54,6 @@ async fn list_show_and_export_print_tables_and_json() {
     // list: a table with one row per dead letter and the error cut short.
     let (code, table, err) = warren_t(&t, &["dlq", "list"]);
     assert_eq!(code, 0, "{err}");
-    eprintln!("{table}");
     let header: Vec<&str> = table
         .lines()
         .nth(1)
@@ -294,5 +293,84 @@ async fn show_says_when_it_could_not_read_the_dlq_whole() {
         || async { queue_len(&conn, &dlq).await == 10_100 },
     )
     .await;
+    t.cleanup(&conn).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_check_status_says_when_a_dead_letters_effect_is_done() {
+    let sim = support::downstream::Sim::start(warren_sim::api::ApiSettings::default()).await;
+    let t = TestTopology::new("dlq-check-status", DLQ_TOPOLOGY);
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let live = t.queue("live");
+    let live_dlq = t.topology.queue("live").unwrap().dlq();
+    // Two ticks the broker expires (200 ms TTL, nobody consuming); the first one's effect is
+    // done downstream, as when a worker's call committed and its ack was lost.
+    let ids = publish_to_queue(&conn, &live, "live.tick", 2).await;
+    let key = |id: &str| warren::envelope::idempotency_key(id, "http", "post");
+    let posted = sim
+        .http()
+        .post(sim.url("/events"))
+        .header("idempotency-key", key(&ids[0]))
+        .json(&serde_json::json!({"eventId": ids[0]}))
+        .send()
+        .await
+        .expect("sim answers");
+    assert_eq!(posted.status(), 200);
+    support::eventually(Duration::from_secs(20), "both expired", || async {
+        queue_len(&conn, &live_dlq).await == 2
+    })
+    .await;
+
+    let template = sim.url("/operations/{key}");
+    let check = |id: &str| {
+        warren_json(
+            &t,
+            &["dlq", "show", id, "-q", "live", "--check-status", &template],
+        )
+    };
+    let done = check(&ids[0]);
+    assert_eq!(done[0]["kind"], "expired", "{done}");
+    assert_eq!(done[0]["effect"]["status"], "done", "{done}");
+    assert_eq!(done[0]["effect"]["key"], key(&ids[0]).as_str());
+    let not_done = check(&ids[1]);
+    assert_eq!(not_done[0]["effect"]["status"], "not_done", "{not_done}");
+    assert_eq!(not_done[0]["effect"]["detail"], "not found", "{not_done}");
+    let (code, table, err) = warren_t(
+        &t,
+        &[
+            "dlq",
+            "show",
+            &ids[0],
+            "-q",
+            "live",
+            "--check-status",
+            &template,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(table.contains("done downstream"), "{table}");
+    // Without the flag nothing is asked, and nothing is said.
+    let plain = warren_json(&t, &["dlq", "show", &ids[0], "-q", "live"]);
+    assert!(plain[0].get("effect").is_none(), "{plain}");
+    assert_eq!(sim.requests(Some(&key(&ids[0]))).await.len(), 1 + 2);
+    // A template without {key} is a usage error, named.
+    let (code, _, err) = warren_t(
+        &t,
+        &[
+            "dlq",
+            "show",
+            &ids[0],
+            "--check-status",
+            "http://127.0.0.1:1/ops",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--check-status") && err.contains("{key}"),
+        "{err}"
+    );
+    // The DLQ is as it was.
+    assert_eq!(queue_len(&conn, &live_dlq).await, 2);
     t.cleanup(&conn).await;
 }

@@ -10,6 +10,7 @@ use crate::amqp::{self, AmqpUrl};
 use crate::cli::{Outcome, OutputArg};
 use crate::dlq::{self, DlqRef, Scan, render};
 use crate::error::{Error, Result};
+use crate::http::{ClientSettings, HttpClient, StatusUrl, Token};
 use crate::output::{Output, OutputFormat};
 
 /// `warren dlq list`
@@ -32,6 +33,11 @@ pub struct ShowArgs {
     id: String,
     #[command(flatten)]
     selection: Selection,
+    /// Ask this status endpoint whether the effect is done after all: a URL template with
+    /// `{key}`, replaced by the key the `http` handler uses for the event (for example
+    /// http://api:8080/operations/{key}; bearer token from WARREN_HTTP_TOKEN).
+    #[arg(long, value_name = "URL")]
+    check_status: Option<String>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputArg::Table)]
     output: OutputArg,
@@ -91,9 +97,11 @@ pub(super) async fn show(url: &AmqpUrl, args: ShowArgs) -> Result<Outcome> {
     let ShowArgs {
         id,
         selection,
+        check_status,
         output,
     } = args;
     let dlqs = selection.resolve(false)?;
+    let client = check_status.as_deref().map(status_client).transpose()?;
     if id.starts_with('#') && dlqs.len() != 1 {
         return Err(Error::Usage(format!(
             "show {id}: a position needs exactly one DLQ (-q QUEUE)"
@@ -102,9 +110,12 @@ pub(super) async fn show(url: &AmqpUrl, args: ShowArgs) -> Result<Outcome> {
     let conn = dlq::connect(url, "show").await?;
     let found = dlq::find(&conn, &dlqs, &id).await;
     amqp::close(&conn).await;
-    let (found, scans) = found?;
+    let (mut found, scans) = found?;
     if found.is_empty() {
         return Err(not_found(id, &dlqs, &scans));
+    }
+    if let Some(client) = &client {
+        dlq::check_effects(client, &mut found).await;
     }
     let mut out = Output::stdout();
     match output.into() {
@@ -123,6 +134,14 @@ pub(super) async fn show(url: &AmqpUrl, args: ShowArgs) -> Result<Outcome> {
     }
     // A DLQ read incomplete may hide more copies of the id: partial, as list is.
     Ok(Outcome::of_scans(&scans))
+}
+
+/// The client for `--check-status`, with the `http` handler's token.
+fn status_client(template: &str) -> Result<HttpClient> {
+    let status =
+        StatusUrl::parse(template).map_err(|e| Error::Usage(format!("--check-status: {e}")))?;
+    let token = Token::from_env(crate::handlers::http::TOKEN_ENV);
+    HttpClient::new(ClientSettings::default(), status, token).map_err(Error::Usage)
 }
 
 /// `show`'s error for an id it did not find, with the DLQs another consumer held messages of.
