@@ -59,6 +59,7 @@ impl Handler for Builtin {
             Builtin::Chaos(h) => h.effect_status(event).await,
             Builtin::Http(h) => h.effect_status(event).await,
             Builtin::Trader(h) => h.effect_status(event).await,
+            Builtin::Postgres(h) => h.effect_status(event).await,
         }
     }
 }
