@@ -171,6 +171,71 @@ async fn a_stale_redelivery_whose_effect_is_done_is_acked_not_dead_lettered() {
     t.cleanup(&conn).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_redelivery_whose_effect_is_not_done_is_dead_lettered_saying_so() {
+    let sim = Sim::start(ApiSettings::default()).await;
+    let t = TestTopology::new("http-stale-not-done", LIVE_TOPOLOGY);
+    let conn = support::connect().await;
+    t.apply(&conn).await;
+    let queue = t.queue("a");
+    // A consumer takes the event and goes away without acking (and without calling anything):
+    // the broker redelivers it, marked redelivered, after its time to live has passed.
+    let (id, mut body) = support::envelope("test.live", serde_json::json!({"n": 3}));
+    let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    v["ts"] = serde_json::json!(support::now_ms() - 60_000);
+    body = serde_json::to_vec(&v).unwrap();
+    support::publish(
+        &conn,
+        &t.topology.events_exchange,
+        "test.live",
+        &[(id.clone(), body)],
+    )
+    .await;
+    let taker = support::connect().await;
+    let ch = taker.create_channel().await.expect("channel");
+    let got = ch
+        .basic_get(queue.as_str().into(), Default::default())
+        .await
+        .expect("basic.get");
+    assert!(got.is_some(), "the event is in the queue");
+    let _ = taker
+        .close(200, "test: went away without an ack".into())
+        .await;
+
+    let w = Warren::spawn(
+        &http_worker_args(&t, "a", &sim.url("/events"), &[]),
+        &t.dir().join("w.log"),
+        &[],
+    );
+    let dlq = t.topology.queue("a").unwrap().dlq();
+    eventually(Duration::from_secs(20), "the dead letter", || async {
+        support::queue_len(&conn, &dlq).await == 1
+    })
+    .await;
+    let dead = dead_letters(&conn, &dlq).await;
+    assert_eq!(dead[0].event_id, id);
+    assert!(
+        dead[0].reason.starts_with("stale:")
+            && dead[0]
+                .reason
+                .ends_with("; status check: effect not done (not found)"),
+        "{:?}\n{}",
+        dead[0],
+        w.log_text()
+    );
+    // One status check, and no call: a stale event is never acted on.
+    let calls = sim.requests(Some(&key(&id))).await;
+    assert_eq!(
+        calls
+            .iter()
+            .map(|r| (r.method.as_str(), r.status))
+            .collect::<Vec<_>>(),
+        [("GET", 404)],
+        "{calls:?}"
+    );
+    t.cleanup(&conn).await;
+}
+
 /// `test.dup` reaches two queues: each event is delivered twice at once, under one key.
 const TWO_QUEUES: &str = r#"
 [exchanges]
