@@ -82,6 +82,12 @@ pub(super) async fn demo_command(global: &GlobalArgs, args: DemoArgs) -> Result<
         OutputFormat::Json => out.json(&report)?,
         OutputFormat::Ndjson => out.ndjson([&report])?,
     }
+    if report.interrupted {
+        eprintln!(
+            "warren demo: interrupted; the report above is partial (events not yet settled count as lost)"
+        );
+        return Ok(Outcome::Interrupted);
+    }
     // Reconciled: every event processed, dead-lettered or unrouted, and none effected twice.
     let reconciled = report.lost == 0 && report.effected_twice == 0;
     if !reconciled {
@@ -144,7 +150,7 @@ fn table(r: &DemoReport) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let rows = vec![
+    let mut rows = vec![
         row("emitted", r.emitted.to_string()),
         row("published (confirmed)", r.published.to_string()),
         row("processed", r.processed.to_string()),
@@ -175,6 +181,9 @@ fn table(r: &DemoReport) -> String {
         row("acked per lane", lanes_cell(&r.lanes, &r.prefix)),
         row("prefix", r.prefix.clone()),
     ];
+    if r.interrupted {
+        rows.insert(0, row("INTERRUPTED", "partial report (Ctrl-C)".into()));
+    }
     // Two columns of label and value: no header row.
     let mut t = tabled::Table::new(rows);
     t.with(tabled::settings::Style::sharp().remove_horizontals())

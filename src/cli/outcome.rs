@@ -17,7 +17,8 @@ pub enum Outcome {
     Failure,
     /// A flag, file or environment variable cannot work. Exit 2, as clap's own usage errors.
     Usage,
-    /// A second signal stopped the process without draining. Exit 130.
+    /// A signal stopped the process: a second one without draining, or the first one a demo
+    /// answered with its partial report. Exit 130.
     Interrupted,
 }
 

@@ -29,12 +29,14 @@ pub(super) async fn drive(
     api_addr: &str,
     dir: &Path,
     fleet: &mut Fleet,
-    stop: &CancellationToken,
+    interrupt: &CancellationToken,
 ) -> Result<DemoReport> {
     let ledger = dir.join("upstream.ledger");
     let up_listener = bind().await?;
     let up_addr = local(&up_listener)?;
-    let upstream_stop = stop.child_token();
+    // Stopped at the end of the run, or on any early return.
+    let upstream_stop = CancellationToken::new();
+    let _upstream_guard = upstream_stop.clone().drop_guard();
     let upstream_task = tokio::spawn(upstream::run(
         up_listener,
         upstream_settings(settings, ledger.clone()),
@@ -53,7 +55,8 @@ pub(super) async fn drive(
     bridge_settings.cursor_file = Some(dir.join("bridge.cursor"));
     bridge_settings.shutdown_timeout = Duration::from_secs(10);
     let stats = Arc::new(crate::bridge::Stats::default());
-    let bridge_stop = stop.child_token();
+    let bridge_stop = CancellationToken::new();
+    let _bridge_guard = bridge_stop.clone().drop_guard();
     let bridge_task = tokio::spawn(crate::bridge::run(
         bridge_settings,
         stats.clone(),
@@ -77,7 +80,7 @@ pub(super) async fn drive(
     let mut settled_once = false;
     let report = loop {
         tokio::select! {
-            _ = stop.cancelled() => {}
+            _ = interrupt.cancelled() => {}
             _ = tokio::time::sleep(SAMPLE_EVERY) => {}
         }
         if bridge_task.is_finished() {
@@ -119,8 +122,9 @@ pub(super) async fn drive(
         // Twice in a row, so a delivery between two queues is not missed.
         let settled = quiet && settled_once;
         settled_once = quiet;
-        let out_of_time = tokio::time::Instant::now() > deadline || stop.is_cancelled();
-        if settled || out_of_time {
+        let interrupted = interrupt.is_cancelled();
+        let out_of_time = tokio::time::Instant::now() > deadline;
+        if settled || out_of_time || interrupted {
             let mut inputs = Inputs {
                 emitted: emitted.to_vec(),
                 published: stats.confirmed.load(Ordering::Relaxed),
@@ -131,9 +135,10 @@ pub(super) async fn drive(
                 ..Inputs::default()
             };
             collect(&http, &api, conn, topology, &mut inputs).await?;
-            let report = reconcile(&topology.prefix, &inputs);
-            if report.lost == 0 || out_of_time {
-                if out_of_time && !stop.is_cancelled() {
+            let mut report = reconcile(&topology.prefix, &inputs);
+            report.interrupted = interrupted;
+            if report.lost == 0 || out_of_time || interrupted {
+                if out_of_time && !interrupted {
                     tracing::warn!(
                         timeout_s = settings.settle_timeout.as_secs(),
                         "The pipeline did not settle in time; reporting what is known."

@@ -87,7 +87,8 @@ pub fn no_broker(url: &str, reason: &str) -> Error {
     ))
 }
 
-/// Runs the demo to the end (or until `shutdown`) and returns its reconciliation.
+/// Runs the demo to the end and returns its reconciliation; when `shutdown` is cancelled first,
+/// stops, cleans up and returns the reconciliation so far, marked `interrupted`.
 pub async fn run(settings: DemoSettings, shutdown: CancellationToken) -> Result<DemoReport> {
     // reqwest (the demo's own HTTP calls) needs a process-wide TLS provider; a second install is
     // harmless.
@@ -133,7 +134,10 @@ pub async fn run(settings: DemoSettings, shutdown: CancellationToken) -> Result<
                 tracing::warn!(prefix = %prefix, %error, "Could not delete the demo topology; its queues expire in {LEFTOVER_EXPIRES}.")
             }
         }
-        if result.as_ref().is_ok_and(|r| r.exit_code() == 0) {
+        if result
+            .as_ref()
+            .is_ok_and(|r| r.interrupted || r.exit_code() == 0)
+        {
             let _ = std::fs::remove_dir_all(&dir);
         } else {
             eprintln!("warren demo: logs kept in {}", dir.display());
@@ -191,7 +195,9 @@ async fn pipeline(
     dir: &Path,
     shutdown: CancellationToken,
 ) -> Result<DemoReport> {
-    let stop = shutdown.child_token();
+    // The demo's own parts stop when the run is over, not at the signal: after Ctrl-C the sim
+    // API still answers the partial report's reads.
+    let stop = CancellationToken::new();
     let _stop_on_exit = stop.clone().drop_guard();
 
     // The downstream first, so the workers have somewhere to send.
@@ -228,7 +234,10 @@ async fn pipeline(
         }
         fleet.wait_ready().await?;
         tracing::info!(workers = fleet.len(), "Workers consuming.");
-        drive(settings, conn, topology, &api_addr, dir, &mut fleet, &stop).await
+        drive(
+            settings, conn, topology, &api_addr, dir, &mut fleet, &shutdown,
+        )
+        .await
     }
     .await;
     fleet.stop().await;

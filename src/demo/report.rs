@@ -117,6 +117,9 @@ pub struct DemoReport {
     pub worker_kills: u32,
     /// Deliveries acked per lane of each laned queue (lane queue → count), all workers.
     pub lanes: BTreeMap<String, u64>,
+    /// A signal stopped the run before it settled: a partial report, whose events not yet
+    /// processed or dead-lettered count as lost.
+    pub interrupted: bool,
     /// One dead-lettered eventId, for the `dlq show` hint of `--keep`.
     #[serde(skip)]
     pub first_dead_id: Option<String>,

@@ -211,3 +211,70 @@ fn demo_keep_hints_run_as_printed_and_remove_everything() {
     assert_cleaned_up(&r);
     assert_eq!(entries(tmp.path()), Vec::<String>::new(), "left in TMPDIR");
 }
+
+/// Processes whose command line holds `needle` (the demo's workers carry its prefix).
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = vec![];
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                found.push(cmdline);
+            }
+        }
+    }
+    found
+}
+
+/// Ctrl-C mid-run: the demo stops its workers, deletes its queues, prints the partial report
+/// and exits 130.
+#[test]
+fn demo_interrupted_prints_a_partial_report_cleans_up_and_exits_130() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["demo", "--events", "20000", "--rate", "200", "-o", "json"])
+        .env("AMQP_URL", amqp_url())
+        .env("RUST_LOG", "info")
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start warren demo");
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("Demo: emitted") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    // Mid-run: the first progress line is out, the workers consume.
+    rx.recv_timeout(std::time::Duration::from_secs(90))
+        .expect("a progress line");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let out = child.wait_with_output().expect("wait for the demo");
+    let stderr = reader.join().expect("stderr reader");
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report on stdout ({e}):\n{}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(r["interrupted"], Value::Bool(true), "{r}");
+    assert!(n(&r, "emitted") < 20000, "stopped mid-run: {r}");
+    assert_eq!(n(&r, "effected_twice"), 0, "{r}");
+    let prefix = r["prefix"].as_str().expect("prefix");
+    assert_eq!(processes_with(prefix), Vec::<String>::new(), "workers left");
+    assert_cleaned_up(&r);
+    assert_eq!(entries(tmp.path()), Vec::<String>::new(), "left in TMPDIR");
+}
