@@ -26,6 +26,10 @@ use crate::error::Error;
 /// dozens.
 const PUBLISH_CHANNELS: usize = 4;
 
+/// How often the connections' status is checked: a connection lapin has found dead ends the
+/// session within this (the consuming one usually sooner, through its consumer stream).
+const HEALTH_CHECK: Duration = Duration::from_millis(250);
+
 /// What the merged consumer streams yield: a delivery from lane `i`, or lane `i`'s end.
 // Deliveries are the common case; boxing them would allocate once per message.
 #[allow(clippy::large_enum_variant)]
@@ -114,6 +118,26 @@ impl<'w, H: Handler> Session<'w, H> {
         let result = self.consume().await;
         self.w.metrics.ready.set(false);
         self.finish(result.is_ok()).await;
+        let channels: Vec<Channel> = self
+            .lanes
+            .iter()
+            .filter_map(|l| l.channel.clone())
+            .collect();
+        let close = async move {
+            for channel in &channels {
+                amqp::close_channel(channel).await;
+            }
+            amqp::close(&self.publish_conn).await;
+            amqp::close(&self.consume_conn).await;
+        };
+        if result.is_ok() {
+            close.await;
+            tracing::info!("Worker stopped cleanly.");
+        } else {
+            // A connection is known dead, and the other may be half-open too (a black hole
+            // takes both): a polite close would wait on it. Close in the background, end now.
+            tokio::spawn(close);
+        }
         result
     }
 
@@ -198,7 +222,7 @@ impl<'w, H: Handler> Session<'w, H> {
     }
 
     async fn consume(&mut self) -> Result<(), Error> {
-        let mut health = tokio::time::interval(Duration::from_secs(1));
+        let mut health = tokio::time::interval(HEALTH_CHECK);
         loop {
             let item = tokio::select! {
                 biased;
@@ -379,8 +403,8 @@ impl<'w, H: Handler> Session<'w, H> {
         self.w.queue_metrics[i].settled(settle::requeue(delivery).await);
     }
 
-    /// Stops consuming, requeues what was prefetched, drains in-flight handlers up to the
-    /// deadline (at once if the connection is gone: their acks could not be sent), then closes.
+    /// Stops consuming, requeues what was prefetched, and drains in-flight handlers up to the
+    /// deadline (at once if the connection is gone: their acks could not be sent).
     async fn finish(&mut self, graceful: bool) {
         let connected = self.consume_conn.status().connected();
         if graceful && connected {
@@ -448,16 +472,6 @@ impl<'w, H: Handler> Session<'w, H> {
             }
             self.hard_stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
-        }
-        for lane in &self.lanes {
-            if let Some(channel) = &lane.channel {
-                amqp::close_channel(channel).await;
-            }
-        }
-        amqp::close(&self.publish_conn).await;
-        amqp::close(&self.consume_conn).await;
-        if graceful {
-            tracing::info!("Worker stopped cleanly.");
         }
     }
 

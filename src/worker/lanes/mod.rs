@@ -83,8 +83,16 @@ async fn session<H: Handler>(
     // A session that stays up long enough resets the backoff: the next loss reconnects fast.
     backoff.connected();
     let result = run_session(w, spec, roster, listen_first, lanes, &conn, &publish_conn).await;
-    amqp::close(&conn).await;
-    amqp::close(&publish_conn).await;
+    let close = async move {
+        amqp::close(&conn).await;
+        amqp::close(&publish_conn).await;
+    };
+    if result.is_ok() {
+        close.await;
+    } else {
+        // A connection is known dead; the other may be half-open: never wait on it.
+        tokio::spawn(close);
+    }
     result
 }
 
@@ -238,7 +246,11 @@ async fn run_session<H: Handler>(
         shared.hard_stop.cancel();
         while tasks.join_next().await.is_some() {}
     }
-    amqp::close_channel(&roster_channel).await;
+    if outcome.is_ok() {
+        amqp::close_channel(&roster_channel).await;
+    } else {
+        tokio::spawn(async move { amqp::close_channel(&roster_channel).await });
+    }
     outcome
 }
 

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -142,6 +142,13 @@ pub fn unsettled(methods: &[Method]) -> BTreeSet<(u16, u64)> {
     held
 }
 
+/// One accepted connection's own black hole, and when it last forwarded a byte (epoch ms).
+#[derive(Default)]
+struct Conn {
+    hole: AtomicBool,
+    last_byte: AtomicU64,
+}
+
 /// Methods seen so far, one list per accepted connection.
 type Seen = Arc<Mutex<Vec<Arc<Mutex<Vec<Method>>>>>>;
 
@@ -152,6 +159,8 @@ pub struct Proxy {
     resets: watch::Sender<u64>,
     accepted: Arc<AtomicUsize>,
     merged: Arc<AtomicUsize>,
+    /// Every accepted connection's own state, in accept order.
+    conns: Arc<Mutex<Vec<Arc<Conn>>>>,
     seen: Seen,
     task: tokio::task::JoinHandle<()>,
 }
@@ -186,6 +195,8 @@ impl Proxy {
         let counter = accepted.clone();
         let merged = Arc::new(AtomicUsize::new(0));
         let merges = merged.clone();
+        let conns: Arc<Mutex<Vec<Arc<Conn>>>> = Arc::default();
+        let all_conns = conns.clone();
         let seen: Seen = Arc::default();
         let all_seen = seen.clone();
         let task = tokio::spawn(async move {
@@ -205,11 +216,13 @@ impl Proxy {
                 });
                 let (mode_rx, resets_rx) = (mode_rx.clone(), resets_rx.clone());
                 let confirms = coalesce.then(|| Confirms::new(merges.clone()));
+                let this = Arc::new(Conn::default());
+                all_conns.lock().unwrap().push(this.clone());
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
                     };
-                    pipe(client, server, mode_rx, resets_rx, methods, confirms).await;
+                    pipe(client, server, mode_rx, resets_rx, methods, confirms, this).await;
                 });
             }
         });
@@ -219,6 +232,7 @@ impl Proxy {
             resets,
             accepted,
             merged,
+            conns,
             seen,
             task,
         }
@@ -257,6 +271,21 @@ impl Proxy {
         self.merged.load(Ordering::Relaxed)
     }
 
+    /// Black-holes connection `i` (in accept order) alone, from now on.
+    pub fn black_hole_one(&self, i: usize) {
+        self.conn(i).hole.store(true, Ordering::Relaxed);
+    }
+
+    /// When connection `i` (in accept order) last forwarded a byte either way, epoch ms: in a
+    /// black hole, the last byte either end received.
+    pub fn last_byte_ms(&self, i: usize) -> u64 {
+        self.conn(i).last_byte.load(Ordering::Relaxed)
+    }
+
+    fn conn(&self, i: usize) -> Arc<Conn> {
+        self.conns.lock().unwrap()[i].clone()
+    }
+
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::Relaxed)
@@ -277,6 +306,7 @@ async fn pipe(
     mut resets: watch::Receiver<u64>,
     methods: Option<Arc<Mutex<Vec<Method>>>>,
     confirms: Option<Confirms>,
+    conn: Arc<Conn>,
 ) {
     resets.mark_unchanged();
     let (cr, cw) = client.into_split();
@@ -287,6 +317,7 @@ async fn pipe(
         mode.clone(),
         methods.clone().map(|m| Frames::new(m, true)),
         None,
+        conn.clone(),
     );
     let down = copy(
         sr,
@@ -294,6 +325,7 @@ async fn pipe(
         mode.clone(),
         methods.map(|m| Frames::new(m, false)),
         confirms,
+        conn,
     );
     let mut mode = mode;
     tokio::select! {
@@ -310,6 +342,7 @@ async fn copy(
     mode: watch::Receiver<Mode>,
     mut frames: Option<Frames>,
     mut confirms: Option<Confirms>,
+    conn: Arc<Conn>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -318,6 +351,9 @@ async fn copy(
             Ok(n) => n,
         };
         let current = *mode.borrow();
+        if conn.hole.load(Ordering::Relaxed) {
+            continue;
+        }
         match current {
             Mode::Pass => {}
             Mode::Latency(d) => tokio::time::sleep(d).await,
@@ -334,6 +370,7 @@ async fn copy(
         if to.write_all(&out).await.is_err() {
             return;
         }
+        conn.last_byte.store(super::now_ms(), Ordering::Relaxed);
     }
 }
 

@@ -2,6 +2,7 @@
 //! (this file: prefetch, single active consumer, connection names, RSS, startup), retries and
 //! dead-lettering, shutdown, and recovery from crashes, poison and lost connections.
 
+mod half_open;
 mod recovery;
 mod retry;
 mod shutdown;
