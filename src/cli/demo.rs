@@ -23,7 +23,9 @@ pub struct DemoArgs {
     /// Events per second the upstream emits.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub rate: u32,
-    /// Seed of the event stream and of every fault decision: the same seed, the same run.
+    /// Seed of the event stream (types, payloads, duplicates, dropped connections) and of the
+    /// API's faults, rolled per idempotency key and attempt. Event ids and timestamps follow the
+    /// clock, so which events fail differs from run to run; how many, about the same.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Switch on the sims' faults (500s, 429s, ambiguous commits, 409s, rejections, duplicate

@@ -70,7 +70,7 @@ pub(super) async fn drive(
     let api = format!("http://{api_addr}");
     let unrouted = unrouted_types(topology);
     let mut tail = LedgerTail::new(ledger.clone());
-    let mut progress = Progress::new(settings.events);
+    let mut progress = Progress::new();
     let mut killed = false;
     let mut worker_kills = 0;
     let started = tokio::time::Instant::now();
@@ -90,19 +90,23 @@ pub(super) async fn drive(
                 _ => Err(Error::Other("the bridge stopped unexpectedly".into())),
             };
         }
+        // Published before emitted: an event is in the ledger before the bridge can see it.
+        let published = stats.confirmed.load(Ordering::Relaxed);
         let emitted = tail.read()?;
         let api_stats: ApiStats = get_json(&http, &format!("{api}/stats")).await?;
         let depths = depths(conn, topology).await?;
         let workers = fleet.sample().await;
         progress.show(Sample {
             emitted: emitted.len() as u64,
-            published: stats.confirmed.load(Ordering::Relaxed),
+            published,
             processed: api_stats.effects,
+            queued: depths.backlog,
+            in_flight: workers.in_flight,
             retrying: depths.retrying,
-            retries: workers.retries,
             dead: depths.dead,
         });
-        if settings.faults && !killed && api_stats.effects * 10 >= settings.events * 4 {
+        if settings.faults && !killed && kill_due(api_stats.effects + depths.dead, settings.events)
+        {
             killed = true;
             worker_kills += 1;
             fleet.kill_and_replace().await?;
@@ -156,6 +160,12 @@ pub(super) async fn drive(
     upstream_stop.cancel();
     let _ = upstream_task.await;
     Ok(report)
+}
+
+/// `--faults` kills a worker once 40% of the events are settled (processed or dead-lettered), so
+/// a run whose events mostly dead-letter kills one too.
+fn kill_due(settled: u64, events: u64) -> bool {
+    settled * 10 >= events * 4
 }
 
 /// Reads the downstream's ledger and every DLQ into `inputs`.
@@ -248,6 +258,14 @@ mod tests {
 
     use super::*;
     use crate::demo::DEFAULT_TOPOLOGY;
+
+    #[test]
+    fn the_kill_is_due_at_40_percent_settled() {
+        assert!(!kill_due(39, 100));
+        assert!(kill_due(40, 100));
+        assert!(kill_due(1, 1));
+        assert!(!kill_due(0, 1));
+    }
 
     #[test]
     fn the_default_topology_routes_every_catalog_type() {

@@ -278,3 +278,55 @@ fn demo_interrupted_prints_a_partial_report_cleans_up_and_exits_130() {
     assert_cleaned_up(&r);
     assert_eq!(entries(tmp.path()), Vec::<String>::new(), "left in TMPDIR");
 }
+
+/// `--help` promises only what the seed controls.
+#[test]
+fn demo_help_says_what_the_seed_controls() {
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["demo", "--help"])
+        .output()
+        .expect("warren demo --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    assert!(!help.contains("the same seed, the same run"), "{help}");
+    assert!(
+        help.contains("rolled per idempotency key and attempt"),
+        "{help}"
+    );
+    assert!(help.contains("follow the clock"), "{help}");
+}
+
+/// The worker kill of `--faults` comes at 40% of the events settled, processed or
+/// dead-lettered: a run whose events mostly dead-letter (here every tick and candle goes stale
+/// at once) kills one too.
+#[test]
+fn demo_with_faults_kills_a_worker_when_most_events_dead_letter() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let topology = tmp.path().join("stale.toml");
+    let text = warren::demo::DEFAULT_TOPOLOGY.replace(
+        "live_only = [\"market.tick\"]\nlive_ttl = \"30s\"",
+        "live_only = [\"market.tick\", \"market.candle\"]\nlive_ttl = \"1ms\"",
+    );
+    assert_ne!(text, warren::demo::DEFAULT_TOPOLOGY, "the topology changed");
+    std::fs::write(&topology, text).expect("write the topology");
+    let out = demo_in(
+        &[
+            "--events",
+            "300",
+            "--faults",
+            "-f",
+            topology.to_str().expect("utf-8 path"),
+            "-o",
+            "json",
+        ],
+        &amqp_url(),
+        tmp.path(),
+    );
+    let r = report(&out);
+    assert_promise_kept(&r, 300);
+    assert!(
+        n(&r, "processed") * 10 < 300 * 4,
+        "most events dead-lettered: {r}"
+    );
+    assert_eq!(n(&r, "worker_kills"), 1, "{r}");
+}
