@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::envelope::Envelope;
 use crate::postgres::{DbError, EventRow, Fault, Sink, sink::Written};
-use crate::worker::{Context, Handler, HandlerError, HandlerResult};
+use crate::worker::{Context, EffectStatus, Handler, HandlerError, HandlerResult};
 
 /// The handler's name: the inbox's `handler` column and the metrics' prefix.
 pub const NAME: &str = "postgres";
@@ -119,6 +119,7 @@ struct Job {
 #[derive(Debug)]
 pub struct PostgresHandler {
     jobs: mpsc::Sender<Job>,
+    sink: Arc<Sink>,
     metrics: Arc<SinkMetrics>,
 }
 
@@ -135,8 +136,13 @@ impl PostgresHandler {
     pub fn start(sink: Sink, settings: BatchSettings) -> Self {
         let metrics = Arc::new(SinkMetrics::default());
         let (jobs, rx) = mpsc::channel(settings.batch_size.max(1) * 4);
-        tokio::spawn(batcher(rx, Arc::new(sink), settings, metrics.clone()));
-        Self { jobs, metrics }
+        let sink = Arc::new(sink);
+        tokio::spawn(batcher(rx, sink.clone(), settings, metrics.clone()));
+        Self {
+            jobs,
+            sink,
+            metrics,
+        }
     }
 
     /// The sink's metrics.
@@ -168,6 +174,15 @@ impl Handler for PostgresHandler {
                 "the database write was interrupted",
             ))
         })
+    }
+
+    /// The inbox answers exactly: a row for the event means its rows were committed.
+    async fn effect_status(&self, event: &Envelope) -> EffectStatus {
+        match self.sink.is_done(&event.event_id).await {
+            Ok(true) => EffectStatus::Done,
+            Ok(false) => EffectStatus::NotDone("no inbox row for the event".into()),
+            Err(e) => EffectStatus::Unknown(e.to_string()),
+        }
     }
 }
 

@@ -110,6 +110,20 @@ impl Sink {
         self.settings.shown()
     }
 
+    /// Whether the event's inbox row exists: its rows were committed.
+    pub async fn is_done(&self, event_id: &str) -> Result<bool, DbError> {
+        let client = schema::get(&self.settings, &self.pool).await?;
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {}.inbox WHERE event_id = $1 AND handler = $2)",
+            quote_ident(self.settings.schema())
+        );
+        let row = client
+            .query_one(&sql, &[&event_id, &self.handler])
+            .await
+            .map_err(|e| DbError::sql(self.settings.shown(), e))?;
+        Ok(row.get(0))
+    }
+
     /// Writes `events` (distinct eventIds) in one transaction; `Err` means nothing committed
     /// (or, for a lost connection during commit, nothing known: a retry is safe either way).
     pub async fn write(&self, events: &[EventRow]) -> Result<BatchOutcome, DbError> {

@@ -18,15 +18,24 @@ async fn disruptive_postgres_restarted_mid_stream_loses_nothing_and_burns_no_att
     let db = TestDb::at(&node.url, "restart").await;
     let events = catalog(14, 4000);
     let w = sink_worker(&t, &db, &["--batch-size", "50", "--db-pool", "2"], "w.log");
-    publish_events(&conn, &t, &events).await;
-
+    let (before, during) = events.split_at(1000);
+    publish_events(&conn, &t, before).await;
     eventually(Duration::from_secs(60), "some written", || async {
         db.count("events").await >= 500
     })
     .await;
+
     // Down for 3 s: longer than the whole retry ladder (0.3 s + 0.6 s) with two attempts, so
-    // an attempt counted per failure would dead-letter events.
-    node.restart(3);
+    // an attempt counted per failure would dead-letter events. The rest of the stream arrives
+    // while it is down.
+    let node = std::sync::Arc::new(node);
+    let restarting = {
+        let node = node.clone();
+        tokio::task::spawn_blocking(move || node.restart(3))
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish_events(&conn, &t, during).await;
+    restarting.await.expect("restarted");
 
     eventually(Duration::from_secs(120), "every event written", || async {
         db.count("events").await >= events.len() as i64

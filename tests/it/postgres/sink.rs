@@ -42,6 +42,14 @@ async fn a_batch_writes_each_event_once_and_a_second_write_skips_them() {
     );
     assert_eq!(out.events[..50], vec![Written::Duplicate; 50][..]);
     assert_eq!(db.counts().await, super::expected_rows(&events));
+    // The status check a stale redelivery gets: the inbox row says done.
+    assert!(sink.is_done(&all[0].event_id).await.unwrap());
+    assert!(
+        !sink
+            .is_done(&ulid::Ulid::generate().to_string())
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
