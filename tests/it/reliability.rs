@@ -30,6 +30,8 @@ fn options(name: &'static str, secs: u64, api_flags: &[&str]) -> FleetOptions {
         events: u64::from(RATE) * (secs + 3),
         rate: RATE,
         api_flags: api_flags.iter().map(|s| s.to_string()).collect(),
+        upstream_flags: vec![],
+        bridge_flags: vec![],
     }
 }
 
@@ -226,15 +228,32 @@ async fn disruptive_reliability_5_proxy_latency_blackhole_reset() {
     for f in ["latency", "blackhole", "reset"] {
         assert!(!report.recoveries(f).is_empty(), "no recovery after {f}");
     }
+    // Heartbeat 2 s: two intervals and a second, plus lapin's half-interval check granularity.
+    assert_eq!(report.half_open_ms.len(), support::fleet::WORKERS);
+    assert!(
+        report.half_open_ms.iter().all(|ms| *ms <= 6000),
+        "half-open connections noticed late: {:?} ms",
+        report.half_open_ms
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disruptive_reliability_6_downstream_faults() {
     let _broker = BrokerGuard::new();
     let secs = fault_secs();
-    let mut fleet = Fleet::start(options("downstream", secs, DOWNSTREAM_FAULTS)).await;
+    let mut opts = options("downstream", secs, DOWNSTREAM_FAULTS);
+    // The upstream also goes silent (pings answered, no events) after each 1000 events.
+    opts.upstream_flags = vec!["--silent-after".into(), "1000".into()];
+    opts.bridge_flags = vec!["--silence-timeout".into(), "3s".into()];
+    let mut fleet = Fleet::start(opts).await;
     fleet.quiesce(Duration::from_secs(secs + 120)).await;
     let report = fleet.finish(RSS_LIMITS).await;
+    assert!(!report.silences_s.is_empty(), "no silence was detected");
+    assert!(
+        report.silences_s.iter().all(|s| *s < 4.5),
+        "silences caught late: {:?}",
+        report.silences_s
+    );
     assert!(report.dead > 0, "no rejection reached the DLQ");
     assert!(report.repeats_absorbed > 0, "no request was repeated");
 }

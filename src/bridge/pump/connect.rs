@@ -35,18 +35,28 @@ impl Pump {
         if ws.last_event.elapsed() <= self.silence_timeout {
             return;
         }
+        let first = self.silent_since.is_none();
         let since = *self.silent_since.get_or_insert(ws.last_event);
         self.ws = None;
         // At once: the deadline itself paces resubscribes to a silent upstream.
         self.ws_retry_at = Instant::now();
         let silences = self.stats.upstream_silences.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::warn!(
-            silent_secs = format!("{:.1}", since.elapsed().as_secs_f64()),
-            deadline_secs = self.silence_timeout.as_secs_f64(),
-            silences,
-            resume_from = %self.cursor.map(|c| c.to_string()).unwrap_or_else(|| "latest".into()),
-            "Upstream silent past the deadline (pings answered, no events); resubscribing from the cursor."
-        );
+        let silent_secs = format!("{:.1}", since.elapsed().as_secs_f64());
+        let resume_from = self
+            .cursor
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "latest".into());
+        if first {
+            tracing::warn!(
+                %silent_secs,
+                deadline_secs = self.silence_timeout.as_secs_f64(),
+                silences,
+                %resume_from,
+                "Upstream silent past the deadline (pings answered, no events); resubscribing from the cursor."
+            );
+        } else {
+            tracing::warn!(%silent_secs, silences, %resume_from, "Upstream still silent; resubscribing again.");
+        }
     }
 
     pub(super) async fn ensure_broker(&mut self) {

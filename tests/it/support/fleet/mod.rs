@@ -64,6 +64,10 @@ pub struct FleetOptions {
     pub rate: u32,
     /// Extra `warren sim api` flags (fault rates).
     pub api_flags: Vec<String>,
+    /// Extra `warren sim upstream` flags (its faults).
+    pub upstream_flags: Vec<String>,
+    /// Extra `warren bridge` flags.
+    pub bridge_flags: Vec<String>,
 }
 
 /// A fault window: its name, when it ended, and how many events had been emitted by then.
@@ -140,7 +144,10 @@ impl Fleet {
                     opts.rate.to_string(),
                     "--seed".into(),
                     "3".into(),
-                ],
+                ]
+                .into_iter()
+                .chain(opts.upstream_flags.iter().cloned())
+                .collect(),
                 envs: vec![("PF_AGENT_KEY".into(), canary.agent_key.clone())],
             },
             &dir,
@@ -171,7 +178,7 @@ impl Fleet {
             .collect();
 
         let cursor = dir.join("bridge.cursor");
-        let bridge_args = super::bridge::bridge_args(
+        let mut bridge_args = super::bridge::bridge_args(
             &t,
             &ws,
             &[
@@ -187,6 +194,7 @@ impl Fleet {
                 "1s",
             ],
         );
+        bridge_args.extend(opts.bridge_flags.iter().cloned());
         let bridge = Member::spawn(
             Spec {
                 role: "bridge".into(),

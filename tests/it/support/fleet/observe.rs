@@ -127,7 +127,7 @@ impl Fleet {
         let conn = self.conn.take().expect("connected");
         let mut dead = dead_letters(&conn, &dlq).await;
         dead.extend(dead_letters(&conn, &ingress).await);
-        let report = Report::build(
+        let mut report = Report::build(
             self.name,
             &up.ids,
             &ledger,
@@ -135,6 +135,7 @@ impl Fleet {
             &self.faults,
             self.rss.peaks(),
         );
+        report.read_detections(self.t.dir(), &self.faults);
         eprintln!("{report}");
 
         // Stop every process before grepping, so nothing writes after.

@@ -51,6 +51,10 @@ pub struct Report {
     pub longest_gap_ms: u64,
     /// (emission index of the event, commit time ms) of every effect, by commit time.
     pub commits: Vec<(usize, u64)>,
+    /// Seconds of upstream silence after which the bridge resubscribed, from its logs.
+    pub silences_s: Vec<f64>,
+    /// From each black hole's start to each worker's session end, ms, from the workers' logs.
+    pub half_open_ms: Vec<u64>,
 }
 
 impl Report {
@@ -143,6 +147,49 @@ impl Report {
             recovery_ms,
             longest_gap_ms,
             commits,
+            silences_s: vec![],
+            half_open_ms: vec![],
+        }
+    }
+
+    /// Reads, from the members' logs in `dir`, after how long the bridge caught each silence,
+    /// and how long each worker took to end its session once a black hole began.
+    pub fn read_detections(&mut self, dir: &Path, faults: &[FaultMark]) {
+        let logs: Vec<(String, String)> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".log"))
+            .map(|n| {
+                (
+                    n.clone(),
+                    std::fs::read_to_string(dir.join(&n)).unwrap_or_default(),
+                )
+            })
+            .collect();
+        for (name, text) in &logs {
+            if name.starts_with("bridge") {
+                self.silences_s.extend(
+                    text.lines()
+                        .filter(|l| l.contains("Upstream silent past the deadline"))
+                        .filter_map(|l| l.split("silent_secs=").nth(1))
+                        .filter_map(|v| v.split(' ').next())
+                        .filter_map(|v| v.trim_matches('"').parse::<f64>().ok()),
+                );
+            }
+        }
+        for f in faults.iter().filter(|f| f.name.starts_with("blackhole")) {
+            for (name, text) in logs.iter().filter(|(n, _)| n.starts_with("worker")) {
+                let first = crate::support::bridge::log_times(text, "Broker session ended")
+                    .into_iter()
+                    .filter_map(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as u64)
+                    .find(|&at| at >= f.start_ms && at <= f.end_ms + 10_000);
+                match first {
+                    Some(at) => self.half_open_ms.push(at - f.start_ms),
+                    None => eprintln!("{}: {name} did not end a session in {}", self.name, f.name),
+                }
+            }
         }
     }
 
@@ -214,10 +261,18 @@ impl std::fmt::Display for Report {
                 )
             })
             .collect();
+        let silences: Vec<String> = self.silences_s.iter().map(|s| format!("{s:.1}s")).collect();
+        let mut half_open = self.half_open_ms.clone();
+        half_open.sort_unstable();
+        let half_open = match half_open.last() {
+            Some(max) => format!("n={} min={}ms max={max}ms", half_open.len(), half_open[0]),
+            None => "none".into(),
+        };
         write!(
             f,
             "RELIABILITY {}: events={} effects={} dead={} repeats_absorbed={} \
-             I1_violations={} I2={} I3={} I4={} longest_effect_gap={}ms max_rss[{}] recovery[{}]{}",
+             I1_violations={} I2={} I3={} I4={} longest_effect_gap={}ms max_rss[{}] recovery[{}] \
+             silence_detected_after[{}] half_open_detection[{half_open}]{}",
             self.name,
             self.emitted,
             self.effects,
@@ -230,6 +285,11 @@ impl std::fmt::Display for Report {
             self.longest_gap_ms,
             rss.join(" "),
             rec.join("; "),
+            if silences.is_empty() {
+                "none".into()
+            } else {
+                silences.join(" ")
+            },
             if none > 0 {
                 format!(" ({none} faults had no later events)")
             } else {
