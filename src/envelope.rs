@@ -78,8 +78,9 @@ impl Envelope {
             return Err(EnvelopeError::TooLarge(bytes.len()));
         }
         let text = std::str::from_utf8(bytes).map_err(|_| EnvelopeError::NotUtf8)?;
-        let raw: RawFields<'_> =
-            serde_json::from_str(text).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+        // serde_json quotes a wrong-typed value whole (a 1 MiB string frame): keep its start.
+        let raw: RawFields<'_> = serde_json::from_str(text)
+            .map_err(|e| EnvelopeError::NotJson(clip_with_ellipsis(&e.to_string(), 160)))?;
 
         let event_id: String = field(raw.event_id, "eventId")?;
         if ulid::Ulid::from_string(&event_id).is_err() {
@@ -172,6 +173,14 @@ fn invalid(field: &'static str, reason: String) -> EnvelopeError {
     EnvelopeError::Invalid { field, reason }
 }
 
+/// `s` cut to `max` characters, the cut marked with `…`.
+fn clip_with_ellipsis(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 /// Keeps error messages short when a field holds a huge value.
 fn clip(s: &str) -> &str {
     match s.char_indices().nth(64) {
@@ -248,6 +257,21 @@ mod tests {
             Envelope::parse(&big),
             Err(EnvelopeError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn an_error_never_quotes_a_whole_frame() {
+        let frame = format!("\"{}\"", "a".repeat(100_000));
+        let err = Envelope::parse(frame.as_bytes()).unwrap_err().to_string();
+        assert!(
+            err.chars().count() < 256,
+            "{} characters",
+            err.chars().count()
+        );
+        assert!(
+            err.starts_with("frame is not a JSON object: invalid type: string"),
+            "{err}"
+        );
     }
 
     #[test]
