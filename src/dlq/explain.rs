@@ -96,6 +96,9 @@ impl fmt::Display for Kind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Time(pub u64);
 
+/// The last millisecond RFC 3339 can write (9999-12-31T23:59:59.999Z).
+const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
+
 impl Time {
     /// As a `SystemTime`.
     pub fn system(self) -> SystemTime {
@@ -117,24 +120,39 @@ impl Time {
         Some(Time(t.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64))
     }
 
-    /// An AMQP timestamp: seconds by the spec, but some publishers write milliseconds.
-    fn from_amqp(v: u64) -> Time {
+    /// An AMQP timestamp: seconds by the spec, but some publishers write milliseconds. A
+    /// value past the year 9999 (nanoseconds, garbage) is no time at all.
+    fn from_amqp(v: u64) -> Option<Time> {
         if v > 100_000_000_000 {
-            Time(v)
+            Some(Time(v)).filter(|t| t.0 <= MAX_RFC3339_MS)
         } else {
-            Time(v * 1000)
+            Some(Time(v * 1000))
         }
+    }
+
+    /// Seconds since the epoch (an `x-death` time), if before the year 10000.
+    pub(super) fn from_secs(secs: u64) -> Option<Time> {
+        secs.checked_mul(1000)
+            .filter(|&ms| ms <= MAX_RFC3339_MS)
+            .map(Time)
     }
 }
 
 impl fmt::Display for Time {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // humantime fails past the year 9999, and a failing Display panics in `to_string()`.
+        if self.0 > MAX_RFC3339_MS {
+            return write!(f, "{} ms after the epoch", self.0);
+        }
         write!(f, "{}", humantime::format_rfc3339_seconds(self.system()))
     }
 }
 
 impl Serialize for Time {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 > MAX_RFC3339_MS {
+            return s.collect_str(self);
+        }
         s.collect_str(&humantime::format_rfc3339_millis(self.system()))
     }
 }
@@ -218,12 +236,12 @@ pub fn explain(
     let warren_origin = header_str(props, hdr::ORIGIN_QUEUE).filter(|q| !q.is_empty());
     let warren_first = header_str(props, hdr::FIRST_FAILED_AT).and_then(Time::parse_rfc3339);
     let warren_last = header_str(props, hdr::LAST_FAILED_AT).and_then(Time::parse_rfc3339);
-    let stamped = props.timestamp().map(Time::from_amqp);
+    let stamped = props.timestamp().and_then(Time::from_amqp);
 
     let (kind, origin, error, first_failed, last_failed) = match last_death(props) {
         Some(death) => {
             let kind = Kind::from_broker(&death.reason);
-            let at = death.time.map(|s| Time(s * 1000));
+            let at = death.time.and_then(Time::from_secs);
             let mut error = broker_reason(kind, &death);
             if let Some(e) = warren_error {
                 let by = warren_kind.as_deref().unwrap_or("unknown");
@@ -418,8 +436,36 @@ mod tests {
     }
 
     #[test]
+    fn times_past_the_year_9999_are_no_times_and_render() {
+        let mut m = BTreeMap::new();
+        m.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![death("q", "expired", u64::MAX)])),
+        );
+        // A publisher writing nanoseconds as the AMQP timestamp.
+        let p = props(m).with_timestamp(1_741_344_000_000_000_000);
+        let d = explain("q.dlq", 1, &p, b"", None);
+        assert_eq!((d.first_failed, d.last_failed), (None, None));
+        let table = crate::dlq::render::list(std::slice::from_ref(&d), None);
+        assert!(table.contains("expired"), "{table}");
+        let detail = crate::dlq::Detail::decode(d, &p, b"", false);
+        assert!(crate::dlq::render::detail(&detail).contains("expired"));
+        assert_eq!(
+            Time(u64::MAX).to_string(),
+            format!("{} ms after the epoch", u64::MAX)
+        );
+        assert!(serde_json::to_string(&Time(u64::MAX)).is_ok());
+    }
+
+    #[test]
     fn amqp_timestamps_in_seconds_or_millis_read_the_same() {
-        assert_eq!(Time::from_amqp(1_700_000_000), Time(1_700_000_000_000));
-        assert_eq!(Time::from_amqp(1_700_000_000_123), Time(1_700_000_000_123));
+        assert_eq!(
+            Time::from_amqp(1_700_000_000),
+            Some(Time(1_700_000_000_000))
+        );
+        assert_eq!(
+            Time::from_amqp(1_700_000_000_123),
+            Some(Time(1_700_000_000_123))
+        );
     }
 }

@@ -255,7 +255,7 @@ pub fn detail(d: &Detail) -> String {
             } else {
                 x.exchange.clone()
             },
-            time: time(x.time.map(|s| super::Time(s * 1000))),
+            time: time(x.time.and_then(super::Time::from_secs)),
         })));
     }
     let _ = write!(out, "\n\nbody ({} bytes", l.bytes);
