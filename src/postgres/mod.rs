@@ -138,7 +138,7 @@ fn check_identifier(name: &str) -> Result<(), DbError> {
 }
 
 /// `"name"`: an identifier quoted for SQL (names were checked by [`check_identifier`]).
-pub(crate) fn quote_ident(name: &str) -> String {
+pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

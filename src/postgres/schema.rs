@@ -242,10 +242,8 @@ async fn current_version(
     Ok(row.get(0))
 }
 
-pub(crate) async fn get(
-    settings: &DbSettings,
-    pool: &Pool,
-) -> Result<deadpool_postgres::Object, DbError> {
+/// A pooled connection, or the pool's failure phrased for the operator.
+pub async fn get(settings: &DbSettings, pool: &Pool) -> Result<deadpool_postgres::Object, DbError> {
     pool.get().await.map_err(|e| DbError::Pool {
         database: settings.shown().to_string(),
         reason: pool_reason(&e),

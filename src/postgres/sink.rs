@@ -242,9 +242,11 @@ fn unsort(out: RunOutput, sorted: &[&EventRow], events: &[EventRow]) -> BatchOut
     }
 }
 
-/// The one statement a batch runs. `$1..$5` are the events' columns as arrays, `$6` the handler.
+/// The one statement a batch runs, for the schema `s` (quoted). `$1..$5` are the events' columns
+/// as arrays (eventId, type, agentId, ts in ms, payload JSON), `$6` the handler. Public for the
+/// benchmark's raw baseline, which runs the same statement.
 /// Data-modifying CTEs all run, in one snapshot; only events whose inbox row is new get rows.
-fn batch_sql(s: &str) -> String {
+pub fn batch_sql(s: &str) -> String {
     format!(
         r#"WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])

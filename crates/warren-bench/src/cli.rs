@@ -34,7 +34,11 @@ pub enum ScenarioName {
     /// (--workers) with the http handler against a downstream answering in 5 ms
     /// (--downstream-latency); each worker count's rate and its ratio to one worker.
     Lanes,
-    /// All of the above but lanes (which runs `warren worker` processes).
+    /// Events from a quorum queue into PostgreSQL (--database-url): warren's `postgres`
+    /// handler with one connection against a raw lapin + tokio-postgres loop running the same
+    /// statement on batches of --batch-size; always beside that baseline. Runs alone.
+    Postgres,
+    /// All of the above but lanes (which runs `warren worker` processes) and postgres.
     All,
 }
 
@@ -135,12 +139,79 @@ pub struct BenchArgs {
     /// Lanes: the `warren` binary the workers run [default: `warren` beside this program].
     #[arg(long)]
     pub warren: Option<std::path::PathBuf>,
+    /// Postgres: the database, postgres://user:password@host/db (never printed).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Postgres: events per transaction, both sides.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+    /// Postgres: warren's database connections, hence batches written at once (the raw loop
+    /// writes one batch at a time on one connection).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub db_pool: u32,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputArg::Table)]
     pub output: OutputArg,
     /// Internal: run one measured side described by this JSON and print its figures.
     #[arg(long, hide = true)]
     pub child: Option<String>,
+}
+
+/// `--scenario postgres`: its own rounds and table.
+async fn postgres_scenario(args: &BenchArgs, url: warren::amqp::AmqpUrl) -> Result<u8> {
+    if args.scenarios.len() > 1 {
+        return Err(Error::Usage(
+            "--scenario postgres runs alone: give no other --scenario".into(),
+        ));
+    }
+    let Some(database_url) = args.database_url.clone() else {
+        return Err(Error::Usage(
+            "--scenario postgres needs a database: set DATABASE_URL or --database-url".into(),
+        ));
+    };
+    let settings = crate::postgres::PgBenchSettings {
+        url,
+        database_url,
+        events: args.messages.unwrap_or(20_000) as usize,
+        batch_size: args.batch_size as usize,
+        rounds: args.rounds as usize,
+        pool: args.db_pool as usize,
+    };
+    let report = crate::postgres::run(&settings).await?;
+    let mut out = Output::stdout();
+    match OutputFormat::from(args.output) {
+        OutputFormat::Table => {
+            #[derive(tabled::Tabled)]
+            struct Row {
+                scenario: String,
+                #[tabled(rename = "warren ev/s")]
+                warren: String,
+                #[tabled(rename = "raw ev/s")]
+                raw: String,
+                #[tabled(rename = "warren ÷ raw (min–max)")]
+                ratio: String,
+            }
+            let ratios: Vec<f64> = report.rounds.iter().map(|r| r.warren / r.raw).collect();
+            let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ratios.iter().copied().fold(0.0, f64::max);
+            let row = Row {
+                scenario: format!(
+                    "postgres batch {}, pool {} ({} events, {} rounds)",
+                    report.batch_size,
+                    report.pool,
+                    report.events,
+                    report.rounds.len()
+                ),
+                warren: format!("{:.0}", report.warren_median),
+                raw: format!("{:.0}", report.raw_median),
+                ratio: format!("{:.2} ({lo:.2}–{hi:.2})", report.ratio_median),
+            };
+            out.text(&format!("{}\n", output::table([row])))?;
+        }
+        _ => out.json(&report)?,
+    }
+    out.finish()?;
+    Ok(0)
 }
 
 fn expand(
@@ -223,6 +294,9 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         let line = serde_json::to_string(&result).map_err(|e| Error::Other(e.to_string()))?;
         Output::stdout().text(&line)?;
         return Ok(0);
+    }
+    if args.scenarios.contains(&ScenarioName::Postgres) {
+        return postgres_scenario(&args, url).await;
     }
     let sides = match args.side {
         Some(side) => vec![side],

@@ -20,6 +20,7 @@ pub mod bridge;
 pub mod cli;
 pub mod lanes;
 mod parent;
+pub mod postgres;
 pub mod raw;
 pub mod scenarios;
 pub mod stats;
