@@ -47,24 +47,14 @@ impl DbArgs {
 pub enum DbCommand {
     /// Create warren's schema and tables, or migrate them to this build's version. Safe to run
     /// again, and from several processes at once.
-    Apply(DbApplyArgs),
+    Apply(DbVerbArgs),
     /// The schema's version and each table's rows.
-    Status(DbStatusArgs),
+    Status(DbVerbArgs),
 }
 
-/// `warren db apply`
+/// `warren db apply|status`
 #[derive(Debug, Args)]
-pub struct DbApplyArgs {
-    #[command(flatten)]
-    pub db: DbArgs,
-    /// Output format.
-    #[arg(short, long, value_enum, default_value_t = OutputArg::Table)]
-    pub output: OutputArg,
-}
-
-/// `warren db status`
-#[derive(Debug, Args)]
-pub struct DbStatusArgs {
+pub struct DbVerbArgs {
     #[command(flatten)]
     pub db: DbArgs,
     /// Output format.

@@ -140,7 +140,7 @@ impl Sink {
         match run(&tx, &statement, &sorted, &self.handler).await {
             Ok(out) => {
                 tx.commit().await.map_err(sql)?;
-                Ok(unsort(out, &sorted, events))
+                Ok(in_callers_order(out, events))
             }
             Err(e) if super::error::classify(&e) == Fault::Permanent && events.len() > 1 => {
                 drop(tx);
@@ -181,7 +181,7 @@ impl Sink {
             }
         }
         tx.commit().await.map_err(sql)?;
-        Ok(unsort(total, sorted, events))
+        Ok(in_callers_order(total, events))
     }
 }
 
@@ -215,14 +215,13 @@ async fn run<C: deadpool_postgres::GenericClient>(
 }
 
 /// Per-event results in the caller's order.
-fn unsort(out: RunOutput, sorted: &[&EventRow], events: &[EventRow]) -> BatchOutcome {
+fn in_callers_order(out: RunOutput, events: &[EventRow]) -> BatchOutcome {
     let claimed: std::collections::HashSet<&str> = out.claimed.iter().map(String::as_str).collect();
     let rejected: std::collections::HashMap<&str, &str> = out
         .rejected
         .iter()
         .map(|(id, m)| (id.as_str(), m.as_str()))
         .collect();
-    debug_assert_eq!(sorted.len(), events.len());
     let events = events
         .iter()
         .map(|e| {
