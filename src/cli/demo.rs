@@ -3,13 +3,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use tabled::Tabled;
 
 use super::{GlobalArgs, Outcome, OutputArg, signals};
-use crate::demo::{self, DemoReport, DemoSettings};
+use crate::demo::{self, DemoReport, DemoSettings, DemoSink};
 use crate::error::{Error, Result};
 use crate::output::{Output, OutputFormat};
+use crate::postgres::DATABASE_URL_ENV;
 
 /// `warren demo …`
 #[derive(Debug, Args)]
@@ -29,7 +30,8 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Switch on the sims' faults (500s, 429s, ambiguous commits, 409s, rejections, duplicate
-    /// events, dropped WebSockets) and SIGKILL a worker midway, then start a new one.
+    /// events, dropped WebSockets) and SIGKILL a worker midway, then start a new one. With
+    /// --sink postgres, the upstream's faults and the kill (the API is not called).
     #[arg(long)]
     pub faults: bool,
     /// Keep the queues, exchanges and logs afterwards (prints how to inspect them).
@@ -42,9 +44,27 @@ pub struct DemoArgs {
     /// The topology file [default: topology/warren.toml, built in]. Run under a unique prefix.
     #[arg(short = 'f', long = "topology")]
     pub topology: Option<PathBuf>,
+    /// Where the workers put each event: POST it to the simulated API (`http`), or write it
+    /// exactly once into PostgreSQL (`postgres`, in a schema of the run's own, dropped afterwards
+    /// unless --keep) and reconcile the rows per event type in SQL.
+    #[arg(long, value_enum, default_value_t = SinkArg::Http)]
+    pub sink: SinkArg,
+    /// --sink postgres: the database (postgres://user:password@host:5432/dbname). The password
+    /// is never printed, and reaches the workers through their environment.
+    #[arg(long, env = DATABASE_URL_ENV, hide_env_values = true, value_name = "URL")]
+    pub database_url: Option<String>,
     /// Report format on stdout.
     #[arg(short, long, value_enum, default_value_t = OutputArg::Table)]
     pub output: OutputArg,
+}
+
+/// `--sink`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SinkArg {
+    /// The simulated trading API, through the `http` handler.
+    Http,
+    /// PostgreSQL, through the `postgres` handler.
+    Postgres,
 }
 
 pub(super) async fn demo_command(global: &GlobalArgs, args: DemoArgs) -> Result<Outcome> {
@@ -61,6 +81,17 @@ pub(super) async fn demo_command(global: &GlobalArgs, args: DemoArgs) -> Result<
             PathBuf::from("topology/warren.toml (built in)"),
         ),
     };
+    let sink = match (args.sink, &args.database_url) {
+        (SinkArg::Http, _) => DemoSink::Http,
+        (SinkArg::Postgres, Some(url)) => DemoSink::Postgres {
+            database_url: url.clone(),
+        },
+        (SinkArg::Postgres, None) => {
+            return Err(Error::Usage(format!(
+                "--sink postgres needs a database: set {DATABASE_URL_ENV} or --database-url"
+            )));
+        }
+    };
     let exe = std::env::current_exe()
         .map_err(|e| Error::Other(format!("cannot find the warren binary to run workers: {e}")))?;
     let settings = DemoSettings {
@@ -76,6 +107,7 @@ pub(super) async fn demo_command(global: &GlobalArgs, args: DemoArgs) -> Result<
         keep: args.keep,
         settle_timeout: args.settle_timeout,
         exe,
+        sink,
     };
     let report = demo::run(settings, signals::on_signals()).await?;
     let mut out = Output::stdout();
@@ -91,12 +123,13 @@ pub(super) async fn demo_command(global: &GlobalArgs, args: DemoArgs) -> Result<
         return Ok(Outcome::Interrupted);
     }
     // Reconciled: every event processed, dead-lettered or unrouted, and none effected twice.
-    let reconciled = report.lost == 0 && report.effected_twice == 0;
+    let reconciled = report.reconciled();
     if !reconciled {
         eprintln!(
-            "warren demo: {} event(s) lost, {} effected twice (first lost: {})",
+            "warren demo: {} event(s) lost, {} effected twice, {} stored but never emitted (first lost: {})",
             report.lost,
             report.effected_twice,
+            report.phantom,
             report.lost_ids.join(", ")
         );
     }
@@ -136,6 +169,23 @@ fn lanes_cell(lanes: &std::collections::BTreeMap<String, u64>, prefix: &str) -> 
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// `market.candle 120/120 (+120 domain)`, a line per type: rows in the events table / distinct events
+/// emitted, per type, and the type's rows in its domain table.
+fn rows_cell(r: &DemoReport) -> String {
+    r.rows
+        .iter()
+        .map(|t| {
+            let domain = if t.domain_rows > 0 {
+                format!(" (+{} domain)", t.domain_rows)
+            } else {
+                String::new()
+            };
+            format!("{} {}/{}{domain}", t.event_type, t.stored, t.emitted)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn table(r: &DemoReport) -> String {
@@ -181,8 +231,14 @@ fn table(r: &DemoReport) -> String {
         ),
         row("workers killed (SIGKILL)", r.worker_kills.to_string()),
         row("acked per lane", lanes_cell(&r.lanes, &r.prefix)),
+        row("sink", r.sink.clone()),
         row("prefix", r.prefix.clone()),
     ];
+    if !r.rows.is_empty() {
+        // After "effected twice": what PostgreSQL holds, per type, counted in SQL.
+        rows.insert(5, row("postgres rows per type", rows_cell(r)));
+        rows.insert(6, row("stored, never emitted", r.phantom.to_string()));
+    }
     if r.interrupted {
         rows.insert(0, row("INTERRUPTED", "partial report (Ctrl-C)".into()));
     }

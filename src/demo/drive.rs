@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use warren_sim::upstream;
 
+use super::db::DemoDb;
 use super::fleet::Fleet;
 use super::ledger::LedgerTail;
 use super::progress::{Progress, Sample};
@@ -21,12 +22,20 @@ use crate::amqp::{self, Connection};
 use crate::error::{Error, Result};
 use crate::topology::{self, Topology};
 
+/// Where the workers put their effects, and where the demo counts them.
+pub(super) enum Downstream<'a> {
+    /// The simulated API at this base URL: its `/stats` and `/ledger`.
+    Api(String),
+    /// The run's PostgreSQL schema: its inbox and tables.
+    Db(&'a DemoDb),
+}
+
 /// Runs the upstream and the bridge, shows progress until the pipeline settles, reconciles.
 pub(super) async fn drive(
     settings: &DemoSettings,
     conn: &Connection,
     topology: &Topology,
-    api_addr: &str,
+    downstream: &Downstream<'_>,
     dir: &Path,
     fleet: &mut Fleet,
     interrupt: &CancellationToken,
@@ -67,7 +76,6 @@ pub(super) async fn drive(
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| Error::Other(format!("HTTP client: {e}")))?;
-    let api = format!("http://{api_addr}");
     let unrouted = unrouted_types(topology);
     let mut tail = LedgerTail::new(ledger.clone());
     let mut progress = Progress::new();
@@ -93,20 +101,25 @@ pub(super) async fn drive(
         // Published before emitted: an event is in the ledger before the bridge can see it.
         let published = stats.confirmed.load(Ordering::Relaxed);
         let emitted = tail.read()?;
-        let api_stats: ApiStats = get_json(&http, &format!("{api}/stats")).await?;
+        let processed = match downstream {
+            Downstream::Api(api) => {
+                let stats: ApiStats = get_json(&http, &format!("{api}/stats")).await?;
+                stats.effects
+            }
+            Downstream::Db(db) => db.processed().await?,
+        };
         let depths = depths(conn, topology).await?;
         let workers = fleet.sample().await;
         progress.show(Sample {
             emitted: emitted.len() as u64,
             published,
-            processed: api_stats.effects,
+            processed,
             queued: depths.backlog,
             in_flight: workers.in_flight,
             retrying: depths.retrying,
             dead: depths.dead,
         });
-        if settings.faults && !killed && kill_due(api_stats.effects + depths.dead, settings.events)
-        {
+        if settings.faults && !killed && kill_due(processed + depths.dead, settings.events) {
             killed = true;
             worker_kills += 1;
             fleet.kill_and_replace().await?;
@@ -122,7 +135,7 @@ pub(super) async fn drive(
             && depths.backlog == 0
             && depths.retrying == 0
             && workers.in_flight == 0
-            && api_stats.effects + depths.dead >= routed;
+            && processed + depths.dead >= routed;
         // Twice in a row, so a delivery between two queues is not missed.
         let settled = quiet && settled_once;
         settled_once = quiet;
@@ -138,9 +151,18 @@ pub(super) async fn drive(
                 lane_acks: workers.lane_acks.clone(),
                 ..Inputs::default()
             };
-            collect(&http, &api, conn, topology, &mut inputs).await?;
+            match downstream {
+                Downstream::Api(api) => collect_api(&http, api, &mut inputs).await?,
+                Downstream::Db(db) => {
+                    inputs.effects = db.effects().await?;
+                    inputs.api_replays = workers.db_duplicates;
+                    (inputs.type_rows, inputs.phantom) = db.rows_per_type(&inputs.emitted).await?;
+                }
+            }
+            collect_dead(conn, topology, &mut inputs).await?;
             let mut report = reconcile(&topology.prefix, &inputs);
             report.interrupted = interrupted;
+            report.sink = settings.sink.name().to_string();
             if report.lost == 0 || out_of_time || interrupted {
                 if out_of_time && !interrupted {
                     tracing::warn!(
@@ -168,14 +190,8 @@ fn kill_due(settled: u64, events: u64) -> bool {
     settled * 10 >= events * 4
 }
 
-/// Reads the downstream's ledger and every DLQ into `inputs`.
-async fn collect(
-    http: &reqwest::Client,
-    api: &str,
-    conn: &Connection,
-    topology: &Topology,
-    inputs: &mut Inputs,
-) -> Result<()> {
+/// Reads the simulated API's ledger into `inputs`.
+async fn collect_api(http: &reqwest::Client, api: &str, inputs: &mut Inputs) -> Result<()> {
     let ledger: ApiLedger = get_json(http, &format!("{api}/ledger")).await?;
     inputs.api_replays = ledger.keys.iter().map(|k| u64::from(k.replays)).sum();
     inputs.effects = ledger
@@ -187,6 +203,11 @@ async fn collect(
             committed_at_ms: k.stored.map(|s| s.committed_at_ms),
         })
         .collect();
+    Ok(())
+}
+
+/// Reads every DLQ into `inputs`.
+async fn collect_dead(conn: &Connection, topology: &Topology, inputs: &mut Inputs) -> Result<()> {
     let dlqs = crate::dlq::resolve(topology, &[])?;
     let mut dead = vec![];
     crate::dlq::scan(conn, &dlqs, &crate::dlq::Filter::default(), |_, letter| {

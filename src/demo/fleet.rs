@@ -29,6 +29,8 @@ struct Worker {
     retries: u64,
     /// Acks per lane queue counted by this process at its last scrape (kept after it dies).
     lane_acks: BTreeMap<String, u64>,
+    /// Events the postgres handler found in its inbox, at its last scrape (kept after it dies).
+    db_duplicates: u64,
 }
 
 /// N workers started from the same arguments.
@@ -36,6 +38,8 @@ pub struct Fleet {
     exe: PathBuf,
     args: Vec<String>,
     amqp_url: String,
+    /// More environment for every worker (the database URL: never on the command line).
+    env: Vec<(String, String)>,
     dir: PathBuf,
     http: reqwest::Client,
     workers: Vec<Worker>,
@@ -43,6 +47,8 @@ pub struct Fleet {
     retries_of_dead: u64,
     /// Lane acks counted by processes that are gone.
     lane_acks_of_dead: BTreeMap<String, u64>,
+    /// Inbox duplicates counted by processes that are gone.
+    db_duplicates_of_dead: u64,
     started: usize,
 }
 
@@ -57,6 +63,8 @@ pub struct FleetSample {
     pub ready: usize,
     /// Deliveries acked per lane queue, all workers ever started.
     pub lane_acks: BTreeMap<String, u64>,
+    /// Events the postgres handler skipped as already committed, all workers ever started.
+    pub db_duplicates: u64,
 }
 
 impl Fleet {
@@ -67,6 +75,7 @@ impl Fleet {
             exe,
             args,
             amqp_url,
+            env: vec![],
             dir: dir.to_path_buf(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
@@ -75,8 +84,15 @@ impl Fleet {
             workers: vec![],
             retries_of_dead: 0,
             lane_acks_of_dead: BTreeMap::new(),
+            db_duplicates_of_dead: 0,
             started: 0,
         }
+    }
+
+    /// Sets `key=value` in every worker's environment, for values that must not show in `ps`.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// Starts one more worker and waits until it serves `/metrics`.
@@ -88,6 +104,7 @@ impl Fleet {
             .args(&self.args)
             .args(["--metrics-listen", "127.0.0.1:0", "--log-format", "json"])
             .env("AMQP_URL", &self.amqp_url)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -121,6 +138,7 @@ impl Fleet {
             log,
             retries: 0,
             lane_acks: BTreeMap::new(),
+            db_duplicates: 0,
         });
         Ok(())
     }
@@ -163,6 +181,7 @@ impl Fleet {
         let mut s = FleetSample {
             retries: self.retries_of_dead,
             lane_acks: self.lane_acks_of_dead.clone(),
+            db_duplicates: self.db_duplicates_of_dead,
             ..FleetSample::default()
         };
         for w in &mut self.workers {
@@ -177,8 +196,10 @@ impl Fleet {
                 s.in_flight += in_flight;
                 w.retries = retries;
                 w.lane_acks = lane_acks(&text);
+                w.db_duplicates = counter(&text, "warren_db_events_duplicate_total");
             }
             s.retries += w.retries;
+            s.db_duplicates += w.db_duplicates;
             for (lane, n) in &w.lane_acks {
                 *s.lane_acks.entry(lane.clone()).or_default() += n;
             }
@@ -197,6 +218,7 @@ impl Fleet {
         let _ = victim.child.start_kill();
         let _ = victim.child.wait().await;
         self.retries_of_dead += victim.retries;
+        self.db_duplicates_of_dead += victim.db_duplicates;
         for (lane, n) in victim.lane_acks {
             *self.lane_acks_of_dead.entry(lane).or_default() += n;
         }
@@ -274,6 +296,14 @@ fn lane_acks(text: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// An unlabelled counter's value from a worker's OpenMetrics text; 0 when absent.
+fn counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 /// `(in_flight, retries)` from a worker's OpenMetrics text.
 fn parse_metrics(text: &str) -> (u64, u64) {
     let value = |line: &str| {
@@ -315,6 +345,9 @@ mod tests {
             warren_worker_deliveries_total{queue=\"b\",outcome=\"retry\"} 5\n\
             warren_worker_deliveries_total{queue=\"b\",outcome=\"ack\"} 50\n";
         assert_eq!(parse_metrics(text), (3, 7));
+        let db = "warren_db_events_duplicate_total 4\nwarren_db_events_duplicate_created 1.7e9\n";
+        assert_eq!(counter(db, "warren_db_events_duplicate_total"), 4);
+        assert_eq!(counter(db, "warren_db_events_inserted_total"), 0);
         let lanes = "warren_worker_deliveries_total{queue=\"d.pf.trading.lane.3\",outcome=\"ack\"} 12\n\
                      warren_worker_deliveries_total{queue=\"d.pf.trading.lane.3\",outcome=\"dead\"} 2\n\
                      warren_worker_deliveries_total{queue=\"d.pf.jobs\",outcome=\"ack\"} 40\n";

@@ -9,7 +9,9 @@
 //! - `drive`: the run itself, sampled until the pipeline settles, then the reconciliation's inputs.
 //! - `sims`: the simulated upstream and API: their settings, listeners and answers.
 //! - `ledger`: the upstream's ledger file, read as it grows.
+//! - `db`: with `--sink postgres`, the run's schema and the reconciliation's SQL.
 
+mod db;
 mod drive;
 pub mod fleet;
 mod ledger;
@@ -24,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use report::{DemoReport, reconcile};
 
-use self::drive::drive;
+use self::db::DemoDb;
+use self::drive::{Downstream, drive};
 use self::fleet::Fleet;
 use self::sims::{api_settings, bind, local};
 use crate::amqp::{self, AmqpError, AmqpUrl, Connection};
@@ -64,6 +67,30 @@ pub struct DemoSettings {
     pub settle_timeout: Duration,
     /// The `warren` binary the workers run.
     pub exe: PathBuf,
+    /// Where the workers put each event.
+    pub sink: DemoSink,
+}
+
+/// Where the demo's workers put each event.
+#[derive(Clone)]
+pub enum DemoSink {
+    /// POST it to the simulated API (the `http` handler).
+    Http,
+    /// Write it into PostgreSQL (the `postgres` handler), in a schema of the run's own.
+    Postgres {
+        /// The connection string (never printed).
+        database_url: String,
+    },
+}
+
+impl DemoSink {
+    /// `http` or `postgres`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DemoSink::Http => "http",
+            DemoSink::Postgres { .. } => "postgres",
+        }
+    }
 }
 
 impl std::fmt::Debug for DemoSettings {
@@ -75,6 +102,7 @@ impl std::fmt::Debug for DemoSettings {
             .field("workers", &self.workers)
             .field("faults", &self.faults)
             .field("keep", &self.keep)
+            .field("sink", &self.sink.name())
             .finish_non_exhaustive()
     }
 }
@@ -119,7 +147,32 @@ pub async fn run(settings: DemoSettings, shutdown: CancellationToken) -> Result<
     topology::apply(&conn, &plan).await?;
     tracing::info!(prefix = %prefix, dir = %dir.display(), "Demo topology declared.");
 
-    let result = pipeline(&settings, &conn, &topology, &topology_file, &dir, shutdown).await;
+    let db = match &settings.sink {
+        DemoSink::Http => None,
+        DemoSink::Postgres { database_url } => match DemoDb::create(database_url, &prefix).await {
+            Ok(db) => {
+                tracing::info!(database = %db.shown(), schema = %db.schema(), "Demo schema created.");
+                Some(db)
+            }
+            Err(e) => {
+                let _ = topology::delete(&conn, &plan).await;
+                amqp::close(&conn).await;
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e.into());
+            }
+        },
+    };
+
+    let result = pipeline(
+        &settings,
+        &conn,
+        &topology,
+        &topology_file,
+        &dir,
+        db.as_ref(),
+        shutdown,
+    )
+    .await;
 
     if settings.keep {
         let first_dead = result
@@ -127,7 +180,18 @@ pub async fn run(settings: DemoSettings, shutdown: CancellationToken) -> Result<
             .ok()
             .and_then(|r| r.first_dead_id.as_deref());
         eprintln!("{}", keep_hints(&prefix, &topology_file, &dir, first_dead));
+        if let Some(db) = &db {
+            eprintln!("{}", keep_db_hints(db));
+        }
     } else {
+        if let Some(db) = &db {
+            match db.drop_schema().await {
+                Ok(()) => tracing::info!(schema = %db.schema(), "Demo schema dropped."),
+                Err(error) => {
+                    tracing::warn!(schema = %db.schema(), %error, "Could not drop the demo schema.")
+                }
+            }
+        }
         match topology::delete(&conn, &plan).await {
             Ok(n) => tracing::info!(prefix = %prefix, deleted = n, "Demo topology deleted."),
             Err(error) => {
@@ -170,6 +234,19 @@ fn keep_hints(prefix: &str, file: &Path, dir: &Path, first_dead: Option<&str>) -
     )
 }
 
+/// What `--keep` prints for the run's schema.
+fn keep_db_hints(db: &DemoDb) -> String {
+    let s = db.schema();
+    format!(
+        "warren demo: kept schema {s} in {}. Inspect with:\n  \
+         WARREN_DB_SCHEMA={s} warren db status\n  \
+         psql \"$DATABASE_URL\" -c 'SELECT type, count(*) FROM {s}.events GROUP BY type'\n\
+         Remove with:\n  \
+         psql \"$DATABASE_URL\" -c 'DROP SCHEMA {s} CASCADE'",
+        db.shown()
+    )
+}
+
 /// The topology text the demo declares: with `expires` on every queue unless `keep`, so a demo
 /// killed before its cleanup leaves nothing behind for long.
 fn demo_topology(text: &str, keep: bool) -> std::result::Result<String, String> {
@@ -193,6 +270,7 @@ async fn pipeline(
     topology: &Topology,
     topology_file: &Path,
     dir: &Path,
+    db: Option<&DemoDb>,
     shutdown: CancellationToken,
 ) -> Result<DemoReport> {
     // The demo's own parts stop when the run is over, not at the signal: after Ctrl-C the sim
@@ -214,11 +292,27 @@ async fn pipeline(
         topology_file.display().to_string(),
         "--prefix".into(),
         topology.prefix.clone(),
-        "--handler".into(),
-        "http".into(),
-        "--url".into(),
-        format!("http://{api_addr}/events"),
     ];
+    let downstream = match db {
+        None => {
+            args.extend([
+                "--handler".into(),
+                "http".into(),
+                "--url".into(),
+                format!("http://{api_addr}/events"),
+            ]);
+            Downstream::Api(format!("http://{api_addr}"))
+        }
+        Some(db) => {
+            args.extend([
+                "--handler".into(),
+                "postgres".into(),
+                "--db-schema".into(),
+                db.schema().to_string(),
+            ]);
+            Downstream::Db(db)
+        }
+    };
     for q in &topology.queues {
         args.extend(["-q".to_string(), q.name.clone()]);
     }
@@ -228,6 +322,9 @@ async fn pipeline(
         settings.amqp_url_raw.clone(),
         dir,
     );
+    if let Some(db) = db {
+        fleet = fleet.env(crate::postgres::DATABASE_URL_ENV, db.url());
+    }
     let outcome = async {
         for _ in 0..settings.workers {
             fleet.spawn().await?;
@@ -235,7 +332,13 @@ async fn pipeline(
         fleet.wait_ready().await?;
         tracing::info!(workers = fleet.len(), "Workers consuming.");
         drive(
-            settings, conn, topology, &api_addr, dir, &mut fleet, &shutdown,
+            settings,
+            conn,
+            topology,
+            &downstream,
+            dir,
+            &mut fleet,
+            &shutdown,
         )
         .await
     }

@@ -36,6 +36,20 @@ pub struct Dead {
     pub kind: String,
 }
 
+/// One event type in a demo into PostgreSQL, counted in SQL against the upstream's ledger.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TypeRows {
+    /// The event type.
+    pub event_type: String,
+    /// Distinct events of the type the upstream emitted.
+    pub emitted: u64,
+    /// Of those, rows in the `events` table.
+    pub stored: u64,
+    /// Of those, rows in the domain tables (candles, balance changes, escrow events, job
+    /// results); fewer than stored where two events share a natural key.
+    pub domain_rows: u64,
+}
+
 /// Everything the reconciliation reads.
 #[derive(Debug, Clone, Default)]
 pub struct Inputs {
@@ -57,6 +71,10 @@ pub struct Inputs {
     pub worker_kills: u32,
     /// Deliveries acked per lane queue, all workers.
     pub lane_acks: BTreeMap<String, u64>,
+    /// Into PostgreSQL: rows per event type.
+    pub type_rows: Vec<TypeRows>,
+    /// Into PostgreSQL: rows in the events table the upstream never emitted.
+    pub phantom: u64,
 }
 
 /// Duplicates that reached a layer and were absorbed there.
@@ -117,6 +135,13 @@ pub struct DemoReport {
     pub worker_kills: u32,
     /// Deliveries acked per lane of each laned queue (lane queue → count), all workers.
     pub lanes: BTreeMap<String, u64>,
+    /// Where the effects went: `http` (the simulated API) or `postgres`.
+    pub sink: String,
+    /// Into PostgreSQL: per event type, emitted against rows stored (empty for `http`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rows: Vec<TypeRows>,
+    /// Into PostgreSQL: stored events the upstream never emitted (must be 0).
+    pub phantom: u64,
     /// A signal stopped the run before it settled: a partial report, whose events not yet
     /// processed or dead-lettered count as lost.
     pub interrupted: bool,
@@ -128,11 +153,12 @@ pub struct DemoReport {
 impl DemoReport {
     /// 0 when nothing was lost and no effect happened twice, else 1.
     pub fn exit_code(&self) -> u8 {
-        if self.lost == 0 && self.effected_twice == 0 {
-            0
-        } else {
-            1
-        }
+        if self.reconciled() { 0 } else { 1 }
+    }
+
+    /// Nothing lost, no effect twice, nothing stored that was never emitted.
+    pub fn reconciled(&self) -> bool {
+        self.lost == 0 && self.effected_twice == 0 && self.phantom == 0
     }
 }
 
@@ -179,6 +205,8 @@ pub fn reconcile(prefix: &str, inputs: &Inputs) -> DemoReport {
         dead_letters,
         worker_kills: inputs.worker_kills,
         lanes: inputs.lane_acks.clone(),
+        rows: inputs.type_rows.clone(),
+        phantom: inputs.phantom,
         ..DemoReport::default()
     };
     let mut latencies = vec![];

@@ -330,3 +330,79 @@ fn demo_with_faults_kills_a_worker_when_most_events_dead_letter() {
     );
     assert_eq!(n(&r, "worker_kills"), 1, "{r}");
 }
+
+/// `--sink postgres`: the same pipeline into PostgreSQL, a worker killed midway; the rows per
+/// type, counted in SQL, equal the distinct events emitted, and the run's schema is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_into_postgres_reconciles_rows_in_sql_and_drops_its_schema() {
+    use crate::support::pg::{CANARY, database_url};
+    let url = database_url();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["demo", "--sink", "postgres", "--events", "300"])
+            .args(["--workers", "2", "--faults", "--seed", "3", "-o", "json"])
+            .env("AMQP_URL", amqp_url())
+            .env("DATABASE_URL", url)
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("run warren demo")
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains(CANARY), "the password leaked:\n{stderr}");
+    let r = report(&out);
+    assert_promise_kept(&r, 300);
+    assert_eq!(r["sink"], "postgres", "{r}");
+    assert_eq!(n(&r, "worker_kills"), 1, "{r}");
+    assert_eq!(n(&r, "phantom"), 0, "{r}");
+    let rows = r["rows"].as_array().expect("rows per type");
+    let stored: u64 = rows.iter().map(|t| n(t, "stored")).sum();
+    let emitted: u64 = rows.iter().map(|t| n(t, "emitted")).sum();
+    assert_eq!(emitted, 300, "{r}");
+    assert_eq!(stored, n(&r, "processed"), "{r}");
+    for t in rows {
+        let dead = n(t, "emitted") - n(t, "stored");
+        assert!(dead <= n(&r, "dead_lettered"), "{t} in {r}");
+    }
+    // Two workers on the laned trading queue and on payments: events bound twice, and the
+    // killed worker's redeliveries, were found in the inbox.
+    assert!(n(&r["duplicates_absorbed"], "downstream") > 0, "{r}");
+    let schema = format!(
+        "demo_{}",
+        r["prefix"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("demo-")
+            .trim_end_matches('.')
+    );
+    let (client, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let left = client
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = $1",
+            &[&schema],
+        )
+        .await
+        .expect("query");
+    assert_eq!(left.get::<_, i64>(0), 0, "schema {schema} left behind");
+    assert_cleaned_up(&r);
+}
+
+#[test]
+fn demo_into_postgres_without_a_database_names_the_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["demo", "--sink", "postgres", "--events", "10"])
+        .env("AMQP_URL", amqp_url())
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run warren demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--database-url") && stderr.contains("DATABASE_URL"),
+        "{stderr}"
+    );
+}
