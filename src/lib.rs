@@ -11,6 +11,7 @@
 //! - [`bridge`]: upstream WebSocket and webhook ingress onto the events exchange, with confirms
 //!   and a durable resume cursor.
 //! - [`cli`]: the command line (clap), signals, and the `Outcome` that decides the exit code.
+//! - [`console`]: `warren console`: the web console (overview, dead letters, canary replays).
 //! - [`demo`]: `warren demo`: the whole pipeline under a unique prefix, with a reconciliation.
 //! - [`dlq`]: dead-letter operations: list, show, stats, export, replay, purge.
 //! - [`envelope`]: the upstream event envelope and its validation.
@@ -70,6 +71,7 @@ pub mod amqp;
 pub mod backoff;
 pub mod bridge;
 pub mod cli;
+pub mod console;
 pub mod demo;
 pub mod dlq;
 pub mod envelope;

@@ -45,22 +45,27 @@ fn register_build_info(registry: &mut Registry) {
     );
 }
 
+/// `/metrics`, `/healthz` and `/readyz` as a router another server can merge (the console
+/// does); the registry gains `warren_build_info`.
+pub fn router(mut registry: Registry, ready: Arc<Readiness>) -> Router {
+    register_build_info(&mut registry);
+    let state = Arc::new(Served { registry, ready });
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`; the registry
 /// gains `warren_build_info`.
 pub async fn serve(
     listener: TcpListener,
-    mut registry: Registry,
+    registry: Registry,
     ready: Arc<Readiness>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    register_build_info(&mut registry);
-    let state = Arc::new(Served { registry, ready });
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(state);
-    axum::serve(listener, app)
+    axum::serve(listener, router(registry, ready))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }

@@ -13,6 +13,7 @@ use crate::telemetry::LogFormat;
 use crate::topology::{DEFAULT_TOPOLOGY_FILE, Topology};
 
 mod bridge;
+mod console;
 mod db;
 mod demo;
 mod dlq;
@@ -24,6 +25,7 @@ mod topology;
 mod worker;
 
 pub use bridge::BridgeArgs;
+pub use console::ConsoleArgs;
 pub use db::{DbArgs, DbCommand};
 pub use demo::DemoArgs;
 pub use dlq::DlqCommand;
@@ -162,6 +164,9 @@ pub enum Command {
     /// The PostgreSQL sink's schema: apply (create or migrate) and status.
     #[command(subcommand)]
     Db(DbCommand),
+    /// A web console: queues live, dead letters by cause, canary replays (read-only unless
+    /// --allow-changes).
+    Console(ConsoleArgs),
     /// Run the whole pipeline on the broker under a unique prefix (sim upstream, bridge, N
     /// worker processes, sim API), show progress, and reconcile: exit 1 if any event was lost.
     Demo(DemoArgs),
@@ -179,5 +184,6 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Sim(SimCommand::Api(args)) => sim::sim_api_command(args).await,
         Command::Db(cmd) => db::db_command(cmd).await,
         Command::Demo(args) => demo::demo_command(&cli.global, args).await,
+        Command::Console(args) => console::console_command(&cli.global, args).await,
     }
 }

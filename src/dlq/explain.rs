@@ -41,6 +41,25 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, in the order filters offer them.
+    pub const ALL: [Kind; 10] = [
+        Kind::Permanent,
+        Kind::Exhausted,
+        Kind::Invalid,
+        Kind::Transient,
+        Kind::DeliveryLimit,
+        Kind::Expired,
+        Kind::Maxlen,
+        Kind::Rejected,
+        Kind::Unroutable,
+        Kind::Unknown,
+    ];
+
+    /// The kind named `s` (as [`Kind::as_str`] writes it).
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     /// The name shown and accepted by `--kind`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -131,7 +150,7 @@ impl Time {
     }
 
     /// Seconds since the epoch (an `x-death` time), if before the year 10000.
-    pub(super) fn from_secs(secs: u64) -> Option<Time> {
+    pub fn from_secs(secs: u64) -> Option<Time> {
         secs.checked_mul(1000)
             .filter(|&ms| ms <= MAX_RFC3339_MS)
             .map(Time)

@@ -1,5 +1,7 @@
-//! Which dead letters a command acts on: `--type`, `--kind`, `--grep`, `--since`, `--limit`.
+//! Which dead letters a command acts on: `--type`, `--kind`, `--grep`, `--since`, `--limit`,
+//! and for the console a group's fingerprint, a selection of ids and ids to leave out.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::explain::{DeadLetter, Kind, Time};
@@ -16,6 +18,14 @@ pub struct Filter {
     pub grep: Option<String>,
     /// Only dead letters whose last failure is at or after this time.
     pub since: Option<Time>,
+    /// Only dead letters whose last failure is before this time.
+    pub until: Option<Time>,
+    /// Only dead letters whose error has this fingerprint (see [`super::fingerprint`]).
+    pub fingerprint: Option<String>,
+    /// Only these ids (a selection); empty means any.
+    pub ids: BTreeSet<String>,
+    /// Never these ids (a canary replay leaves out what it already replayed).
+    pub skip: BTreeSet<String>,
     /// Act on at most this many matching dead letters.
     pub limit: Option<usize>,
 }
@@ -29,6 +39,13 @@ impl Filter {
 
     /// True if `letter` (with `body`) passes every filter but the limit.
     pub fn matches(&self, letter: &DeadLetter, body: &[u8]) -> bool {
+        let id = letter.id.as_deref();
+        if !self.ids.is_empty() && !id.is_some_and(|i| self.ids.contains(i)) {
+            return false;
+        }
+        if id.is_some_and(|i| self.skip.contains(i)) {
+            return false;
+        }
         if !self.types.is_empty() {
             let Some(t) = letter.event_type.as_deref() else {
                 return false;
@@ -42,6 +59,18 @@ impl Filter {
         }
         if let Some(since) = self.since
             && letter.last_failed.is_none_or(|t| t < since)
+        {
+            return false;
+        }
+        if let Some(until) = self.until
+            && letter.last_failed.is_none_or(|t| t >= until)
+        {
+            return false;
+        }
+        if self
+            .fingerprint
+            .as_ref()
+            .is_some_and(|f| *f != super::fingerprint(&letter.error))
         {
             return false;
         }
@@ -85,6 +114,18 @@ impl Filter {
         }
         if let Some(s) = self.since {
             parts.push(format!("failed since {s}"));
+        }
+        if let Some(u) = self.until {
+            parts.push(format!("failed before {u}"));
+        }
+        if let Some(f) = &self.fingerprint {
+            parts.push(format!("error like '{f}'"));
+        }
+        if !self.ids.is_empty() {
+            parts.push(format!("{} selected", self.ids.len()));
+        }
+        if !self.skip.is_empty() {
+            parts.push(format!("{} left out", self.skip.len()));
         }
         if let Some(l) = self.limit {
             parts.push(format!("at most {l}"));
@@ -166,6 +207,46 @@ mod tests {
         }));
         assert!(!f(Filter {
             since: Some(Time(5_001)),
+            ..Default::default()
+        }));
+    }
+
+    #[test]
+    fn selection_skip_fingerprint_and_until_narrow() {
+        let l = letter(
+            "wallet.balance_changed",
+            Kind::Permanent,
+            "HTTP 422 for 123",
+            5_000,
+        );
+        let f = |f: Filter| f.matches(&l, b"");
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        assert!(f(Filter {
+            ids: ids(&["01ABC", "01XYZ"]),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            ids: ids(&["01XYZ"]),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            skip: ids(&["01ABC"]),
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            fingerprint: Some("HTTP 422 for <n>".into()),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            fingerprint: Some("HTTP 500 for <n>".into()),
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            until: Some(Time(5_001)),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            until: Some(Time(5_000)),
             ..Default::default()
         }));
     }

@@ -5,6 +5,7 @@
 use serde::Serialize;
 use tabled::Tabled;
 
+use super::Rates;
 use super::{QueueStatus, Unacked, depth, dlq_of, figure};
 use crate::amqp::Connection;
 use crate::error::Result;
@@ -36,6 +37,7 @@ pub(super) async fn laned(
 ) -> Result<QueueStatus> {
     let mut lanes = Vec::new();
     let (mut ready, mut consumers, mut unacked) = (Some(0u32), Some(0u32), Some(0u64));
+    let mut rates = Rates::default();
     let mut owners: std::collections::BTreeMap<String, u32> = Default::default();
     for lane in 0..count {
         let queue = crate::topology::lanes::lane_queue(&q.name, lane);
@@ -45,6 +47,7 @@ pub(super) async fn laned(
             None => None,
         };
         let lane_unacked = figures.as_ref().and_then(|f| f.unacked);
+        rates.add(figures.as_ref());
         ready = ready.zip(found.map(|(r, _)| r)).map(|(a, b)| a + b);
         consumers = consumers.zip(found.map(|(_, c)| c)).map(|(a, b)| a + b);
         unacked = unacked.zip(lane_unacked).map(|(a, b)| a + b);
@@ -71,6 +74,7 @@ pub(super) async fn laned(
         consumers,
         retry: Vec::new(),
         dlq: dlq_of(conn, mgmt, q.dlq()).await?,
+        rates,
         lanes,
         owners,
     })

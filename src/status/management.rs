@@ -41,6 +41,21 @@ struct QueueInfo {
     messages: Option<u64>,
     #[serde(default)]
     consumer_details: Vec<ConsumerInfo>,
+    #[serde(default)]
+    message_stats: Option<MessageStats>,
+    #[serde(default)]
+    head_message_timestamp: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct MessageStats {
+    publish_details: Option<Rate>,
+    ack_details: Option<Rate>,
+}
+
+#[derive(Deserialize)]
+struct Rate {
+    rate: f64,
 }
 
 #[derive(Deserialize)]
@@ -60,6 +75,12 @@ pub struct QueueFigures {
     pub messages: Option<u64>,
     /// The active consumer's tag (a warren worker's is `warren-<host:pid>-<queue>`), if any.
     pub active: Option<String>,
+    /// Messages published to the queue per second (the broker's recent average).
+    pub publish_rate: Option<f64>,
+    /// Messages acked from the queue per second.
+    pub ack_rate: Option<f64>,
+    /// The `timestamp` property (seconds) of the message at the head; classic queues only.
+    pub head_timestamp: Option<u64>,
 }
 
 impl Management {
@@ -149,6 +170,17 @@ impl Management {
             unacked: info.messages_unacknowledged,
             messages: info.messages,
             active,
+            publish_rate: info
+                .message_stats
+                .as_ref()
+                .and_then(|m| m.publish_details.as_ref())
+                .map(|r| r.rate),
+            ack_rate: info
+                .message_stats
+                .as_ref()
+                .and_then(|m| m.ack_details.as_ref())
+                .map(|r| r.rate),
+            head_timestamp: info.head_message_timestamp,
         }))
     }
 }

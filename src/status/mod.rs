@@ -61,12 +61,37 @@ pub struct QueueStatus {
     pub retry: Vec<Tier>,
     /// The DLQ.
     pub dlq: DlqDepth,
+    /// Publish and ack rates from the management API (summed over lanes).
+    pub rates: Rates,
     /// A laned queue's lanes (the queue's own figures are their sums); empty otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lanes: Vec<LaneStatus>,
     /// A laned queue: lanes per worker that owns one, busiest first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub owners: Vec<(String, u32)>,
+}
+
+/// Messages per second in and out of a queue, from the management API; `None` without it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Rates {
+    /// Published to the queue per second.
+    pub publish: Option<f64>,
+    /// Acked from the queue per second.
+    pub ack: Option<f64>,
+}
+
+impl Rates {
+    /// Adds one queue's figures (a lane's to its queue's).
+    pub(crate) fn add(&mut self, figures: Option<&QueueFigures>) {
+        let sum = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        if let Some(f) = figures {
+            self.publish = sum(self.publish, f.publish_rate);
+            self.ack = sum(self.ack, f.ack_rate);
+        }
+    }
 }
 
 /// A DLQ's depth: ready messages plus those held unacked by a reader (`dlq list`, `replay`,
@@ -85,6 +110,8 @@ pub struct DlqDepth {
     /// alone without the API. Never a fresh ready count plus a stale unacked one (a reader that
     /// just let go of its messages would count them twice). `None` if the queue is missing.
     pub messages: Option<u64>,
+    /// The `timestamp` of the oldest dead letter (the head), from the management API.
+    pub oldest: Option<Time>,
 }
 
 /// One retry tier.
@@ -120,10 +147,6 @@ pub(crate) struct Unacked<'a> {
 }
 
 impl Unacked<'_> {
-    async fn of(&mut self, queue: &str) -> Option<u64> {
-        self.figures(queue).await.and_then(|f| f.unacked)
-    }
-
     pub(crate) async fn figures(&mut self, queue: &str) -> Option<QueueFigures> {
         let api = self.api.filter(|_| self.problem.is_none())?;
         match api.figures(queue).await {
@@ -156,7 +179,10 @@ pub async fn collect(
             Some((r, c)) => (Some(r), Some(c)),
             None => (None, None),
         };
-        let unacked = mgmt.of(&q.name).await;
+        let figures = mgmt.figures(&q.name).await;
+        let unacked = figures.as_ref().and_then(|f| f.unacked);
+        let mut rates = Rates::default();
+        rates.add(figures.as_ref());
         let mut retry = Vec::new();
         for &d in &q.retry_delays {
             let name = q.retry_queue(d);
@@ -172,6 +198,7 @@ pub async fn collect(
             consumers,
             retry,
             dlq: dlq_of(conn, &mut mgmt, q.dlq()).await?,
+            rates,
             lanes: Vec::new(),
             owners: Vec::new(),
         });
@@ -212,7 +239,10 @@ pub(crate) async fn dlq_of(
         messages: ready.map(|r| u64::from(r).max(sampled.unwrap_or(0))),
         queue,
         ready,
-        unacked: figures.and_then(|f| f.unacked),
+        unacked: figures.as_ref().and_then(|f| f.unacked),
+        oldest: figures
+            .and_then(|f| f.head_timestamp)
+            .and_then(Time::from_secs),
     })
 }
 

@@ -98,8 +98,8 @@ impl FilterArgs {
             types: self.types.clone(),
             kinds: self.kinds.iter().map(|&k| k.into()).collect(),
             grep: self.grep.as_ref().map(|g| g.to_lowercase()),
-            since: None,
             limit: self.limit,
+            ..Filter::default()
         }
         .since_ago(self.since)
     }
