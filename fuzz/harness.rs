@@ -257,34 +257,50 @@ pub fn topology(data: &[u8]) {
 
 const SAMPLE_EVENT: &str = r#"{"eventId":"01HZ9K3M2Q7WB5VN8PXCT4YRDJ","type":"market.tick","agentId":"pf_agent_abc123","payload":{"pair":"BTC-USD","price":1.5},"ts":1741344000000}"#;
 
-/// A broker URL (flag or `AMQP_URL`): parse, defaults, and redaction of the password.
+/// A broker URL (flag or `AMQP_URL`, one node or a comma-separated list): parse, defaults, and
+/// redaction of every password.
 pub fn amqp_url(data: &[u8]) {
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
     let original = url::Url::parse(s).ok();
-    let has_password = original.as_ref().is_some_and(|u| u.password().is_some());
+    // Every entry shown that parses with a password shows `***`.
     let masked = |shown: &str| {
-        if has_password {
-            let password = url::Url::parse(shown)
+        for part in shown.split(',') {
+            if let Some(pw) = url::Url::parse(part)
                 .ok()
-                .and_then(|u| u.password().map(String::from));
-            assert_eq!(password.as_deref(), Some("***"), "{shown}");
+                .and_then(|u| u.password().map(String::from))
+            {
+                assert_eq!(pw, "***", "{shown}");
+            }
         }
     };
-    masked(&amqp::redact(s));
+    let shown = amqp::redact(s);
+    masked(&shown);
+    if !s.contains(',') && original.as_ref().is_some_and(|u| u.password().is_some()) {
+        // One URL with a password: shown, masked (not hidden whole).
+        let password = url::Url::parse(&shown)
+            .ok()
+            .and_then(|u| u.password().map(String::from));
+        assert_eq!(password.as_deref(), Some("***"), "{shown}");
+    }
     match s.parse::<AmqpUrl>() {
         Ok(url) => {
             masked(&url.to_string());
             masked(url.redacted());
             let debug = format!("{url:?}");
             assert!(debug.starts_with("AmqpUrl("), "{debug}");
+            masked(&debug);
             assert!(url.heartbeat_secs() > 0);
             let _ = url.connect_timeout();
             let _ = url.vhost();
+            assert!(!url.nodes().is_empty());
             // lapin connects to this host: it must be the one the URL names.
             let uri = url.uri();
-            let named = original.as_ref().and_then(|u| u.host());
+            let named = original
+                .as_ref()
+                .filter(|_| !s.contains(','))
+                .and_then(|u| u.host());
             match named {
                 Some(url::Host::Ipv4(a)) => assert_eq!(uri.authority.host, a.to_string()),
                 Some(url::Host::Ipv6(a)) => assert_eq!(uri.authority.host, a.to_string()),
@@ -293,13 +309,15 @@ pub fn amqp_url(data: &[u8]) {
                 }
                 _ => {}
             }
-            let _ = url.host_port();
+            for node in url.nodes() {
+                let _ = node.host_port();
+                masked(node.redacted());
+            }
         }
         Err(e) => {
-            // The error shows the URL as `redact` writes it, whose password was checked above.
             let msg = e.to_string();
-            let shown = format!("invalid AMQP URL {}: ", amqp::redact(s));
-            assert!(msg.starts_with(&shown), "{msg}");
+            assert!(msg.starts_with("invalid AMQP URL "), "{msg}");
+            masked(&msg);
         }
     }
 }

@@ -36,7 +36,7 @@ pub use headers::{
 pub use inbound::Inbound;
 pub use lanes::{bind_exchange, bind_with, consume_notices, notify, private_queue};
 pub use publish::{Confirm, ConfirmWindow, Message, Publisher};
-pub use url::{AmqpUrl, AmqpUrlError, DEFAULT_AMQP_URL, redact};
+pub use url::{AmqpUrl, AmqpUrlError, DEFAULT_AMQP_URL, Node, redact};
 
 /// Deadline for one broker round trip (declare, qos, consume, ack, close).
 pub const OP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -158,23 +158,47 @@ fn hostname() -> String {
 }
 
 /// Opens a connection named `warren <component> <host:pid> <role>`, so that
-/// `rabbitmqctl list_connections name` shows the fleet. Heartbeats are on.
+/// `rabbitmqctl list_connections name` shows the fleet. Heartbeats are on. With several nodes,
+/// the one that answered last is tried first, then the others in list order (nodes that did
+/// not answer lately last); the error names every node's reason.
 pub async fn connect(url: &AmqpUrl, component: &str, role: &str) -> Result<Connection, AmqpError> {
     let name = format!("warren {component} {} {role}", identity());
     let props = lapin::ConnectionProperties::default()
         .with_connection_name(name.into())
         .with_client_property("product".into(), "warren".into())
         .with_client_property("version".into(), env!("CARGO_PKG_VERSION").into());
-    let deadline = url.connect_timeout() + Duration::from_secs(1);
-    let fail = |reason: String| AmqpError::Connect {
-        url: url.redacted().to_string(),
-        reason,
-    };
-    match tokio::time::timeout(deadline, Connection::connect_uri(url.uri(), props)).await {
-        Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(fail(e.to_string())),
-        Err(_) => Err(fail(format!("no answer within {}s", deadline.as_secs()))),
+    let mut reasons = Vec::new();
+    for i in url.candidates() {
+        let node = &url.nodes()[i];
+        let deadline = node.connect_timeout() + Duration::from_secs(1);
+        let reason = match tokio::time::timeout(
+            deadline,
+            Connection::connect_uri(node.uri(), props.clone()),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => {
+                url.answered(i);
+                if !reasons.is_empty() {
+                    tracing::info!(node = %node.host_port(), component, role, "Connected to another broker node.");
+                }
+                return Ok(conn);
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {}s", deadline.as_secs()),
+        };
+        url.failed(i);
+        if url.nodes().len() > 1 {
+            tracing::debug!(node = %node.host_port(), %reason, "Broker node did not answer.");
+            reasons.push(format!("{}: {reason}", node.host_port()));
+        } else {
+            reasons.push(reason);
+        }
     }
+    Err(AmqpError::Connect {
+        url: url.redacted().to_string(),
+        reason: reasons.join("; "),
+    })
 }
 
 /// Closes a connection politely, without waiting long for a broker that is gone.

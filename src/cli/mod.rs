@@ -48,8 +48,10 @@ pub struct Cli {
 /// Flags every command takes.
 #[derive(Args)]
 pub struct GlobalArgs {
-    /// RabbitMQ URL, amqp:// or amqps://. Add ?heartbeat=N to change the 10 s heartbeat. The
-    /// password is never printed. [default: amqp://guest:***@127.0.0.1:5672/%2f]
+    /// RabbitMQ URL, amqp:// or amqps://, or a cluster's nodes separated by commas (full URLs,
+    /// or host:port after the first, which takes the rest from the first); warren connects to
+    /// one that answers and moves to another when it goes. Add ?heartbeat=N to change the 10 s
+    /// heartbeat. Passwords are never printed. [default: amqp://guest:***@127.0.0.1:5672/%2f]
     #[arg(
         long,
         env = "AMQP_URL",

@@ -40,6 +40,7 @@ mod http_worker;
 mod inbound;
 mod lanes;
 mod metrics;
+mod node_list;
 mod permissions;
 mod postgres;
 mod reliability;
