@@ -12,6 +12,7 @@
 #   scripts/rabbit-node.sh url DIR            print its AMQP URL again
 #   scripts/rabbit-node.sh management-url DIR print its management API's URL
 #
+# RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS passes on (scripts/rabbit-cluster.sh sets one scheduler).
 # Runs as the `rabbitmq` user with the system's Erlang cookie (root switches to it). Progress
 # goes to stderr, so `url=$(scripts/rabbit-node.sh start "$dir")` works. Needs rabbitmq-server.
 set -euo pipefail
@@ -111,6 +112,7 @@ EOF
     RABBITMQ_MNESIA_BASE="$dir/data" \
     RABBITMQ_LOG_BASE="$dir/log" \
     RABBITMQ_PID_FILE="$dir/pid" \
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="${RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS:-}" \
     setsid sh -c 'cd "$1" && exec "$2"' sh "$dir" "$BIN/rabbitmq-server" >"$dir/log/stdout" 2>&1 </dev/null &
   local server=$! i
   for i in $(seq 1 60); do
