@@ -2,6 +2,7 @@
 //! file is read and validated in `parse`, turned into broker objects in `plan`, declared in
 //! `declare`.
 
+pub mod archive;
 mod declare;
 pub mod lanes;
 mod locate;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use archive::ArchiveSpec;
 pub use declare::{ApplyReport, ItemStatus, apply, delete};
 pub use plan::{Arg, BindingPlan, ExchangePlan, Plan, QueuePlan, QueueRole};
 
@@ -109,6 +111,8 @@ pub struct Topology {
     pub live_ttl: Option<Duration>,
     /// Work queues.
     pub queues: Vec<QueueSpec>,
+    /// The event archive (a stream), if the file has an `[archive]`.
+    pub archive: Option<ArchiveSpec>,
 }
 
 /// One work queue with its retry tiers and DLQ.

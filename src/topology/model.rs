@@ -16,6 +16,20 @@ pub(super) struct FileModel {
     pub(super) defaults: QueueOptions,
     #[serde(default)]
     pub(super) queues: Vec<QueueModel>,
+    pub(super) archive: Option<ArchiveModel>,
+}
+
+/// `[archive]`: a stream bound to the events exchange, holding a copy of every event (or of
+/// the types `bind` lists) for reading, replay and backtests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ArchiveModel {
+    pub(super) name: String,
+    /// Topic patterns; absent: every event, routed or not.
+    pub(super) bind: Option<Vec<String>>,
+    pub(super) max_age: Option<String>,
+    pub(super) max_bytes: Option<u64>,
+    pub(super) segment_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

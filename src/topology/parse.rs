@@ -142,6 +142,10 @@ impl Topology {
             live_only: model.events.live_only.into_iter().collect(),
             live_ttl,
             queues,
+            archive: model
+                .archive
+                .map(|a| super::archive::resolve(a, prefix))
+                .transpose()?,
         };
         topology.check_unique_names()?;
         Ok(topology)
@@ -346,7 +350,7 @@ fn check_delivery_limit(o: &QueueOptions, queue_type: Option<QueueType>) -> Resu
     Ok(())
 }
 
-fn parse_duration(s: &str, field: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(s: &str, field: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| {
         format!("field '{field}': '{s}' is not a duration like 500ms, 10s or 1m ({e})")
     })?;
@@ -359,7 +363,7 @@ fn parse_duration(s: &str, field: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn prefixed(prefix: &str, name: &str, field: &str) -> Result<String, String> {
+pub(super) fn prefixed(prefix: &str, name: &str, field: &str) -> Result<String, String> {
     if name.is_empty() {
         return Err(format!("field '{field}': must not be empty"));
     }

@@ -20,6 +20,8 @@ pub enum QueueRole {
     DeadLetter,
     /// One lane of a laned queue, consumed by its one owning worker at a time.
     Lane,
+    /// The event archive: a stream holding a copy of the events, read by `warren archive`.
+    Archive,
 }
 
 /// One exchange to declare.
@@ -62,7 +64,7 @@ pub struct BindingPlan {
 }
 
 impl BindingPlan {
-    fn to_queue(exchange: &str, queue: &str, routing_key: &str) -> Self {
+    pub(super) fn to_queue(exchange: &str, queue: &str, routing_key: &str) -> Self {
         BindingPlan {
             exchange: exchange.to_string(),
             queue: queue.to_string(),
@@ -162,6 +164,7 @@ impl Topology {
             arguments: dlq_args(ingress_expires),
         });
         bindings.push(BindingPlan::to_queue(&unrouted, &unrouted, ""));
+        self.plan_archive(&mut queues, &mut bindings);
         let mut events_args = BTreeMap::new();
         events_args.insert("alternate-exchange", Arg::Str(unrouted.clone()));
         let mut all_exchanges = vec![
