@@ -9,6 +9,7 @@ mod headers;
 mod inbound;
 mod lanes;
 mod publish;
+mod stream;
 mod url;
 
 use std::fmt::Display;
@@ -36,6 +37,7 @@ pub use headers::{
 pub use inbound::Inbound;
 pub use lanes::{bind_exchange, bind_with, consume_notices, notify, private_queue};
 pub use publish::{Confirm, ConfirmWindow, Message, Publisher};
+pub use stream::{STREAM_OFFSET, StreamOffset, consume_stream, stream_offset};
 pub use url::{AmqpUrl, AmqpUrlError, DEFAULT_AMQP_URL, Node, redact};
 
 /// Deadline for one broker round trip (declare, qos, consume, ack, close).

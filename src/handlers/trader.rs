@@ -32,7 +32,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use self::strategy::{Direction, Input, Params, Strategy, Trade, open_key};
+use self::strategy::{
+    BACKTEST_KEYS, Direction, Input, LIVE_KEYS, Params, Strategy, Trade, open_key, open_key_in,
+};
 use crate::envelope::Envelope;
 use crate::http::HttpClient;
 use crate::worker::{Context, Handler, HandlerError, HandlerResult};
@@ -49,6 +51,28 @@ pub struct TraderHandler {
     positions_url: Url,
     loaded: tokio::sync::OnceCell<()>,
     state: Mutex<State>,
+    /// The key namespace: [`LIVE_KEYS`], or [`BACKTEST_KEYS`] for a backtest.
+    keys: &'static str,
+    /// A backtest's record of every trade done, in order.
+    journal: Option<Mutex<Vec<Executed>>>,
+}
+
+/// One trade a backtest's trader did, with the API's answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Executed {
+    /// `open` or `close`.
+    pub kind: &'static str,
+    /// The pair.
+    pub pair: String,
+    /// The position's side.
+    pub direction: Direction,
+    /// The event that decided it.
+    pub event_id: String,
+    /// The position.
+    pub position_id: String,
+    /// A close's realised P&L.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pnl_usdc: Option<f64>,
 }
 
 #[derive(Debug, Default)]
@@ -134,7 +158,43 @@ impl TraderHandler {
                 strategy: Strategy::new(params),
                 ..Default::default()
             }),
+            keys: LIVE_KEYS,
+            journal: None,
         })
+    }
+
+    /// A trader for a backtest: keys in [`BACKTEST_KEYS`] (no live key is ever touched, and
+    /// every run of a window repeats the same keys), starting flat (positions at the API are
+    /// not loaded), and keeping a journal of its trades ([`TraderHandler::journal`]).
+    pub fn backtest(client: HttpClient, api: &Url, params: Params) -> Result<Self, String> {
+        let mut t = Self::new(client, api, params)?;
+        t.keys = BACKTEST_KEYS;
+        t.journal = Some(Mutex::new(Vec::new()));
+        let _ = t.loaded.set(());
+        Ok(t)
+    }
+
+    /// A backtest's trades so far, in order (empty for a live trader).
+    pub fn journal(&self) -> Vec<Executed> {
+        self.journal
+            .as_ref()
+            .map(|j| j.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .unwrap_or_default()
+    }
+
+    /// Positions the strategy holds, by pair.
+    pub fn open_positions(&self) -> Vec<(String, Direction)> {
+        self.state().strategy.open_positions()
+    }
+
+    fn record(&self, e: Executed) {
+        if let Some(j) = &self.journal {
+            j.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+        }
+    }
+
+    fn open_key(&self, event_id: &str) -> String {
+        open_key_in(self.keys, event_id)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -166,6 +226,14 @@ impl TraderHandler {
                 event_id,
             } => {
                 let id = self.open(pair, *direction, event_id).await?;
+                self.record(Executed {
+                    kind: "open",
+                    pair: pair.clone(),
+                    direction: *direction,
+                    event_id: event_id.clone(),
+                    position_id: id.clone(),
+                    pnl_usdc: None,
+                });
                 tracing::info!(pair = %pair, direction = direction.as_str(), position_id = %id, event_id = %event_id, "Position opened.");
                 Ok(())
             }
@@ -175,12 +243,16 @@ impl TraderHandler {
                 event_id,
                 opened_by,
             } => {
-                let known = self.state().position_ids.get(&open_key(opened_by)).cloned();
+                let known = self
+                    .state()
+                    .position_ids
+                    .get(&self.open_key(opened_by))
+                    .cloned();
                 let position_id = match known {
                     Some(id) => id,
                     // Unknown here: ask for the open's stored outcome by its key. Never POST the
                     // open again to learn its id: if it never happened, that would open it now.
-                    None => match self.client.lookup(&open_key(opened_by)).await? {
+                    None => match self.client.lookup(&self.open_key(opened_by)).await? {
                         Some(stored) => stored.json::<Opened>()?.position_id,
                         None => {
                             tracing::warn!(pair = %pair, direction = direction.as_str(), event_id = %event_id, "The position to close was never opened; nothing to close.");
@@ -195,13 +267,21 @@ impl TraderHandler {
                     .client
                     .post_idempotent(
                         &self.close_url,
-                        &trade.key(),
+                        &trade.key_in(self.keys),
                         body,
                         &headers(event_id, "trader.close"),
                     )
                     .await?;
                 let closed: Closed = response.json()?;
-                self.state().position_ids.remove(&open_key(opened_by));
+                self.state().position_ids.remove(&self.open_key(opened_by));
+                self.record(Executed {
+                    kind: "close",
+                    pair: pair.clone(),
+                    direction: *direction,
+                    event_id: event_id.clone(),
+                    position_id: position_id.clone(),
+                    pnl_usdc: closed.realised_pnl_usdc,
+                });
                 tracing::info!(pair = %pair, position_id = %position_id, pnl_usdc = closed.realised_pnl_usdc, event_id = %event_id, "Position closed.");
                 Ok(())
             }
@@ -254,12 +334,12 @@ impl TraderHandler {
         for p in &list.positions {
             if let Some(opened_by) = p.opened_by() {
                 s.position_ids
-                    .insert(open_key(opened_by), p.position_id.clone());
+                    .insert(self.open_key(opened_by), p.position_id.clone());
                 s.strategy.inherit(&p.pair, p.direction, opened_by);
             } else {
                 let opened_by = format!("loaded:{}", p.position_id);
                 s.position_ids
-                    .insert(open_key(&opened_by), p.position_id.clone());
+                    .insert(self.open_key(&opened_by), p.position_id.clone());
                 s.strategy.adopt(&p.pair, p.direction, &opened_by);
             }
         }
@@ -286,7 +366,7 @@ impl TraderHandler {
             size_usdc: params.size_usdc,
             leverage: params.leverage,
         })?;
-        let key = open_key(event_id);
+        let key = self.open_key(event_id);
         let response = self
             .client
             .post_idempotent(

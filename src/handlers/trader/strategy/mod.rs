@@ -17,7 +17,7 @@ mod types;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-pub use types::{Direction, Input, Params, Trade, open_key};
+pub use types::{BACKTEST_KEYS, Direction, Input, LIVE_KEYS, Params, Trade, open_key, open_key_in};
 
 /// A position open on a pair, and the event that opened it.
 #[derive(Debug, Clone)]

@@ -134,15 +134,20 @@ pub enum Trade {
 impl Trade {
     /// The idempotency key of this trade's call.
     pub fn key(&self) -> String {
+        self.key_in(LIVE_KEYS)
+    }
+
+    /// The key of this trade's call in a key namespace: [`LIVE_KEYS`], or a backtest's own.
+    pub fn key_in(&self, namespace: &str) -> String {
         match self {
-            Trade::Open { event_id, .. } => open_key(event_id),
+            Trade::Open { event_id, .. } => open_key_in(namespace, event_id),
             // The position is part of the key: replayed ticks seen by a worker that adopted a
             // different position must not reuse the key of a close of another one.
             Trade::Close {
                 event_id,
                 opened_by,
                 ..
-            } => idempotency_key(event_id, "trader", &format!("close:{opened_by}")),
+            } => idempotency_key(event_id, namespace, &format!("close:{opened_by}")),
         }
     }
 
@@ -154,9 +159,20 @@ impl Trade {
     }
 }
 
+/// The key namespace of live trading (the handler's name): a replayed event repeats its keys.
+pub const LIVE_KEYS: &str = "trader";
+
+/// The key namespace of backtests: never a live key, the same for every run of a window.
+pub const BACKTEST_KEYS: &str = "trader.backtest";
+
 /// The key of the open decided by `event_id`.
 pub fn open_key(event_id: &str) -> String {
-    idempotency_key(event_id, "trader", "open")
+    open_key_in(LIVE_KEYS, event_id)
+}
+
+/// The key of the open decided by `event_id`, in `namespace`.
+pub fn open_key_in(namespace: &str, event_id: &str) -> String {
+    idempotency_key(event_id, namespace, "open")
 }
 
 #[cfg(test)]
