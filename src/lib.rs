@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`amqp`]: the only module touching lapin: connect, consume, publish with confirms, headers.
+//! - [`archive`]: the event archive (a stream): info, read a window, replay it, backtest it.
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`bridge`]: upstream WebSocket and webhook ingress onto the events exchange, with confirms
 //!   and a durable resume cursor.
@@ -68,6 +69,7 @@
 //! ```
 
 pub mod amqp;
+pub mod archive;
 pub mod backoff;
 pub mod bridge;
 pub mod cli;

@@ -12,6 +12,7 @@ use crate::output::OutputFormat;
 use crate::telemetry::LogFormat;
 use crate::topology::{DEFAULT_TOPOLOGY_FILE, Topology};
 
+mod archive;
 mod bridge;
 mod console;
 mod db;
@@ -24,6 +25,7 @@ mod status;
 mod topology;
 mod worker;
 
+pub use archive::ArchiveCommand;
 pub use bridge::BridgeArgs;
 pub use console::ConsoleArgs;
 pub use db::{DbArgs, DbCommand};
@@ -169,6 +171,9 @@ pub enum Command {
     /// A web console: queues live, dead letters by cause, canary replays (read-only unless
     /// --allow-changes).
     Console(ConsoleArgs),
+    /// The event archive (a stream): info, read a window, replay it into a queue, backtest it.
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
     /// Run the whole pipeline on the broker under a unique prefix (sim upstream, bridge, N
     /// worker processes, sim API), show progress, and reconcile: exit 1 if any event was lost.
     Demo(DemoArgs),
@@ -187,5 +192,6 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Db(cmd) => db::db_command(cmd).await,
         Command::Demo(args) => demo::demo_command(&cli.global, args).await,
         Command::Console(args) => console::console_command(&cli.global, args).await,
+        Command::Archive(cmd) => archive::archive_command(&cli.global, cmd).await,
     }
 }

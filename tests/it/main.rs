@@ -4,6 +4,7 @@
 
 mod support;
 
+mod archive;
 mod batch_publish;
 mod bridge_broker;
 mod bridge_crash;
