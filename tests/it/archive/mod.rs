@@ -3,6 +3,7 @@
 //! backtesting windows of it.
 
 mod backtest;
+mod bridge;
 mod cli;
 mod read;
 mod replay;
