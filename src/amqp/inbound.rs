@@ -2,33 +2,48 @@
 //!
 //! lapin's `Acker` (`delivery.acker.ack()`) hands each ack to lapin's internal RPC task, which
 //! spawns a task to write it: two task hops per delivery, and a task of about 2 KiB held per
-//! delivery until its ack is written. `Channel::basic_ack` writes the frame from the caller's
-//! task. A delivery tag means something only on the channel that delivered it (acked on
-//! another, it could settle a different message), so a worker settles a delivery only through
-//! the `Inbound` its own channel's consumer made.
+//! delivery until its ack is written. A worker settles through its channel's [`Settler`]
+//! instead: one task per channel that writes the frames itself. A delivery tag means something
+//! only on the channel that delivered it (acked on another, it could settle a different
+//! message), so a worker settles a delivery only through the `Inbound` its own channel's
+//! consumer made.
+//!
+//! # Coalesced acks
+//! Acks asked for together (a batch committed at once, say) go out as one `basic.ack` with
+//! `multiple = true` when that cannot settle anything else: only over a run of tags from the
+//! channel's first delivery where every tag is settled already or being acked now. An ack that
+//! is not part of such a run goes out alone, at once, as before; so does every requeue, before
+//! any ack of the same round. The multiple ack's tag is always one not yet settled (the broker
+//! closes the channel on an unknown tag, multiple or not).
 
+use std::collections::BTreeSet;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::{BasicProperties, Channel, message::Delivery};
+use tokio::sync::{mpsc, oneshot};
 
-use super::{AmqpError, timed};
+use super::{AmqpError, OP_TIMEOUT};
+
+/// Settled tags tracked above the run at most; past it (a tag that never settles), acks of
+/// this channel simply go out one by one.
+const TRACKED: usize = 65_536;
 
 /// A delivery and the channel it arrived on. Derefs to the delivery.
 pub struct Inbound {
     delivery: Delivery,
-    channel: Arc<Channel>,
+    settler: Arc<Settler>,
     settled: AtomicBool,
 }
 
 impl Inbound {
-    /// `delivery` as received on `channel`.
-    pub fn new(delivery: Delivery, channel: Arc<Channel>) -> Self {
+    /// `delivery` as received on the channel of `settler`.
+    pub fn new(delivery: Delivery, settler: Arc<Settler>) -> Self {
         Self {
             delivery,
-            channel,
+            settler,
             settled: AtomicBool::new(false),
         }
     }
@@ -39,13 +54,10 @@ impl Inbound {
         if !self.take() {
             return Ok(false);
         }
-        let tag = self.delivery.delivery_tag;
-        timed(
-            || "ack",
-            self.channel.basic_ack(tag, BasicAckOptions::default()),
-        )
-        .await
-        .map(|()| true)
+        self.settler
+            .settle(self.delivery.delivery_tag, Settle::Ack)
+            .await
+            .map(|()| true)
     }
 
     /// Nacks it with `requeue = true`. `Ok(false)` as for [`Inbound::ack`].
@@ -53,12 +65,8 @@ impl Inbound {
         if !self.take() {
             return Ok(false);
         }
-        let options = BasicNackOptions {
-            multiple: false,
-            requeue: true,
-        };
-        let tag = self.delivery.delivery_tag;
-        timed(|| "nack (requeue)", self.channel.basic_nack(tag, options))
+        self.settler
+            .settle(self.delivery.delivery_tag, Settle::Requeue)
             .await
             .map(|()| true)
     }
@@ -72,7 +80,192 @@ impl Inbound {
 
     /// True once, if the channel is still open: then the caller settles it.
     fn take(&self) -> bool {
-        !self.settled.swap(true, Ordering::AcqRel) && self.channel.status().connected()
+        !self.settled.swap(true, Ordering::AcqRel) && self.settler.channel.status().connected()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    Requeue,
+}
+
+struct Request {
+    tag: u64,
+    how: Settle,
+    done: oneshot::Sender<Result<(), AmqpError>>,
+}
+
+/// Settles the deliveries of one channel, from one task that coalesces acks (see the module
+/// docs). Make one per channel, when the channel is opened, and give it to every delivery of
+/// every consumer on that channel: a second settler on the same channel would not know the
+/// first one's tags (it stays safe, but acks one by one).
+pub struct Settler {
+    channel: Channel,
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl Settler {
+    /// The settler of `channel`; its task ends when the settler and every delivery holding it
+    /// are dropped.
+    pub fn new(channel: Channel) -> Arc<Self> {
+        let (requests, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(channel.clone(), rx));
+        Arc::new(Self { channel, requests })
+    }
+
+    async fn settle(&self, tag: u64, how: Settle) -> Result<(), AmqpError> {
+        let (done, answer) = oneshot::channel();
+        let gone = || AmqpError::Timeout {
+            op: "settle (the channel's settler stopped)".into(),
+            after: std::time::Duration::ZERO,
+        };
+        self.requests
+            .send(Request { tag, how, done })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<Request>) {
+    let mut tags = Tags::default();
+    let mut round = Vec::new();
+    while let Some(first) = rx.recv().await {
+        round.push(first);
+        // Let the deliveries settled at the same moment (one batch's commit) ask too.
+        tokio::task::yield_now().await;
+        while let Ok(r) = rx.try_recv() {
+            round.push(r);
+        }
+        // Requeues first, each on its own: no multiple ack below may cover one before it.
+        let (requeues, acks): (Vec<Request>, Vec<Request>) =
+            round.drain(..).partition(|r| r.how == Settle::Requeue);
+        for r in requeues {
+            let options = BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            };
+            let sent = send(|| "nack (requeue)", channel.basic_nack(r.tag, options)).await;
+            tags.settled(r.tag);
+            let _ = r.done.send(sent);
+        }
+        if acks.is_empty() {
+            continue;
+        }
+        let plan = tags.plan(acks.iter().map(|r| r.tag).collect());
+        let multiple = match plan.multiple {
+            Some(top) => Some((
+                top,
+                send(
+                    || "ack (multiple)",
+                    channel.basic_ack(top, BasicAckOptions { multiple: true }),
+                )
+                .await,
+            )),
+            None => None,
+        };
+        for r in acks {
+            let sent = match &multiple {
+                Some((top, sent)) if r.tag <= *top => again(sent),
+                _ => {
+                    send(
+                        || "ack",
+                        channel.basic_ack(r.tag, BasicAckOptions::default()),
+                    )
+                    .await
+                }
+            };
+            let _ = r.done.send(sent);
+        }
+    }
+}
+
+async fn send(
+    op: impl FnOnce() -> &'static str,
+    fut: impl Future<Output = lapin::Result<()>>,
+) -> Result<(), AmqpError> {
+    super::timed(op, fut).await
+}
+
+/// One answer for each delivery a multiple ack covered.
+fn again(sent: &Result<(), AmqpError>) -> Result<(), AmqpError> {
+    match sent {
+        Ok(()) => Ok(()),
+        Err(AmqpError::Broker { op, source }) => Err(AmqpError::Broker {
+            op: op.clone(),
+            source: source.clone(),
+        }),
+        Err(AmqpError::Timeout { op, after }) => Err(AmqpError::Timeout {
+            op: op.clone(),
+            after: *after,
+        }),
+        Err(other) => Err(AmqpError::Timeout {
+            op: other.to_string(),
+            after: OP_TIMEOUT,
+        }),
+    }
+}
+
+/// Which of a channel's tags are settled: all up to `run`, and those in `above`.
+#[derive(Debug, Default)]
+struct Tags {
+    run: u64,
+    above: BTreeSet<u64>,
+    /// A tag never settled kept the run from growing for too long: no more coalescing.
+    given_up: bool,
+}
+
+/// How a round's acks go out.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    /// One `multiple` ack at this tag covers every ack of the round up to it.
+    multiple: Option<u64>,
+}
+
+impl Tags {
+    /// Records `tag` as settled (sent on its own).
+    fn settled(&mut self, tag: u64) {
+        if self.given_up {
+            return;
+        }
+        if tag == self.run + 1 {
+            self.run = tag;
+            self.extend();
+        } else if tag > self.run {
+            self.above.insert(tag);
+            if self.above.len() > TRACKED {
+                self.given_up = true;
+                self.above.clear();
+            }
+        }
+    }
+
+    /// Plans a round's acks and records them as settled. The multiple ack's tag is the highest
+    /// acked tag the run reaches through this round's acks; the others go out alone.
+    fn plan(&mut self, mut acks: Vec<u64>) -> Plan {
+        if self.given_up {
+            return Plan { multiple: None };
+        }
+        acks.sort_unstable();
+        let mut multiple = None;
+        for tag in acks {
+            if tag == self.run + 1 {
+                self.run = tag;
+                multiple = Some(tag);
+                // Tags sent alone earlier may now join the run.
+                self.extend();
+            } else {
+                self.settled(tag);
+            }
+        }
+        // A run of one tag needs no `multiple`, but one frame either way.
+        Plan { multiple }
+    }
+
+    fn extend(&mut self) {
+        while self.above.remove(&(self.run + 1)) {
+            self.run += 1;
+        }
     }
 }
 
@@ -81,5 +274,52 @@ impl Deref for Inbound {
 
     fn deref(&self) -> &Delivery {
         &self.delivery
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_from_the_first_tag_goes_out_as_one_multiple_ack() {
+        let mut t = Tags::default();
+        assert_eq!(t.plan(vec![3, 1, 2]).multiple, Some(3));
+        assert_eq!(t.run, 3);
+        assert_eq!(t.plan(vec![4]).multiple, Some(4));
+    }
+
+    #[test]
+    fn an_ack_past_a_gap_goes_out_alone_and_joins_the_run_later() {
+        let mut t = Tags::default();
+        // Tag 1 is still being handled: 2 and 3 go out alone.
+        assert_eq!(t.plan(vec![2, 3]).multiple, None);
+        assert_eq!(t.run, 0);
+        // Tag 1's ack reaches the run over 2 and 3, but the multiple ack's tag is 1 itself:
+        // 2 and 3 are no longer outstanding, and an unknown tag would close the channel.
+        assert_eq!(t.plan(vec![1]).multiple, Some(1));
+        assert_eq!(t.run, 3);
+        assert_eq!(t.plan(vec![5, 4]).multiple, Some(5));
+    }
+
+    #[test]
+    fn a_requeue_is_settled_and_never_the_multiple_acks_tag() {
+        let mut t = Tags::default();
+        t.settled(1);
+        assert_eq!(t.plan(vec![2, 4]).multiple, Some(2));
+        t.settled(3);
+        assert_eq!(t.run, 4);
+        t.settled(6);
+        assert_eq!(t.plan(vec![5, 7]).multiple, Some(7));
+    }
+
+    #[test]
+    fn a_tag_that_never_settles_stops_coalescing_without_growing() {
+        let mut t = Tags::default();
+        for tag in 2..(TRACKED as u64 + 3) {
+            assert_eq!(t.plan(vec![tag]).multiple, None);
+        }
+        assert!(t.given_up && t.above.is_empty());
+        assert_eq!(t.plan(vec![1]).multiple, None);
     }
 }

@@ -34,7 +34,7 @@ pub use headers::{
     ErrorKind, FailureHeaders, MAX_ERROR_BYTES, XDeath, hdr, header_str, header_u32, header_u64,
     is_broker_death_header, republish_properties, set_header, truncate, x_death,
 };
-pub use inbound::Inbound;
+pub use inbound::{Inbound, Settler};
 pub use lanes::{bind_exchange, bind_with, consume_notices, notify, private_queue};
 pub use publish::{Confirm, ConfirmWindow, Message, Publisher};
 pub use stream::{STREAM_OFFSET, StreamOffset, consume_stream, stream_offset};

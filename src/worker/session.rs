@@ -17,7 +17,7 @@ use super::Worker;
 use super::handler::Handler;
 use super::job::{InFlight, Job};
 use super::settle;
-use crate::amqp::{self, BatchPublisher, Channel, Connection, Inbound};
+use crate::amqp::{self, BatchPublisher, Channel, Connection, Inbound, Settler};
 use crate::backoff::Backoff;
 use crate::error::Error;
 
@@ -52,6 +52,8 @@ enum State {
 
 struct Lane {
     channel: Option<Channel>,
+    /// Settles the deliveries of `channel`, every consumer's on it.
+    settler: Option<Arc<Settler>>,
     tag: String,
     state: State,
     backoff: Backoff,
@@ -103,6 +105,7 @@ impl<'w, H: Handler> Session<'w, H> {
                 .then(|| s.start_sequential(i));
             s.lanes.push(Lane {
                 channel: None,
+                settler: None,
                 tag: String::new(),
                 state: State::Down,
                 backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
@@ -191,9 +194,11 @@ impl<'w, H: Handler> Session<'w, H> {
             .as_ref()
             .is_none_or(|c| !c.status().connected())
         {
-            lane.channel = Some(amqp::channel(&self.consume_conn).await?);
+            let channel = amqp::channel(&self.consume_conn).await?;
+            lane.settler = Some(Settler::new(channel.clone()));
+            lane.channel = Some(channel);
         }
-        let Some(channel) = lane.channel.as_ref() else {
+        let (Some(channel), Some(on)) = (lane.channel.as_ref(), lane.settler.clone()) else {
             return Err(Error::Other("no consuming channel".into()));
         };
         let prefetch = if careful {
@@ -209,7 +214,6 @@ impl<'w, H: Handler> Session<'w, H> {
         );
         let consumer = amqp::consume(channel, &spec.name, prefetch, &tag).await?;
         // Each delivery keeps the channel it came on, to be settled there.
-        let on = Arc::new(channel.clone());
         self.streams.push(Box::pin(
             consumer
                 .map(move |d| Item::Delivery(i, d.map(|d| Inbound::new(d, on.clone()))))

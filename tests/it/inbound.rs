@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use warren::amqp::{self, Inbound};
+use warren::amqp::{self, Inbound, Settler};
 
 use crate::support::{self, TestTopology, connect};
 
@@ -22,7 +22,8 @@ async fn take_one(conn: &amqp::Connection, queue: &str) -> (Arc<amqp::Channel>, 
         .expect("consumer open")
         .expect("delivery");
     amqp::cancel(&channel, &tag).await.unwrap();
-    (channel.clone(), Inbound::new(delivery, channel))
+    let settler = Settler::new((*channel).clone());
+    (channel, Inbound::new(delivery, settler))
 }
 
 fn id_of(d: &lapin::message::Delivery) -> String {
@@ -91,5 +92,69 @@ async fn a_requeued_delivery_comes_back_and_an_acked_one_does_not() {
     amqp::close_channel(&again_channel).await;
     amqp::close_channel(&channel).await;
     assert_eq!(support::queue_len(&conn, &work).await, 0);
+    t.cleanup(&conn).await;
+}
+
+/// Acks asked for together go out as one multiple ack only over settled tags: a delivery in the
+/// middle still being handled, and one requeued, are not covered by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_acks_never_settle_a_delivery_still_in_hand() {
+    let t = TestTopology::fast("inbound-coalesce");
+    let conn = connect().await;
+    t.apply(&conn).await;
+    let work = t.queue("work");
+    let msgs: Vec<_> = (0..20)
+        .map(|i| (format!("m{i:02}"), b"{}".to_vec()))
+        .collect();
+    support::publish(&conn, "", &work, &msgs).await;
+
+    let channel = amqp::channel(&conn).await.unwrap();
+    let settler = Settler::new(channel.clone());
+    let mut consumer = amqp::consume(&channel, &work, 20, "inbound-coalesce")
+        .await
+        .unwrap();
+    let mut deliveries = vec![];
+    while deliveries.len() < 20 {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("a delivery")
+            .expect("consumer open")
+            .expect("delivery");
+        deliveries.push(Arc::new(Inbound::new(d, settler.clone())));
+    }
+    amqp::cancel(&channel, "inbound-coalesce").await.unwrap();
+    // Tag 5 stays in hand, tag 12 is requeued; every other delivery is acked at once.
+    let held = deliveries[4].clone();
+    let requeued = deliveries[11].clone();
+    let mut settles = vec![];
+    for (i, d) in deliveries.iter().enumerate() {
+        let d = d.clone();
+        match i {
+            4 => {}
+            11 => settles.push(tokio::spawn(async move { d.requeue().await })),
+            _ => settles.push(tokio::spawn(async move { d.ack().await })),
+        }
+    }
+    for s in settles {
+        assert!(s.await.unwrap().unwrap(), "settled");
+    }
+    // The channel is still open (no unknown tag was acked), and only the requeued message is
+    // back in the queue.
+    assert!(channel.status().connected());
+    let back: Vec<_> = support::drain(&conn, &work)
+        .await
+        .iter()
+        .map(id_of)
+        .collect();
+    assert_eq!(back, vec![id_of(&requeued)]);
+    // The held delivery was never acked: closing the channel gives it back.
+    amqp::close_channel(&channel).await;
+    assert!(!held.ack().await.unwrap());
+    let back: Vec<_> = support::drain(&conn, &work)
+        .await
+        .iter()
+        .map(id_of)
+        .collect();
+    assert_eq!(back, vec![id_of(&held)]);
     t.cleanup(&conn).await;
 }

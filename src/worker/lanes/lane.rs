@@ -17,7 +17,7 @@ use super::super::handler::{Context, Handler, HandlerError};
 use super::super::job::{LiveOnly, call_handler, now_ms};
 use super::super::metrics::QueueMetrics;
 use super::super::settle::settle;
-use crate::amqp::{self, BatchPublisher, Channel, ErrorKind, Inbound, hdr};
+use crate::amqp::{self, BatchPublisher, Channel, ErrorKind, Inbound, Settler, hdr};
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::topology::QueueSpec;
@@ -59,7 +59,7 @@ pub(super) async fn run<H: Handler>(
 ) -> Result<LaneEnd, Error> {
     let tag = format!("warren-{}-{}", amqp::identity(), spec.name);
     let mut consumer = amqp::consume(&channel, &spec.name, spec.prefetch, &tag).await?;
-    let on = Arc::new(channel.clone());
+    let on = Settler::new(channel.clone());
     let end = loop {
         let next = tokio::select! {
             biased;
