@@ -55,6 +55,28 @@ fn the_shipped_topology_is_valid() {
     assert!(trading.prefetch <= 10, "prefetch {}", trading.prefetch);
 }
 
+/// The books queue of `docker compose --profile postgres`: declared beside the default topology
+/// on the same exchanges, every recorded type routed to it, ticks not.
+#[test]
+fn the_shipped_books_topology_shares_the_default_exchanges() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let main = Topology::load(&dir.join(DEFAULT_TOPOLOGY_FILE), "").unwrap();
+    let books = Topology::load(&dir.join("topology/postgres.toml"), "").unwrap();
+    assert_eq!(books.events_exchange, main.events_exchange);
+    assert_eq!(books.dead_letter_exchange, main.dead_letter_exchange);
+    let q = books.queue("pf.books").unwrap();
+    for rk in [
+        "market.candle",
+        "wallet.balance_changed",
+        "escrow.released",
+        "escrow.disputed",
+        "job.completed",
+    ] {
+        assert!(q.bind.iter().any(|b| topic_matches(b, rk)), "{rk}");
+    }
+    assert!(!q.bind.iter().any(|b| topic_matches(b, "market.tick")));
+}
+
 #[test]
 fn defaults_apply_and_queues_override_them() {
     let t = parse(&format!(
