@@ -38,7 +38,14 @@ pub enum ScenarioName {
     /// handler with one connection against a raw lapin + tokio-postgres loop running the same
     /// statement on batches of --batch-size; always beside that baseline. Runs alone.
     Postgres,
-    /// All of the above but lanes (which runs `warren worker` processes) and postgres.
+    /// The event archive read whole (`warren archive read`'s code) against a raw lapin stream
+    /// consumer, --messages events (default 100,000). Runs alone.
+    ArchiveRead,
+    /// The event archive replayed into a queue (`warren archive replay`'s code) against a raw
+    /// lapin consumer + republisher with the same confirm window (--window, 100). Runs alone.
+    ArchiveReplay,
+    /// All of the above but lanes (which runs `warren worker` processes), postgres and the
+    /// archive.
     All,
 }
 
@@ -149,6 +156,9 @@ pub struct BenchArgs {
     /// writes one batch at a time on one connection).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub db_pool: u32,
+    /// Archive-replay: publishes awaiting their confirm at once, both sides [default: 100].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub window: Option<u32>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputArg::Table)]
     pub output: OutputArg,
@@ -199,6 +209,60 @@ async fn postgres_scenario(args: &BenchArgs, url: warren::amqp::AmqpUrl) -> Resu
                     "postgres batch {}, pool {} ({} events, {} rounds)",
                     report.batch_size,
                     report.pool,
+                    report.events,
+                    report.rounds.len()
+                ),
+                warren: format!("{:.0}", report.warren_median),
+                raw: format!("{:.0}", report.raw_median),
+                ratio: format!("{:.2} ({lo:.2}–{hi:.2})", report.ratio_median),
+            };
+            out.text(&format!("{}\n", output::table([row])))?;
+        }
+        _ => out.json(&report)?,
+    }
+    out.finish()?;
+    Ok(0)
+}
+
+/// `--scenario archive-read|archive-replay`: its own rounds and table.
+async fn archive_scenario(
+    args: &BenchArgs,
+    url: warren::amqp::AmqpUrl,
+    scenario: crate::archive::ArchiveScenario,
+) -> Result<u8> {
+    if args.scenarios.len() > 1 {
+        return Err(Error::Usage(
+            "--scenario archive-read and archive-replay run alone: give one --scenario".into(),
+        ));
+    }
+    let events = args.messages.unwrap_or(100_000) as usize;
+    let window = args.window.unwrap_or(100) as usize;
+    let report = crate::archive::run(&url, scenario, events, args.rounds as usize, window).await?;
+    let mut out = Output::stdout();
+    match OutputFormat::from(args.output) {
+        OutputFormat::Table => {
+            #[derive(tabled::Tabled)]
+            struct Row {
+                scenario: String,
+                #[tabled(rename = "warren ev/s")]
+                warren: String,
+                #[tabled(rename = "raw ev/s")]
+                raw: String,
+                #[tabled(rename = "warren ÷ raw (min–max)")]
+                ratio: String,
+            }
+            let ratios: Vec<f64> = report.rounds.iter().map(|r| r.warren / r.raw).collect();
+            let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ratios.iter().copied().fold(0.0, f64::max);
+            let name = match scenario {
+                crate::archive::ArchiveScenario::ArchiveRead => "archive-read".to_string(),
+                crate::archive::ArchiveScenario::ArchiveReplay => {
+                    format!("archive-replay, confirm window {window}")
+                }
+            };
+            let row = Row {
+                scenario: format!(
+                    "{name} ({} events, {} rounds)",
                     report.events,
                     report.rounds.len()
                 ),
@@ -297,6 +361,20 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     }
     if args.scenarios.contains(&ScenarioName::Postgres) {
         return postgres_scenario(&args, url).await;
+    }
+    for (name, scenario) in [
+        (
+            ScenarioName::ArchiveRead,
+            crate::archive::ArchiveScenario::ArchiveRead,
+        ),
+        (
+            ScenarioName::ArchiveReplay,
+            crate::archive::ArchiveScenario::ArchiveReplay,
+        ),
+    ] {
+        if args.scenarios.contains(&name) {
+            return archive_scenario(&args, url, scenario).await;
+        }
     }
     let sides = match args.side {
         Some(side) => vec![side],

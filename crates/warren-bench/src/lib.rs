@@ -16,6 +16,7 @@
 //!   parent itself.
 //! - [`cli`]: the `warren-bench` command line.
 
+pub mod archive;
 pub mod bridge;
 pub mod cli;
 pub mod lanes;
