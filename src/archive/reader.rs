@@ -203,15 +203,21 @@ impl StreamReader {
         }
     }
 
+    /// Forgets a lost session at once: closing a connection the broker may no longer answer
+    /// can take a round-trip timeout, so it is closed in the background.
     async fn drop_session(&mut self) {
         if let Some(s) = self.session.take() {
-            amqp::close_channel(&s.channel).await;
-            amqp::close(&s.conn).await;
+            tokio::spawn(async move {
+                amqp::close(&s.conn).await;
+            });
         }
     }
 
     /// Cancels the subscription and closes the connection.
     pub async fn close(mut self) {
-        self.drop_session().await;
+        if let Some(s) = self.session.take() {
+            amqp::close_channel(&s.channel).await;
+            amqp::close(&s.conn).await;
+        }
     }
 }
