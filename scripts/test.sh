@@ -29,6 +29,7 @@ node_root=$(mktemp -d "${TMPDIR:-/tmp}/warren-test-node.XXXXXX")
 chmod 755 "$node_root"
 cleanup() {
   [ -f "$node_root/node/nodename" ] && scripts/rabbit-node.sh stop "$node_root/node" >/dev/null 2>&1
+  [ -d "$node_root/cluster" ] && scripts/rabbit-cluster.sh stop "$node_root/cluster" >/dev/null 2>&1
   rm -rf "$node_root"
 }
 trap cleanup EXIT
@@ -38,6 +39,20 @@ else
   echo "test: no throwaway RabbitMQ node could be started; the tests that disturb a broker or need its management plugin are left out (install rabbitmq-server to run them)" >&2
   filter=(-E 'not (test(/disruptive_/) or test(/^status::/))')
 fi
+# The cluster:: tests kill and stop nodes of a three-node cluster; it starts while the tests build.
+cluster_pid=""
+if [ -z "${filter[*]}" ]; then
+  scripts/rabbit-cluster.sh start "$node_root/cluster" --management >/dev/null 2>"$node_root/cluster.log" &
+  cluster_pid=$!
+fi
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci
+cargo nextest run --workspace --profile "$profile" --no-run
+if [ -n "$cluster_pid" ] && wait "$cluster_pid"; then
+  export WARREN_TEST_CLUSTER_DIR="$node_root/cluster"
+else
+  [ -n "$cluster_pid" ] && cat "$node_root/cluster.log" >&2
+  echo "test: no three-node cluster could be started; the cluster:: tests are left out" >&2
+  if [ -z "${filter[*]}" ]; then filter=(-E 'not test(/^cluster::/)'); else filter=(-E 'not (test(/disruptive_/) or test(/^status::/) or test(/^cluster::/))'); fi
+fi
 cargo nextest run --workspace --profile "$profile" --no-fail-fast "${filter[@]}" "$@"

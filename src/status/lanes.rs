@@ -77,6 +77,7 @@ pub(super) async fn laned(
         rates,
         lanes,
         owners,
+        replicas: None,
     })
 }
 

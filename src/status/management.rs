@@ -45,6 +45,13 @@ struct QueueInfo {
     message_stats: Option<MessageStats>,
     #[serde(default)]
     head_message_timestamp: Option<u64>,
+    /// Quorum queues: the node of the leader, every member's node, the members that run.
+    #[serde(default)]
+    leader: Option<String>,
+    #[serde(default)]
+    members: Vec<String>,
+    #[serde(default)]
+    online: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +88,19 @@ pub struct QueueFigures {
     pub ack_rate: Option<f64>,
     /// The `timestamp` property (seconds) of the message at the head; classic queues only.
     pub head_timestamp: Option<u64>,
+    /// A quorum queue's replicas: which node leads, where its members are, which of them run.
+    pub replicas: Option<Replicas>,
+}
+
+/// Where a quorum queue's replicas are: its leader's node, its members' and the running ones'.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Replicas {
+    /// The node of the leader; `None` while an election runs.
+    pub leader: Option<String>,
+    /// Every member's node, sorted.
+    pub members: Vec<String>,
+    /// The members that run, sorted.
+    pub online: Vec<String>,
 }
 
 impl Management {
@@ -166,7 +186,18 @@ impl Management {
             .iter()
             .find(|c| c.active.unwrap_or(true))
             .and_then(|c| c.consumer_tag.clone());
+        let replicas = (!info.members.is_empty()).then(|| {
+            let (mut members, mut online) = (info.members.clone(), info.online.clone());
+            members.sort();
+            online.sort();
+            Replicas {
+                leader: info.leader.clone().filter(|l| !l.is_empty()),
+                members,
+                online,
+            }
+        });
         Ok(Some(QueueFigures {
+            replicas,
             unacked: info.messages_unacknowledged,
             messages: info.messages,
             active,

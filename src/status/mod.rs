@@ -6,6 +6,7 @@
 
 mod lanes;
 mod management;
+mod replicas;
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use tabled::Tabled;
 use tokio_util::sync::CancellationToken;
 
 pub use lanes::LaneStatus;
-pub use management::{Management, ManagementError, QueueFigures};
+pub use management::{Management, ManagementError, QueueFigures, Replicas};
 
 use crate::amqp::{self, AmqpUrl, Connection};
 use crate::dlq::Time;
@@ -69,6 +70,9 @@ pub struct QueueStatus {
     /// A laned queue: lanes per worker that owns one, busiest first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub owners: Vec<(String, u32)>,
+    /// A quorum queue's leader and members, from the management API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Replicas>,
 }
 
 /// Messages per second in and out of a queue, from the management API; `None` without it.
@@ -201,6 +205,7 @@ pub async fn collect(
             rates,
             lanes: Vec::new(),
             owners: Vec::new(),
+            replicas: figures.and_then(|f| f.replicas),
         });
     }
     let ingress_dlq = dlq_of(conn, &mut mgmt, topology.ingress_dlq()).await?;
@@ -310,6 +315,10 @@ pub fn render(s: &Status) -> String {
         dlq: dlq_cell(&s.unrouted),
     });
     let mut text = output::table(rows);
+    if let Some(table) = replicas::render(&s.queues) {
+        text.push_str("\n\nQuorum replicas:\n");
+        text.push_str(&table);
+    }
     for q in s.queues.iter().filter(|q| !q.lanes.is_empty()) {
         text.push_str(&format!("\n\nLanes of {}:\n", q.name));
         text.push_str(&lanes::render(q));

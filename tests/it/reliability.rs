@@ -32,6 +32,8 @@ fn options(name: &'static str, secs: u64, api_flags: &[&str]) -> FleetOptions {
         api_flags: api_flags.iter().map(|s| s.to_string()).collect(),
         upstream_flags: vec![],
         bridge_flags: vec![],
+        nodes: vec![],
+        bridge_first: 0,
     }
 }
 

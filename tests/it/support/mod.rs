@@ -469,6 +469,7 @@ impl Drop for Warren {
 }
 
 pub mod bridge;
+pub mod cluster;
 pub mod dlq;
 pub mod downstream;
 pub mod fleet;

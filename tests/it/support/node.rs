@@ -82,6 +82,12 @@ fn broker_in(dir: PathBuf) -> Broker {
     }
 }
 
+/// Points this test process at `broker` (a cluster's node list, say), as [`use_throwaway_node`]
+/// does at the throwaway node.
+pub fn use_broker(broker: Broker) {
+    set(broker);
+}
+
 fn set(broker: Broker) {
     let url = broker.url.clone();
     let now = BROKER.get_or_init(|| broker);

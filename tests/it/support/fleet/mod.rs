@@ -68,6 +68,12 @@ pub struct FleetOptions {
     pub upstream_flags: Vec<String>,
     /// Extra `warren bridge` flags.
     pub bridge_flags: Vec<String>,
+    /// A cluster's nodes (`host:port`), or empty for the test's one broker. Workers get every
+    /// node, each through a proxy of its own ([`Fleet::proxy`] for the first,
+    /// [`Fleet::node_proxies`] for the others); the bridge gets every node directly, starting at
+    /// `bridge_first`.
+    pub nodes: Vec<String>,
+    pub bridge_first: usize,
 }
 
 /// A fault window: its name, when it ended, and how many events had been emitted by then.
@@ -86,6 +92,8 @@ pub struct Fleet {
     pub events: u64,
     pub canary: Canary,
     pub proxy: Proxy,
+    /// The proxies to a cluster's second and later nodes.
+    pub node_proxies: Vec<Proxy>,
     pub api: Member,
     pub api_base: String,
     pub upstream: Member,
@@ -107,8 +115,29 @@ impl Fleet {
         t.apply(&conn).await;
         let canary = Canary::create();
         let dir = t.dir().to_path_buf();
-        let broker = super::url().host_port();
-        let proxy = Proxy::start(broker.parse().expect("broker host:port is an address")).await;
+        let nodes = if opts.nodes.is_empty() {
+            vec![super::url().host_port()]
+        } else {
+            opts.nodes.clone()
+        };
+        let addr = |n: &String| n.parse().expect("broker host:port is an address");
+        let proxy = Proxy::start(addr(&nodes[0])).await;
+        let mut node_proxies = vec![];
+        for n in &nodes[1..] {
+            node_proxies.push(Proxy::start(addr(n)).await);
+        }
+        // A node cut off is left after 2 s without an answer.
+        let list = |addrs: Vec<String>, heartbeat: u16| {
+            let urls: Vec<String> = addrs.iter().map(|a| canary.url(a, heartbeat)).collect();
+            match urls.len() {
+                1 => urls[0].clone(),
+                _ => urls
+                    .iter()
+                    .map(|u| format!("{u}&connection_timeout=2000"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            }
+        };
         let rss = RssSampler::start();
 
         let mut api_args: Vec<String> = ["sim", "api", "--listen", "127.0.0.1:0", "--seed", "11"]
@@ -156,7 +185,19 @@ impl Fleet {
         let ws = format!("ws://{}/api/stream", upstream.listening_addr());
         rss.track("upstream", upstream.pid());
 
-        let worker_url = canary.url(&proxy.addr.to_string(), 2);
+        let worker_url = list(
+            std::iter::once(&proxy)
+                .chain(&node_proxies)
+                .map(|p| p.addr.to_string())
+                .collect(),
+            2,
+        );
+        let bridge_url = list(
+            (0..nodes.len())
+                .map(|i| nodes[(opts.bridge_first + i) % nodes.len()].clone())
+                .collect(),
+            5,
+        );
         let worker_spec = Spec {
             role: "worker".into(),
             args: super::downstream::http_worker_args(
@@ -200,7 +241,7 @@ impl Fleet {
                 role: "bridge".into(),
                 args: bridge_args,
                 envs: vec![
-                    ("AMQP_URL".into(), canary.url(&broker, 5)),
+                    ("AMQP_URL".into(), bridge_url),
                     ("PF_AGENT_KEY".into(), canary.agent_key.clone()),
                     ("PF_AGENT_ID".into(), "pf_agent_reliability".into()),
                 ],
@@ -216,6 +257,7 @@ impl Fleet {
             events: opts.events,
             canary,
             proxy,
+            node_proxies,
             api,
             api_base,
             upstream,
