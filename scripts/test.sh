@@ -55,4 +55,11 @@ else
   echo "test: no three-node cluster could be started; the cluster:: tests are left out" >&2
   if [ -z "${filter[*]}" ]; then filter=(-E 'not test(/^cluster::/)'); else filter=(-E 'not (test(/disruptive_/) or test(/^status::/) or test(/^cluster::/))'); fi
 fi
+# The console's browser tests drive headless Chromium through chromedriver.
+if WARREN_CHROMEDRIVER="$(scripts/chromium.sh)"; then
+  export WARREN_CHROMEDRIVER
+else
+  echo "test: no chromium/chromedriver; the console's browser tests are left out" >&2
+  if [ -z "${filter[*]}" ]; then filter=(-E 'not test(/^console::browser::/)'); else filter=(-E "(${filter[1]}) and not test(/^console::browser::/)"); fi
+fi
 cargo nextest run --workspace --profile "$profile" --no-fail-fast "${filter[@]}" "$@"

@@ -121,12 +121,15 @@ pub(super) async fn messages(
             @if listing.items.len() == c.settings.page_size { ", the first " (c.settings.page_size) }
             " of " strong #held { (held) } " dead letters in " (dlqs.len()) " DLQ(s)."
         }
-        form method="post" action="/jobs" {
-            @if let Some(s) = signed.as_ref().filter(|_| chrome.can_change()) {
+        @if let Some(s) = signed.as_ref().filter(|_| chrome.can_change()) {
+            form method="post" action="/jobs" {
                 (layout::csrf(s))
                 (form.hidden())
+                (letter_table(&listing.items, true))
+                (actions(&chrome))
             }
-            (letter_table(&listing.items, chrome.can_change()))
+        } @else {
+            (letter_table(&listing.items, false))
             (actions(&chrome))
         }
     };

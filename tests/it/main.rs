@@ -21,6 +21,7 @@ mod bridge_webhook_abandon;
 mod bridge_webhook_bin;
 mod cli_output;
 mod cluster;
+mod console;
 mod custom_handler;
 mod demo;
 mod dlq_bench;
