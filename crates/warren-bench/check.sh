@@ -27,4 +27,5 @@ if [ "${need_venv:-0}" = 1 ]; then
   fi
 fi
 export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
-exec cargo nextest run -p warren-bench --test tools --run-ignored only --no-fail-fast "$@"
+# --workspace, with a filter: the same feature set as the test build, so nothing is rebuilt.
+exec cargo nextest run --workspace --run-ignored only --no-fail-fast -E 'binary_id(warren-bench::tools)' "$@"
