@@ -25,7 +25,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::{BasicProperties, Channel, message::Delivery};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{AmqpError, OP_TIMEOUT};
+use super::{AmqpError, OP_TIMEOUT, timed};
 
 /// Settled tags tracked above the run at most; past it (a tag that never settles), acks of
 /// this channel simply go out one by one.
@@ -145,7 +145,7 @@ async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<Request>) {
                 multiple: false,
                 requeue: true,
             };
-            let sent = send(|| "nack (requeue)", channel.basic_nack(r.tag, options)).await;
+            let sent = timed(|| "nack (requeue)", channel.basic_nack(r.tag, options)).await;
             tags.settled(r.tag);
             let _ = r.done.send(sent);
         }
@@ -156,7 +156,7 @@ async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<Request>) {
         let multiple = match plan.multiple {
             Some(top) => Some((
                 top,
-                send(
+                timed(
                     || "ack (multiple)",
                     channel.basic_ack(top, BasicAckOptions { multiple: true }),
                 )
@@ -168,7 +168,7 @@ async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<Request>) {
             let sent = match &multiple {
                 Some((top, sent)) if r.tag <= *top => again(sent),
                 _ => {
-                    send(
+                    timed(
                         || "ack",
                         channel.basic_ack(r.tag, BasicAckOptions::default()),
                     )
@@ -178,13 +178,6 @@ async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<Request>) {
             let _ = r.done.send(sent);
         }
     }
-}
-
-async fn send(
-    op: impl FnOnce() -> &'static str,
-    fut: impl Future<Output = lapin::Result<()>>,
-) -> Result<(), AmqpError> {
-    super::timed(op, fut).await
 }
 
 /// One answer for each delivery a multiple ack covered.

@@ -15,6 +15,7 @@ use lapin::options::{BasicAckOptions, BasicPublishOptions, QueuePurgeOptions};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::stats::median_of;
 use warren::amqp::{self, AmqpUrl, ConfirmWindow, Message, Publisher, StreamOffset};
 use warren::archive::{self, Bound, ReplaySettings, Window};
 use warren::envelope::Envelope;
@@ -159,17 +160,11 @@ pub async fn run(
         scenario,
         events,
         confirm_window,
-        warren_median: median(rounds.iter().map(|r| r.warren)),
-        raw_median: median(rounds.iter().map(|r| r.raw)),
-        ratio_median: median(rounds.iter().map(|r| r.warren / r.raw)),
+        warren_median: median_of(rounds.iter().map(|r| r.warren)),
+        raw_median: median_of(rounds.iter().map(|r| r.raw)),
+        ratio_median: median_of(rounds.iter().map(|r| r.warren / r.raw)),
         rounds,
     })
-}
-
-fn median(v: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = v.collect();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
 /// `events` catalog events onto the events exchange, routed to the archive.

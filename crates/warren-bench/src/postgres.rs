@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
+use crate::stats::median_of;
 use warren::amqp::{self, AmqpUrl, ConfirmWindow, Message, Publisher};
 use warren::error::{Error, Result};
 use warren::handlers::postgres::{BatchSettings, PostgresHandler};
@@ -115,17 +116,11 @@ pub async fn run(s: &PgBenchSettings) -> Result<PgReport> {
         events: s.events,
         batch_size: s.batch_size,
         pool: s.pool,
-        warren_median: median(rounds.iter().map(|r| r.warren)),
-        raw_median: median(rounds.iter().map(|r| r.raw)),
-        ratio_median: median(rounds.iter().map(|r| r.warren / r.raw)),
+        warren_median: median_of(rounds.iter().map(|r| r.warren)),
+        raw_median: median_of(rounds.iter().map(|r| r.raw)),
+        ratio_median: median_of(rounds.iter().map(|r| r.warren / r.raw)),
         rounds,
     })
-}
-
-fn median(v: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = v.collect();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
 fn catalog(n: usize) -> Vec<(String, Vec<u8>)> {

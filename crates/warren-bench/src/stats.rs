@@ -68,6 +68,11 @@ impl Percentiles {
     }
 }
 
+/// The median of the values `v` yields; 0 when it yields none.
+pub fn median_of(v: impl Iterator<Item = f64>) -> f64 {
+    median(&mut v.collect::<Vec<_>>())
+}
+
 /// The median of `v` (sorted in place); 0 for an empty slice.
 pub fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {
