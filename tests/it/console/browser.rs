@@ -118,6 +118,17 @@ async fn sign_in(b: &Client, console: &Console, token: &str) {
         .click()
         .await
         .unwrap();
+    // The click returns before the form's answer loads: wait for it, a
+    // refusal on the sign-in page or a page past it, so what the test reads
+    // next is that answer and not the form it filled in.
+    for _ in 0..150 {
+        let url = b.current_url().await.unwrap();
+        if url.path() != "/login" || b.source().await.unwrap().contains("Wrong token.") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("signing in never answered");
 }
 
 async fn click(b: &Client, css: &str) {
