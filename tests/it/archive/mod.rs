@@ -5,6 +5,7 @@
 mod backtest;
 mod bridge;
 mod cli;
+mod downstream;
 mod read;
 mod replay;
 mod resume;
