@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use backtest::{BacktestReport, BacktestSettings, OpenPosition, backtest};
-pub use probe::{ArchiveInfo, End, info};
+pub use probe::{ArchiveInfo, End, SizeFigures, event_time, info};
 pub use reader::{Record, StreamReader};
 pub use replay::{ARCHIVE_OFFSET_HEADER, ReplayReport, ReplaySettings, replay};
 pub use window::{Bound, Window};
@@ -69,6 +69,29 @@ pub async fn check_declared(conn: &Connection, topology: &Topology) -> Result<()
             e.reply_text().unwrap_or_else(|| e.to_string())
         ))
     })
+}
+
+/// The archive's part of `warren status`, on the status's connection; `None` without an
+/// `[archive]` section. A stream that is missing, or is not the topology's stream, is reported
+/// in `problem` and not probed (consuming a classic queue with acks would empty it).
+pub async fn status(
+    conn: &Connection,
+    topology: &Topology,
+    size: SizeFigures,
+) -> Result<Option<ArchiveInfo>, Error> {
+    let Some(a) = &topology.archive else {
+        return Ok(None);
+    };
+    if let Err(e) = check_declared(conn, topology).await {
+        let (Error::Usage(why) | Error::Other(why)) = e else {
+            return Err(e);
+        };
+        let mut info = ArchiveInfo::new(a, None, size);
+        info.problem = Some(why);
+        return Ok(Some(info));
+    }
+    let ends = probe::ends(conn, &a.name).await?;
+    Ok(Some(ArchiveInfo::new(a, ends, size)))
 }
 
 /// One archived event, as `read` prints it.

@@ -11,7 +11,8 @@ use super::spec;
 use crate::amqp::{self, AmqpUrl, Connection, StreamOffset, stream_offset};
 use crate::envelope::Envelope;
 use crate::error::Error;
-use crate::topology::Topology;
+use crate::status::{Management, QueueFigures};
+use crate::topology::{ArchiveSpec, Topology};
 
 /// How long the `last` consumer waits for one more message before the end is taken as found.
 const QUIET: Duration = Duration::from_millis(300);
@@ -27,17 +28,27 @@ pub struct End {
     pub ts: Option<u64>,
 }
 
-/// `warren archive info`.
+/// `warren archive info`, and the archive's part of `warren status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ArchiveInfo {
     /// The stream.
     pub stream: String,
+    /// Why the figures are missing (`status` only: the stream is not on the broker, or is not
+    /// the topology's stream); `info` fails instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
     /// The oldest event held; `None` when empty.
     pub first: Option<End>,
     /// The newest event held.
     pub last: Option<End>,
     /// Messages held: `last - first + 1`.
     pub messages: u64,
+    /// Bytes held, from the management API; `None` when it gives no figure.
+    pub bytes: Option<u64>,
+    /// Segment files on disk, from the management API.
+    pub segments: Option<u64>,
+    /// Where `bytes` comes from, or why it is unknown.
+    pub bytes_source: String,
     /// `x-max-age`, in seconds.
     pub max_age_secs: u64,
     /// `x-max-length-bytes`.
@@ -50,8 +61,100 @@ pub struct ArchiveInfo {
     pub retention: String,
 }
 
-/// Reads the archive's ends and retention.
-pub async fn info(url: &AmqpUrl, topology: &Topology) -> Result<ArchiveInfo, Error> {
+/// What the management API said of the stream: its figures, `Ok(None)` when it has none for
+/// it, or why it could not be asked.
+pub type SizeFigures = Result<Option<QueueFigures>, String>;
+
+impl ArchiveInfo {
+    /// The figures of `a`: its ends (from [`ends`]) and the management API's size.
+    pub(crate) fn new(a: &ArchiveSpec, ends: Option<(End, End)>, size: SizeFigures) -> Self {
+        let messages = ends.map_or(0, |(f, l)| l.offset.saturating_sub(f.offset) + 1);
+        let figures = size.as_ref().ok().and_then(Option::as_ref);
+        // A stream's byte figure is 0 on brokers that do not count them (3.10 among them).
+        let bytes = figures
+            .and_then(|f| f.bytes)
+            .filter(|&b| b > 0 || messages == 0);
+        let segments = figures.and_then(|f| f.segments);
+        let bytes_source = match (&size, bytes) {
+            (_, Some(_)) => "the management API".to_string(),
+            (Err(why), None) => format!("unknown ({why})"),
+            (Ok(_), None) => format!(
+                "unknown (the management API gives no byte count for this stream{})",
+                segments.map_or(String::new(), |n| format!(
+                    "; {n} segment file(s) of at most {} bytes",
+                    a.segment_bytes
+                ))
+            ),
+        };
+        ArchiveInfo {
+            stream: a.name.clone(),
+            problem: None,
+            first: ends.map(|e| e.0),
+            last: ends.map(|e| e.1),
+            messages,
+            bytes,
+            segments,
+            bytes_source,
+            max_age_secs: a.max_age.as_secs(),
+            max_bytes: a.max_bytes,
+            segment_bytes: a.segment_bytes,
+            bind: a.bind.clone(),
+            retention: a.retention_note(),
+        }
+    }
+}
+
+impl ArchiveInfo {
+    /// The size in bytes, or why it is unknown.
+    pub fn size(&self) -> String {
+        match self.bytes {
+            Some(b) => format!("{b} bytes ({})", self.bytes_source),
+            None => format!("bytes {}", self.bytes_source),
+        }
+    }
+
+    /// One line: the stream, its ends, its size and its retention (`warren status`).
+    pub fn summary(&self) -> String {
+        let retention = format!(
+            "max age {}, max {} bytes",
+            humantime::format_duration(std::time::Duration::from_secs(self.max_age_secs)),
+            self.max_bytes
+        );
+        if let Some(p) = &self.problem {
+            return format!("{}: {p}", self.stream);
+        }
+        match (self.first, self.last) {
+            (Some(f), Some(l)) => format!(
+                "{}: {} messages, offsets {}–{} ({} to {}); {}; {retention}",
+                self.stream,
+                self.messages,
+                f.offset,
+                l.offset,
+                event_time(f.ts),
+                event_time(l.ts),
+                self.size()
+            ),
+            _ => format!("{}: empty; {retention}", self.stream),
+        }
+    }
+}
+
+/// An event's time (epoch ms) in RFC 3339, for people.
+pub fn event_time(ms: Option<u64>) -> String {
+    ms.map_or("(not an envelope)".into(), |ms| {
+        humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        )
+        .to_string()
+    })
+}
+
+/// Reads the archive's ends and retention, and its size in bytes from `management` when given.
+pub async fn info(
+    url: &AmqpUrl,
+    topology: &Topology,
+    management: Option<&Management>,
+) -> Result<ArchiveInfo, Error> {
     let a = spec(topology)?;
     let conn = amqp::connect(url, "archive", "info").await?;
     let ends = async {
@@ -61,21 +164,15 @@ pub async fn info(url: &AmqpUrl, topology: &Topology) -> Result<ArchiveInfo, Err
     .await;
     amqp::close(&conn).await;
     let ends = ends?;
-    Ok(ArchiveInfo {
-        stream: a.name.clone(),
-        first: ends.map(|e| e.0),
-        last: ends.map(|e| e.1),
-        messages: ends.map_or(0, |(f, l)| l.offset.saturating_sub(f.offset) + 1),
-        max_age_secs: a.max_age.as_secs(),
-        max_bytes: a.max_bytes,
-        segment_bytes: a.segment_bytes,
-        bind: a.bind.clone(),
-        retention: a.retention_note(),
-    })
+    let size = match management {
+        Some(m) => m.figures(&a.name).await.map_err(|e| e.to_string()),
+        None => Err("no management API given".into()),
+    };
+    Ok(ArchiveInfo::new(a, ends, size))
 }
 
 /// The first and last messages of `stream`; `None` when it holds none.
-pub(super) async fn ends(conn: &Connection, stream: &str) -> Result<Option<(End, End)>, Error> {
+pub(crate) async fn ends(conn: &Connection, stream: &str) -> Result<Option<(End, End)>, Error> {
     let Some(last) = probe(conn, stream, StreamOffset::Last).await? else {
         return Ok(None);
     };

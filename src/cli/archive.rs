@@ -7,13 +7,14 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::{GlobalArgs, Outcome, OutputArg, TopologyArgs, signals};
 use crate::archive::{self, BacktestSettings, Bound, ReplaySettings, Window};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::output::{self, Output};
+use crate::status::Management;
 
 /// `warren archive …`
 #[derive(Debug, Subcommand)]
 pub enum ArchiveCommand {
-    /// First and last offset and event time, message count and retention of the archive.
+    /// First and last offset and event time, message count, size and retention of the archive.
     Info(InfoArgs),
     /// Print a window of the archive, each event once, in order.
     Read(ReadArgs),
@@ -28,6 +29,14 @@ pub enum ArchiveCommand {
 pub struct InfoArgs {
     #[command(flatten)]
     pub topology: TopologyArgs,
+    /// RabbitMQ management API, for the stream's size in bytes (without it the size is shown
+    /// as unknown). Its user and password are the AMQP URL's unless this URL has its own.
+    #[arg(
+        long,
+        env = "RABBITMQ_MANAGEMENT_URL",
+        default_value = "http://127.0.0.1:15672"
+    )]
+    pub management_url: String,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputArg::Table)]
     pub output: OutputArg,
@@ -146,18 +155,27 @@ pub(super) async fn archive_command(global: &GlobalArgs, cmd: ArchiveCommand) ->
 
 async fn info(global: &GlobalArgs, args: InfoArgs) -> Result<Outcome> {
     let topology = args.topology.load()?;
-    let info = archive::info(&global.url()?, &topology).await?;
+    let url = global.url()?;
+    let management =
+        Management::new(&args.management_url, &url).map_err(|e| Error::Usage(e.to_string()))?;
+    let info = archive::info(&url, &topology, Some(&management)).await?;
     let mut out = Output::stdout();
     if args.output == OutputArg::Table {
         let end = |e: Option<archive::End>| match e {
             None => "(empty)".to_string(),
-            Some(e) => format!("offset {}, {}", e.offset, time(e.ts)),
+            Some(e) => format!("offset {}, {}", e.offset, archive::event_time(e.ts)),
         };
         out.text(&pairs(&[
             ("stream", info.stream.clone()),
             ("first", end(info.first)),
             ("last", end(info.last)),
             ("messages", info.messages.to_string()),
+            ("size", info.size()),
+            (
+                "segments",
+                info.segments
+                    .map_or("unknown".into(), |n| format!("{n} file(s)")),
+            ),
             (
                 "binds",
                 info.bind
@@ -343,13 +361,4 @@ fn pairs(rows: &[(&str, String)]) -> String {
     let mut t = b.build();
     output::style(&mut t);
     t.to_string()
-}
-
-fn time(ms: Option<u64>) -> String {
-    ms.map_or("(not an envelope)".into(), |ms| {
-        humantime::format_rfc3339_millis(
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
-        )
-        .to_string()
-    })
 }

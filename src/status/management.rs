@@ -45,6 +45,12 @@ struct QueueInfo {
     message_stats: Option<MessageStats>,
     #[serde(default)]
     head_message_timestamp: Option<u64>,
+    /// Bytes of the messages held (not every queue type reports it).
+    #[serde(default)]
+    message_bytes: Option<u64>,
+    /// A stream's segment files.
+    #[serde(default)]
+    segments: Option<u64>,
     /// Quorum queues: the node of the leader, every member's node, the members that run.
     #[serde(default)]
     leader: Option<String>,
@@ -90,6 +96,10 @@ pub struct QueueFigures {
     pub head_timestamp: Option<u64>,
     /// A quorum queue's replicas: which node leads, where its members are, which of them run.
     pub replicas: Option<Replicas>,
+    /// Bytes of the messages held, when the queue type reports it.
+    pub bytes: Option<u64>,
+    /// A stream's segment files.
+    pub segments: Option<u64>,
 }
 
 /// Where a quorum queue's replicas are: its leader's node, its members' and the running ones'.
@@ -212,6 +222,8 @@ impl Management {
                 .and_then(|m| m.ack_details.as_ref())
                 .map(|r| r.rate),
             head_timestamp: info.head_message_timestamp,
+            bytes: info.message_bytes,
+            segments: info.segments,
         }))
     }
 }

@@ -19,6 +19,7 @@ pub use lanes::LaneStatus;
 pub use management::{Management, ManagementError, QueueFigures, Replicas};
 
 use crate::amqp::{self, AmqpUrl, Connection};
+use crate::archive::{self, ArchiveInfo};
 use crate::dlq::Time;
 use crate::error::Result;
 use crate::output::{self, Output, OutputFormat};
@@ -141,6 +142,9 @@ pub struct Status {
     pub ingress_dlq: DlqDepth,
     /// Events no queue bound, kept by the events exchange's alternate exchange.
     pub unrouted: DlqDepth,
+    /// The event archive (`[archive]`): its ends, size and retention; `warren status` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveInfo>,
 }
 
 /// The management API, until its first failure (then every unacked figure is unknown and the
@@ -216,8 +220,28 @@ pub async fn collect(
         queues,
         ingress_dlq,
         unrouted,
+        archive: None,
     };
     Ok((status, mgmt.problem))
+}
+
+/// [`collect`], and the archive's ends and size when the topology has one (a probe of the
+/// stream's two ends: `warren status` shows it, the console's frequent refresh does not).
+pub async fn collect_with_archive(
+    conn: &Connection,
+    topology: &Topology,
+    management: Option<&Management>,
+) -> Result<(Status, Option<ManagementError>)> {
+    let (mut status, problem) = collect(conn, topology, management).await?;
+    if let Some(a) = &topology.archive {
+        let size = match (management, &problem) {
+            (None, _) => Err("no management API given".to_string()),
+            (Some(_), Some(p)) => Err(p.to_string()),
+            (Some(m), None) => m.figures(&a.name).await.map_err(|e| e.to_string()),
+        };
+        status.archive = archive::status(conn, topology, size).await?;
+    }
+    Ok((status, problem))
 }
 
 pub(crate) async fn depth(conn: &Connection, queue: &str) -> Result<Option<(u32, u32)>> {
@@ -323,6 +347,10 @@ pub fn render(s: &Status) -> String {
         text.push_str(&format!("\n\nLanes of {}:\n", q.name));
         text.push_str(&lanes::render(q));
     }
+    if let Some(a) = &s.archive {
+        text.push_str("\n\nArchive ");
+        text.push_str(&a.summary());
+    }
     text
 }
 
@@ -340,9 +368,9 @@ pub async fn run(settings: StatusSettings, shutdown: CancellationToken) -> Resul
     loop {
         // Under --watch a broker restart is survived: report it, reconnect at the next tick.
         let collected = match &conn {
-            Some(c) => collect(c, &topology, Some(&management)).await,
+            Some(c) => collect_with_archive(c, &topology, Some(&management)).await,
             None => match amqp::connect(&url, "status", "admin").await {
-                Ok(c) => collect(conn.insert(c), &topology, Some(&management)).await,
+                Ok(c) => collect_with_archive(conn.insert(c), &topology, Some(&management)).await,
                 Err(e) => Err(e.into()),
             },
         };

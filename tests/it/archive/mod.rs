@@ -6,6 +6,7 @@ mod backtest;
 mod bridge;
 mod cli;
 mod downstream;
+mod info;
 mod read;
 mod replay;
 mod resume;

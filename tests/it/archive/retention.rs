@@ -18,7 +18,9 @@ async fn a_short_max_age_with_small_segments_drops_old_segments() {
     t.apply(&conn).await;
     publish_all(&conn, &t, &series(now_ms(), 30)).await;
     let url = support::url();
-    let info = warren::archive::info(&url, &t.topology).await.unwrap();
+    let info = warren::archive::info(&url, &t.topology, None)
+        .await
+        .unwrap();
     assert_eq!(info.first.map(|f| f.offset), Some(0));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // New segments start as events arrive; the old ones are then past their age.
@@ -27,7 +29,9 @@ async fn a_short_max_age_with_small_segments_drops_old_segments() {
         "the first offset to move",
         || async {
             publish_all(&conn, &t, &series(now_ms(), 10)).await;
-            let info = warren::archive::info(&url, &t.topology).await.unwrap();
+            let info = warren::archive::info(&url, &t.topology, None)
+                .await
+                .unwrap();
             info.first.is_some_and(|f| f.offset >= 30)
         },
     )
