@@ -33,6 +33,8 @@ pub struct Snapshot {
     incomplete: bool,
     channel: Option<Channel>,
     chunk_size: u32,
+    /// The size of the next chunk: `chunk_size`, or less while a growing walk ramps up.
+    next_size: u32,
     /// The prefetch last set on the channel.
     prefetch: u16,
     /// The current chunk's consumer, its tag and what is left of it.
@@ -78,10 +80,27 @@ impl Snapshot {
             incomplete: false,
             channel,
             chunk_size: chunk_size.clamp(1, CHUNK),
+            next_size: chunk_size.clamp(1, CHUNK),
             prefetch: 0,
             chunk: None,
             carry: VecDeque::new(),
         }))
+    }
+
+    /// [`Snapshot::open`] for a read that may stop early (a page of matches): the first
+    /// consumer takes `first` messages and each next one twice as many, up to [`CHUNK`], so a
+    /// read that stops after a page has not had the broker send it the whole queue.
+    pub async fn open_growing(
+        conn: &Connection,
+        queue: &str,
+        idle: Duration,
+        first: u32,
+    ) -> Result<Option<Self>, AmqpError> {
+        let mut snapshot = Self::open_chunked(conn, queue, idle, CHUNK).await?;
+        if let Some(s) = snapshot.as_mut() {
+            s.next_size = first.clamp(1, CHUNK);
+        }
+        Ok(snapshot)
     }
 
     /// Messages ready when the walk began.
@@ -165,7 +184,8 @@ impl Snapshot {
                 return Ok(());
             }
         }
-        let n = (self.total - self.taken).min(self.chunk_size);
+        let n = (self.total - self.taken).min(self.next_size);
+        self.next_size = self.next_size.saturating_mul(2).min(self.chunk_size);
         let prefetch = n as u16;
         timed(
             || format!("set prefetch {prefetch} for queue '{}'", self.queue),

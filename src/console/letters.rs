@@ -2,6 +2,7 @@
 //! full. Every read goes through [`crate::dlq`]'s snapshot walk, which puts each message back
 //! in its place: browsing never consumes.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
@@ -13,7 +14,8 @@ use serde_json::Value;
 use super::Console;
 use super::layout::{self, Chrome};
 use super::query::{FilterForm, pairs, value};
-use crate::dlq::{self, Body, DeadLetter, Detail, Kind, Scan, Stats};
+use crate::amqp::Connection;
+use crate::dlq::{self, Body, DeadLetter, Detail, DlqRef, Filter, Kind, Listing, Scan, Stats};
 
 /// `GET /dlq`: groups of dead letters sharing origin, kind, type and error fingerprint.
 pub(super) async fn groups(
@@ -83,26 +85,33 @@ fn group_table(stats: &Stats, form: &FilterForm) -> Markup {
     }
 }
 
-/// `GET /dlq/messages`: the first page of dead letters passing the filter, with the actions
-/// on a selection or on everything the filter matches.
+/// `GET /dlq/messages[?page=N]`: page N (from 1) of the dead letters passing the filter, with
+/// links to the pages before and after, and the actions on a selection or on everything the
+/// filter matches (whatever the page).
 pub(super) async fn messages(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
     c.metrics.page("messages");
-    let form = FilterForm::from_pairs(&pairs(raw.as_deref().unwrap_or("")));
-    let (dlqs, mut filter) = match form.resolve(&c.settings.topology) {
+    let p = pairs(raw.as_deref().unwrap_or(""));
+    let form = FilterForm::from_pairs(&p);
+    let (dlqs, filter) = match form.resolve(&c.settings.topology) {
         Ok(v) => v,
         Err(e) => return layout::error(StatusCode::BAD_REQUEST, e),
     };
-    filter.limit = Some(c.settings.page_size);
+    let page = match value(&p, "page").map(str::parse::<usize>) {
+        None => 1,
+        Some(Ok(n)) if n >= 1 => n,
+        Some(_) => return layout::error(StatusCode::BAD_REQUEST, "page: a number from 1"),
+    };
+    let size = c.settings.page_size;
     let listing = async {
         let conn = c.read_conn().await?;
-        dlq::list(&conn, &dlqs, &filter).await
+        page_of(&conn, &dlqs, filter, page, size).await
     }
     .await;
-    let listing = match listing {
+    let (listing, more) = match listing {
         Ok(l) => l,
         Err(e) => return layout::error(StatusCode::BAD_GATEWAY, e),
     };
@@ -113,14 +122,24 @@ pub(super) async fn messages(
         changes: c.changes_allowed(),
     };
     let held: u64 = listing.scans.iter().map(|s| u64::from(s.total)).sum();
+    let first = (page - 1) * size + 1;
+    let shown = listing.items.len();
+    let pager = pager(&form, page, more);
     let body = html! {
         (filter_form(&c, &form, "/dlq/messages"))
         (scans_note(&listing.scans))
         p {
-            "Showing " strong #shown { (listing.items.len()) } " matching (" (form.describe()) ")"
-            @if listing.items.len() == c.settings.page_size { ", the first " (c.settings.page_size) }
-            " of " strong #held { (held) } " dead letters in " (dlqs.len()) " DLQ(s)."
+            @if shown == 0 && page > 1 {
+                "No dead letters match (" (form.describe()) ") past the first " ((page - 1) * size) ". "
+            } @else {
+                "Showing " strong #shown { (shown) } " matching (" (form.describe()) ")"
+                @if page > 1 || more { ": " span #range { (first) "–" (first + shown.max(1) - 1) } }
+                @if more { ", more on the next page" }
+                "."
+            }
+            " The DLQ(s) hold " strong #held { (held) } " dead letters in " (dlqs.len()) " DLQ(s)."
         }
+        (pager)
         @if let Some(s) = signed.as_ref().filter(|_| chrome.can_change()) {
             form method="post" action="/jobs" {
                 (layout::csrf(s))
@@ -132,8 +151,56 @@ pub(super) async fn messages(
             (letter_table(&listing.items, false))
             (actions(&chrome))
         }
+        (pager)
     };
     Html(layout::page("Dead letters", &chrome, body)).into_response()
+}
+
+/// Page `page` (from 1) of `size` dead letters passing `filter`, and whether more follow. The
+/// walk reads only up to one past the page, then puts everything back.
+async fn page_of(
+    conn: &Connection,
+    dlqs: &[DlqRef],
+    mut filter: Filter,
+    page: usize,
+    size: usize,
+) -> Result<(Listing, bool), crate::error::Error> {
+    let skip = (page - 1).saturating_mul(size);
+    filter.limit = Some(skip.saturating_add(size).saturating_add(1));
+    let (mut seen, mut items) = (0, vec![]);
+    let scans = dlq::scan(conn, dlqs, &filter, |_, letter| {
+        seen += 1;
+        if seen > skip {
+            items.push(letter);
+        }
+        Ok(ControlFlow::Continue(()))
+    })
+    .await?;
+    let more = items.len() > size;
+    items.truncate(size);
+    Ok((Listing { scans, items }, more))
+}
+
+/// Links to the previous and next pages, keeping the filter; plain links, no script.
+fn pager(form: &FilterForm, page: usize, more: bool) -> Markup {
+    let link = |n: usize| {
+        let q = form.query();
+        match (q.is_empty(), n) {
+            (true, 1) => "/dlq/messages".to_string(),
+            (true, n) => format!("/dlq/messages?page={n}"),
+            (false, 1) => format!("/dlq/messages?{q}"),
+            (false, n) => format!("/dlq/messages?{q}&page={n}"),
+        }
+    };
+    html! {
+        @if page > 1 || more {
+            nav.pager aria-label="pages" {
+                @if page > 1 { a rel="prev" href=(link(page - 1)) { "← previous" } " " }
+                span.muted { "page " (page) }
+                @if more { " " a rel="next" href=(link(page + 1)) { "next →" } }
+            }
+        }
+    }
 }
 
 fn letter_table(items: &[DeadLetter], select: bool) -> Markup {

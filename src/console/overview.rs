@@ -1,6 +1,7 @@
-//! The overview: every queue of the topology (and its lanes) with ready, unacked, consumers,
-//! rates, retry tiers, DLQ depth and the oldest dead letter's age, from the same
-//! [`status::collect`] as `warren status`; pushed again every refresh interval over SSE.
+//! The overview: every queue of the topology (and its lanes) with ready, the oldest ready
+//! message's age, unacked, consumers, rates, retry tiers, DLQ depth and the oldest dead
+//! letter's age, from the same [`status::collect`] as `warren status`; pushed again every
+//! refresh interval over SSE. An age RabbitMQ does not report says why in its title.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use maud::{Markup, html};
 
 use super::Console;
 use super::layout::{self, Chrome};
-use crate::status::{self, DlqDepth, ManagementError, Status};
+use crate::status::{self, DlqDepth, ManagementError, Oldest, Status};
 
 /// `GET /`.
 pub(super) async fn page(State(c): State<Arc<Console>>, headers: HeaderMap) -> impl IntoResponse {
@@ -70,11 +71,11 @@ async fn figures(c: &Console) -> Markup {
 fn table(s: &Status, problem: Option<&ManagementError>) -> Markup {
     html! {
         @if let Some(p) = problem {
-            p.banner.warn { (p) "; unacked, rates and ages shown as –. Ready and consumers are exact (AMQP)." }
+            p.banner.warn { (p) "; unacked and rates shown as –, ages as ?. Ready and consumers are exact (AMQP)." }
         }
         table #queues {
             thead { tr {
-                th { "Queue" } th.n { "Ready" } th.n { "Unacked" } th.n { "Consumers" }
+                th { "Queue" } th.n { "Ready" } th.n { "Oldest ready" } th.n { "Unacked" } th.n { "Consumers" }
                 th.n { "In" } th.n { "Out" } th { "Retry tiers" } th.n { "Dead letters" }
                 th.n { "Oldest dead letter" }
             } }
@@ -83,6 +84,7 @@ fn table(s: &Status, problem: Option<&ManagementError>) -> Markup {
                     tr data-queue=(q.name) {
                         td { (q.name) }
                         td.n data-col="ready" { (layout::num(q.ready)) }
+                        (oldest_cell(q.oldest))
                         td.n data-col="unacked" { (layout::num(q.unacked)) }
                         td.n data-col="consumers" { (layout::num(q.consumers)) }
                         td.n { (layout::rate(q.rates.publish)) }
@@ -99,6 +101,7 @@ fn table(s: &Status, problem: Option<&ManagementError>) -> Markup {
                         tr.lane data-queue=(lane.queue) {
                             td { "↳ lane " (lane.lane) @if let Some(o) = &lane.owner { " · " (o) } }
                             td.n data-col="ready" { (layout::num(lane.ready)) }
+                            (oldest_cell(Oldest::of(true, lane.ready, None)))
                             td.n data-col="unacked" { (layout::num(lane.unacked)) }
                             td.n {} td.n {} td.n {} td {} td.n {} td.n {}
                         }
@@ -106,14 +109,20 @@ fn table(s: &Status, problem: Option<&ManagementError>) -> Markup {
                 }
                 tr data-queue=(s.ingress_dlq.queue) {
                     td { "bridge: frames that are not events" }
-                    td.n {} td.n {} td.n {} td.n {} td.n {} td {}
+                    td.n {} td.n {} td.n {} td.n {} td.n {} td.n {} td {}
                     (dlq_cells(&s.ingress_dlq))
                 }
                 tr data-queue=(s.unrouted.queue) {
                     td { "events no queue binds" }
-                    td.n {} td.n {} td.n {} td.n {} td.n {} td {}
+                    td.n {} td.n {} td.n {} td.n {} td.n {} td.n {} td {}
                     (dlq_cells(&s.unrouted))
                 }
+            }
+        }
+        @if s.queues.iter().any(|q| q.oldest == Oldest::Quorum) {
+            p.muted {
+                "Oldest ready n/a: RabbitMQ reports the head message's timestamp for classic queues only, not for quorum queues; "
+                "reading it would mean taking the message."
             }
         }
         p.muted { "As of " span #as-of { (s.at) } }
@@ -132,6 +141,20 @@ fn dlq_cells(d: &DlqDepth) -> Markup {
                 " " span.muted { "(" (held) " held by a reader)" }
             }
         }
-        td.n { (layout::age(d.oldest)) }
+        (oldest_cell(d.oldest))
     }
+}
+
+/// An age, or a mark whose title says why there is none.
+fn oldest_cell(o: Oldest) -> Markup {
+    let mark = match o {
+        Oldest::At(t) => {
+            return html! { td.n data-col="oldest" title=(t) { (layout::age(Some(t))) } };
+        }
+        Oldest::Empty => "–",
+        Oldest::Quorum => "n/a",
+        Oldest::NoManagement | Oldest::NoTimestamp => "?",
+        Oldest::Missing => "",
+    };
+    html! { td.n data-col="oldest" data-why=(format!("{o:?}")) { abbr title=[o.why()] { (mark) } } }
 }

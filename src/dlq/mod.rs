@@ -38,6 +38,9 @@ use crate::topology::{Topology, TopologyError};
 /// rest.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The smallest first chunk of a read with a limit.
+const FIRST_CHUNK: u32 = 64;
+
 /// One DLQ and the work queue it collects from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DlqRef {
@@ -108,11 +111,27 @@ pub(crate) struct Walk {
 impl Walk {
     /// Starts reading `dlq`.
     pub(crate) async fn open(conn: &Connection, dlq: &DlqRef) -> Result<Self, Error> {
-        let snapshot = Snapshot::open(conn, &dlq.name, IDLE_TIMEOUT)
-            .await?
-            .ok_or_else(|| Error::DlqMissing {
-                dlq: dlq.name.clone(),
-            })?;
+        Self::open_limited(conn, dlq, None).await
+    }
+
+    /// Starts reading `dlq` for at most `limit` matches: the broker sends the messages in
+    /// chunks growing from the limit (at least [`FIRST_CHUNK`]), so a page of a long DLQ does
+    /// not wait for the whole queue to arrive.
+    pub(crate) async fn open_limited(
+        conn: &Connection,
+        dlq: &DlqRef,
+        limit: Option<usize>,
+    ) -> Result<Self, Error> {
+        let snapshot = match limit {
+            Some(l) => {
+                let first = u32::try_from(l).unwrap_or(u32::MAX).max(FIRST_CHUNK);
+                Snapshot::open_growing(conn, &dlq.name, IDLE_TIMEOUT, first).await?
+            }
+            None => Snapshot::open(conn, &dlq.name, IDLE_TIMEOUT).await?,
+        };
+        let snapshot = snapshot.ok_or_else(|| Error::DlqMissing {
+            dlq: dlq.name.clone(),
+        })?;
         if snapshot.other_consumers() > 0 {
             tracing::warn!(
                 dlq = %dlq.name,

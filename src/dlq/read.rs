@@ -40,7 +40,8 @@ where
     let mut scans = vec![];
     let mut matched = 0;
     for dlq in dlqs {
-        let mut walk = Walk::open(conn, dlq).await?;
+        let left = filter.limit.map(|l| l.saturating_sub(matched));
+        let mut walk = Walk::open_limited(conn, dlq, left).await?;
         let read = async {
             while !filter.full(matched) {
                 let Some((delivery, letter)) = walk.next_match(filter).await? else {

@@ -6,7 +6,7 @@ use serde::Serialize;
 use tabled::Tabled;
 
 use super::Rates;
-use super::{QueueStatus, Unacked, depth, dlq_of, figure};
+use super::{Oldest, QueueStatus, Unacked, depth, dlq_of, figure};
 use crate::amqp::Connection;
 use crate::error::Result;
 use crate::output;
@@ -78,6 +78,8 @@ pub(super) async fn laned(
         lanes,
         owners,
         replicas: None,
+        // Lanes are quorum queues.
+        oldest: Oldest::of(true, ready, None),
     })
 }
 

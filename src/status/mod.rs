@@ -23,7 +23,7 @@ use crate::archive::{self, ArchiveInfo};
 use crate::dlq::Time;
 use crate::error::Result;
 use crate::output::{self, Output, OutputFormat};
-use crate::topology::{Topology, delay_label};
+use crate::topology::{QueueType, Topology, delay_label};
 
 /// What `warren status` reads and how it shows it.
 pub struct StatusSettings {
@@ -74,6 +74,73 @@ pub struct QueueStatus {
     /// A quorum queue's leader and members, from the management API.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas: Option<Replicas>,
+    /// The oldest ready message's time, or why it is unknown.
+    pub oldest: Oldest,
+}
+
+/// When a queue's oldest ready message (its head) was published, or why that is unknown. The
+/// management API reports the head's `timestamp` property for classic queues only; nothing
+/// reports it for quorum queues, and reading it over AMQP would mean taking the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Oldest {
+    /// The head message's `timestamp` (warren's bridge sets the event's time).
+    At(Time),
+    /// No message is ready.
+    Empty,
+    /// A quorum queue: RabbitMQ reports no head timestamp for it.
+    Quorum,
+    /// The management API gave no figures (not configured, unreachable or refusing).
+    NoManagement,
+    /// The head message has no `timestamp` property, or the API's sample predates it.
+    NoTimestamp,
+    /// The queue does not exist.
+    Missing,
+}
+
+impl Oldest {
+    /// From a queue's type, its ready count (AMQP, now) and the management API's figures.
+    pub(crate) fn of(quorum: bool, ready: Option<u32>, figures: Option<&QueueFigures>) -> Self {
+        match (ready, figures) {
+            (None, _) => Self::Missing,
+            (Some(0), _) => Self::Empty,
+            _ if quorum => Self::Quorum,
+            (_, None) => Self::NoManagement,
+            (_, Some(f)) => f
+                .head_timestamp
+                .and_then(Time::from_secs)
+                .map_or(Self::NoTimestamp, Self::At),
+        }
+    }
+
+    /// The head's time, when known.
+    pub fn time(self) -> Option<Time> {
+        match self {
+            Self::At(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Why the age is not shown, in words; `None` when it is.
+    pub fn why(self) -> Option<&'static str> {
+        Some(match self {
+            Self::At(_) => return None,
+            Self::Empty => "no message is ready",
+            Self::Quorum => {
+                "unknown for a quorum queue: RabbitMQ reports the head message's timestamp for \
+                 classic queues only, and reading it would mean taking the message"
+            }
+            Self::NoManagement => {
+                "needs the management API (--management-url), which reports the head message's \
+                 timestamp"
+            }
+            Self::NoTimestamp => {
+                "the head message carries no timestamp property (or the management API's sample \
+                 is older than it)"
+            }
+            Self::Missing => "the queue does not exist",
+        })
+    }
 }
 
 /// Messages per second in and out of a queue, from the management API; `None` without it.
@@ -115,8 +182,9 @@ pub struct DlqDepth {
     /// alone without the API. Never a fresh ready count plus a stale unacked one (a reader that
     /// just let go of its messages would count them twice). `None` if the queue is missing.
     pub messages: Option<u64>,
-    /// The `timestamp` of the oldest dead letter (the head), from the management API.
-    pub oldest: Option<Time>,
+    /// The `timestamp` of the oldest dead letter (the head), from the management API, or why
+    /// it is unknown.
+    pub oldest: Oldest,
 }
 
 /// One retry tier.
@@ -187,8 +255,12 @@ pub async fn collect(
             Some((r, c)) => (Some(r), Some(c)),
             None => (None, None),
         };
-        let figures = mgmt.figures(&q.name).await;
+        let figures = match ready {
+            Some(_) => mgmt.figures(&q.name).await,
+            None => None,
+        };
         let unacked = figures.as_ref().and_then(|f| f.unacked);
+        let oldest = Oldest::of(q.queue_type == QueueType::Quorum, ready, figures.as_ref());
         let mut rates = Rates::default();
         rates.add(figures.as_ref());
         let mut retry = Vec::new();
@@ -210,6 +282,7 @@ pub async fn collect(
             lanes: Vec::new(),
             owners: Vec::new(),
             replicas: figures.and_then(|f| f.replicas),
+            oldest,
         });
     }
     let ingress_dlq = dlq_of(conn, &mut mgmt, topology.ingress_dlq()).await?;
@@ -269,9 +342,8 @@ pub(crate) async fn dlq_of(
         queue,
         ready,
         unacked: figures.as_ref().and_then(|f| f.unacked),
-        oldest: figures
-            .and_then(|f| f.head_timestamp)
-            .and_then(Time::from_secs),
+        // DLQs are classic queues.
+        oldest: Oldest::of(false, ready, figures.as_ref()),
     })
 }
 

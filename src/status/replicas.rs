@@ -35,7 +35,7 @@ pub(super) fn render(queues: &[QueueStatus]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{DlqDepth, Rates, Replicas};
+    use crate::status::{DlqDepth, Oldest, Rates, Replicas};
 
     fn queue(name: &str, replicas: Option<Replicas>) -> QueueStatus {
         QueueStatus {
@@ -49,12 +49,13 @@ mod tests {
                 ready: Some(0),
                 unacked: None,
                 messages: Some(0),
-                oldest: None,
+                oldest: Oldest::Empty,
             },
             rates: Rates::default(),
             lanes: vec![],
             owners: vec![],
             replicas,
+            oldest: Oldest::Empty,
         }
     }
 

@@ -6,37 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::dlq::{DLQ_TOPOLOGY, Dead, publish_dead, warren_t};
+use crate::support::dlq::{DLQ_TOPOLOGY, bench_count, bench_dead, refill, timed_warren};
 use crate::support::{TestTopology, connect, queue_len};
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions,
-};
-
-/// Dead letters per run: 10,000, or `DLQ_BENCH_N`.
-fn count() -> usize {
-    std::env::var("DLQ_BENCH_N")
-        .ok()
-        .map(|n| n.parse().expect("DLQ_BENCH_N is a number"))
-        .unwrap_or(10_000)
-}
-
-async fn refill(conn: &lapin::Connection, t: &TestTopology, dead: &[Dead]) {
-    let ch = conn.create_channel().await.unwrap();
-    for q in [t.queue("work"), t.topology.queue("work").unwrap().dlq()] {
-        ch.queue_purge(q.as_str().into(), QueuePurgeOptions::default())
-            .await
-            .unwrap();
-    }
-    publish_dead(conn, t, dead).await;
-}
-
-fn timed_warren(t: &TestTopology, args: &[&str]) -> Duration {
-    let start = Instant::now();
-    let (code, _, err) = warren_t(t, args);
-    let took = start.elapsed();
-    assert_eq!(code, 0, "{err}");
-    took
-}
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 
 /// The baseline: what a hand-written mover does, one message at a time.
 async fn raw_move(conn: &lapin::Connection, from: &str, to: &str) -> usize {
@@ -80,22 +52,13 @@ fn rate(n: usize, d: Duration) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --ignored --nocapture, preferably --release"]
 async fn bench_list_and_replay_against_a_raw_loop() {
-    let n = count();
+    let n = bench_count();
     let t = TestTopology::new("dlq-bench", DLQ_TOPOLOGY);
     let conn = connect().await;
     t.apply(&conn).await;
     let work = t.queue("work");
     let dlq = t.topology.queue("work").unwrap().dlq();
-    let dead: Vec<Dead> = (0..n)
-        .map(|i| {
-            Dead::new(
-                "test.bench",
-                "exhausted",
-                &format!("HTTP 503 for order {i}"),
-                &work,
-            )
-        })
-        .collect();
+    let dead = bench_dead(n, &work);
     refill(&conn, &t, &dead).await;
 
     let mut lists: Vec<Duration> = (0..3)

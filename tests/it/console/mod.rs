@@ -2,8 +2,10 @@
 //! library `run` takes the listener and the shutdown token), driven over HTTP by reqwest and
 //! in real headless Chromium through chromedriver.
 
+mod bench;
 mod browser;
 mod http;
+mod pages;
 
 use std::time::Duration;
 
@@ -29,12 +31,21 @@ pub struct Console {
 impl Console {
     /// Serves `t` on 127.0.0.1:0; changes allowed when `changes`.
     pub async fn start(t: &TestTopology, changes: bool) -> Self {
+        Self::start_with(t, changes, None).await
+    }
+
+    /// [`Console::start`] reading the management API too.
+    pub async fn start_with(
+        t: &TestTopology,
+        changes: bool,
+        management: Option<warren::status::Management>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().unwrap());
         let settings = ConsoleSettings {
             url: support::url(),
             topology: t.topology.clone(),
-            management: None,
+            management,
             changes: changes.then(|| ChangeToken::new(TOKEN.into()).unwrap()),
             refresh: Duration::from_millis(300),
             page_size: 50,

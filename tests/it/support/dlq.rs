@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueuePurgeOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Connection};
 use warren::amqp::{self, AMQPValue, ConfirmWindow, Message, Publisher, hdr, set_header};
@@ -140,6 +140,41 @@ pub async fn publish_dead(conn: &Connection, t: &TestTopology, dead: &[Dead]) {
     }
 }
 
+/// Dead letters per benchmark run (`dlq_bench`, `console_bench`): 10,000, or `DLQ_BENCH_N`.
+pub fn bench_count() -> usize {
+    std::env::var("DLQ_BENCH_N")
+        .ok()
+        .map(|n| n.parse().expect("DLQ_BENCH_N is a number"))
+        .unwrap_or(10_000)
+}
+
+/// The benchmarks' dead letters: `n` of one group (`HTTP 503 for order <n>`, exhausted) that
+/// failed in `work`.
+pub fn bench_dead(n: usize, work: &str) -> Vec<Dead> {
+    (0..n)
+        .map(|i| {
+            Dead::new(
+                "test.bench",
+                "exhausted",
+                &format!("HTTP 503 for order {i}"),
+                work,
+            )
+        })
+        .collect()
+}
+
+/// Empties the `work` queue of `t` and its DLQ, then publishes `dead` to the DLQ.
+pub async fn refill(conn: &Connection, t: &TestTopology, dead: &[Dead]) {
+    let ch = conn.create_channel().await.expect("channel");
+    for q in [t.queue("work"), t.topology.queue("work").unwrap().dlq()] {
+        ch.queue_purge(q.as_str().into(), QueuePurgeOptions::default())
+            .await
+            .expect("purge");
+    }
+    let _ = ch.close(200, "refilled".into()).await;
+    publish_dead(conn, t, dead).await;
+}
+
 /// Publishes `n` envelopes straight to `queue` (default exchange); returns their ids.
 pub async fn publish_to_queue(
     conn: &Connection,
@@ -224,6 +259,16 @@ pub fn warren_t(t: &TestTopology, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// How long `warren <args> -f … --prefix …` took, start to exit (process start included);
+/// panics with stderr on a non-zero exit.
+pub fn timed_warren(t: &TestTopology, args: &[&str]) -> Duration {
+    let start = std::time::Instant::now();
+    let (code, _, err) = warren_t(t, args);
+    let took = start.elapsed();
+    assert_eq!(code, 0, "warren {args:?} failed: {err}");
+    took
 }
 
 /// Runs `warren <args> -o json` with the topology and parses stdout; panics with stderr on a
