@@ -8,15 +8,26 @@ use super::{GlobalArgs, Outcome, OutputArg, TopologyArgs};
 use crate::amqp;
 use crate::error::{Error, Result};
 use crate::output::{self, Output, OutputFormat};
+use crate::status::Management;
 use crate::topology::{self};
 
 /// `warren topology …`
 #[derive(Debug, Subcommand)]
 pub enum TopologyCommand {
-    /// Declare everything idempotently; says what was created and what already existed.
+    /// Declare everything idempotently; says what was created and what already existed, and
+    /// on which node each quorum queue's leader is.
     Apply {
         #[command(flatten)]
         topology: TopologyArgs,
+        /// RabbitMQ management API (any node's), for where each quorum queue's leader is; its
+        /// user and password are the AMQP URL's unless this URL has its own. Without it the
+        /// leaders show as unknown.
+        #[arg(
+            long,
+            env = "RABBITMQ_MANAGEMENT_URL",
+            default_value = "http://127.0.0.1:15672"
+        )]
+        management_url: String,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = OutputArg::Table)]
         output: OutputArg,
@@ -52,21 +63,38 @@ pub enum TopologyCommand {
 
 pub(super) async fn topology_command(global: &GlobalArgs, cmd: TopologyCommand) -> Result<Outcome> {
     match cmd {
-        TopologyCommand::Apply { topology, output } => {
+        TopologyCommand::Apply {
+            topology,
+            management_url,
+            output,
+        } => {
             let t = topology.load()?;
             let url = global.url()?;
+            let management =
+                Management::new(&management_url, &url).map_err(|e| Error::Usage(e.to_string()))?;
+            let plan = t.plan();
             let conn = amqp::connect(&url, "topology", "admin").await?;
-            let result = topology::apply(&conn, &t.plan()).await;
+            let result = topology::apply(&conn, &plan).await;
             amqp::close(&conn).await;
-            let report = result?;
+            let mut report = result?;
+            topology::locate_leaders(&mut report, &plan, &management).await;
             let mut out = Output::stdout();
             match output.into() {
                 OutputFormat::Table => {
-                    out.text(&output::table(report.items.iter().map(|i| ApplyRow {
+                    let mut text = output::table(report.items.iter().map(|i| ApplyRow {
                         kind: i.kind,
                         name: i.name.clone(),
                         status: format!("{:?}", i.status).to_lowercase(),
-                    })))?;
+                        leader: match &i.leader {
+                            None => String::new(),
+                            Some(Some(node)) => node.clone(),
+                            Some(None) => "unknown".into(),
+                        },
+                    }));
+                    if let Some(why) = &report.leaders_unknown {
+                        text.push_str(&format!("\nleader: unknown ({why})"));
+                    }
+                    out.text(&text)?;
                     tracing::info!(
                         created = report.created(),
                         total = report.items.len(),
@@ -172,6 +200,7 @@ struct ApplyRow {
     kind: &'static str,
     name: String,
     status: String,
+    leader: String,
 }
 
 #[derive(tabled::Tabled)]

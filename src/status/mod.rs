@@ -451,7 +451,9 @@ pub async fn run(settings: StatusSettings, shutdown: CancellationToken) -> Resul
                 match &problem {
                     Some(p) if !warned => {
                         eprintln!(
-                            "warning: {p}; unacked shown as '?'. Ready and consumers are exact (AMQP)."
+                            "warning: {p}; unacked shown as '?', and quorum leaders and members \
+                             left out (they come from the management API only). Ready and \
+                             consumers are exact (AMQP)."
                         );
                         warned = true;
                     }

@@ -32,6 +32,11 @@ pub struct ApplyItem {
     pub name: String,
     /// What happened.
     pub status: ItemStatus,
+    /// Quorum queues and streams, once [`locate_leaders`](super::locate_leaders) ran: the
+    /// leader's node, or `null` when it is unknown (an election, or no management API; see
+    /// [`ApplyReport::leaders_unknown`]). Absent for other objects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader: Option<Option<String>>,
 }
 
 /// The outcome of `apply`, item by item.
@@ -39,6 +44,9 @@ pub struct ApplyItem {
 pub struct ApplyReport {
     /// Every object, in declaration order.
     pub items: Vec<ApplyItem>,
+    /// Why no leader is known, when the management API did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaders_unknown: Option<String>,
 }
 
 impl ApplyReport {
@@ -121,6 +129,7 @@ pub async fn apply(conn: &Connection, plan: &Plan) -> Result<ApplyReport, Error>
             kind: "binding",
             name: format!("{} -> {} ({})", b.exchange, b.queue, b.routing_key),
             status: ItemStatus::Bound,
+            leader: None,
         });
     }
     amqp::close_channel(&channel).await;
@@ -227,6 +236,7 @@ fn item(kind: &'static str, name: &str, existed: bool) -> ApplyItem {
         } else {
             ItemStatus::Created
         },
+        leader: None,
     }
 }
 
@@ -273,6 +283,12 @@ fn describe_mismatch(queue: &str, wanted: &BTreeMap<&'static str, Arg>, reply: &
     if via_policy {
         msg.push_str(&format!(
             " '{arg}' can also be overridden without recreating the queue with a policy (`rabbitmqctl set_policy`)."
+        ));
+    }
+    if arg == "x-quorum-initial-group-size" {
+        msg.push_str(&format!(
+            " It only places a new queue's members: an existing queue's members change in place, without \
+             recreating it, with `rabbitmq-queues add_member {queue} <node>` or `delete_member`."
         ));
     }
     msg

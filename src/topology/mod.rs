@@ -1,10 +1,11 @@
 //! Topology as code: the resolved model and the derived names every component agrees on. The
 //! file is read and validated in `parse`, turned into broker objects in `plan`, declared in
-//! `declare`.
+//! `declare`; `leaders` says where the declared quorum queues' leaders are.
 
 pub mod archive;
 mod declare;
 pub mod lanes;
+mod leaders;
 mod locate;
 mod model;
 mod parse;
@@ -17,7 +18,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use archive::ArchiveSpec;
-pub use declare::{ApplyReport, ItemStatus, apply, delete};
+pub use declare::{ApplyItem, ApplyReport, ItemStatus, apply, delete};
+pub use leaders::locate_leaders;
 pub use plan::{Arg, BindingPlan, ExchangePlan, Plan, QueuePlan, QueueRole};
 
 /// The default topology file, relative to the working directory.
@@ -140,6 +142,10 @@ pub struct QueueSpec {
     pub single_active_consumer: bool,
     /// Delete the queue (and its tiers and DLQ) after this long unused.
     pub expires: Option<Duration>,
+    /// Quorum only: on how many nodes a new queue (and each retry tier) gets members
+    /// (`x-quorum-initial-group-size`); `None`: the broker's default, every node up to its
+    /// limit.
+    pub quorum_initial_group_size: Option<u32>,
     /// Split into lanes by a key: the queue is then its lanes (`<queue>.lane.<i>`).
     pub lanes: Option<lanes::Lanes>,
     /// For one lane of a laned queue: the laned queue's name (its DLQ is the laned queue's).

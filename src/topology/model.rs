@@ -60,6 +60,7 @@ pub(super) struct QueueOptions {
     pub(super) max_length: Option<u64>,
     pub(super) single_active_consumer: Option<bool>,
     pub(super) expires: Option<String>,
+    pub(super) quorum_initial_group_size: Option<u32>,
 }
 
 /// A queue: its own fields and [`QueueOptions`]'s, spelled out rather than flattened so that
@@ -83,6 +84,7 @@ pub(super) struct QueueModel {
     pub(super) max_length: Option<u64>,
     pub(super) single_active_consumer: Option<bool>,
     pub(super) expires: Option<String>,
+    pub(super) quorum_initial_group_size: Option<u32>,
 }
 
 impl QueueModel {
@@ -97,6 +99,7 @@ impl QueueModel {
             max_length: self.max_length,
             single_active_consumer: self.single_active_consumer,
             expires: self.expires.clone(),
+            quorum_initial_group_size: self.quorum_initial_group_size,
         }
     }
 }

@@ -41,7 +41,7 @@ impl Topology {
         let model = deserialize(text)?;
         let defaults = [Seg::Key("defaults".into())];
         validate_options(&model.defaults)
-            .and_then(|()| check_delivery_limit(&model.defaults, model.defaults.queue_type))
+            .and_then(|()| check_quorum_only(&model.defaults, model.defaults.queue_type))
             .map_err(|p| p.under(&defaults).labelled("[defaults]"))?;
 
         let mut queues = Vec::with_capacity(model.queues.len());
@@ -51,7 +51,7 @@ impl Topology {
             let options = q.options();
             let queue_type = options.queue_type.or(model.defaults.queue_type);
             validate_options(&options)
-                .and_then(|()| check_delivery_limit(&options, queue_type))
+                .and_then(|()| check_quorum_only(&options, queue_type))
                 .and_then(|()| resolve_queue(q, &options, &model.defaults, prefix))
                 .map(|spec| queues.push(spec))
                 .map_err(|p| p.under(&at).labelled(&label))?;
@@ -256,6 +256,7 @@ fn resolve_queue(
             .or(d.single_active_consumer)
             .unwrap_or(false),
         expires: duration(&o.expires, &d.expires, "expires")?,
+        quorum_initial_group_size: o.quorum_initial_group_size.or(d.quorum_initial_group_size),
         bind: q.bind,
         lanes,
         lane_of: None,
@@ -322,6 +323,12 @@ fn validate_options(o: &QueueOptions) -> Result<(), Problem> {
     if o.max_length == Some(0) {
         return bad("max_length", "must be at least 1");
     }
+    if o.quorum_initial_group_size == Some(0) {
+        return bad(
+            "quorum_initial_group_size",
+            "must be at least 1 (members on this many nodes)",
+        );
+    }
     for (field, v) in [("message_ttl", &o.message_ttl), ("expires", &o.expires)] {
         if let Some(s) = v {
             parse_duration(s, field).map_err(|m| Problem::at(field, m))?;
@@ -336,15 +343,26 @@ fn validate_options(o: &QueueOptions) -> Result<(), Problem> {
     Ok(())
 }
 
-/// A delivery limit written for a classic queue would be dropped: RabbitMQ ignores
-/// `x-delivery-limit` there, so the crash-loop backstop the file asks for would not exist.
-fn check_delivery_limit(o: &QueueOptions, queue_type: Option<QueueType>) -> Result<(), Problem> {
-    if o.delivery_limit.is_some() && queue_type == Some(QueueType::Classic) {
+/// Quorum-only fields written for a classic queue would be dropped: RabbitMQ ignores
+/// `x-delivery-limit` there, so the crash-loop backstop the file asks for would not exist, and
+/// a classic queue has no replicas to place.
+fn check_quorum_only(o: &QueueOptions, queue_type: Option<QueueType>) -> Result<(), Problem> {
+    if queue_type != Some(QueueType::Classic) {
+        return Ok(());
+    }
+    if o.delivery_limit.is_some() {
         return Err(Problem::at(
             "delivery_limit",
             "field 'delivery_limit': a classic queue has no delivery limit (RabbitMQ ignores \
              it, so a crash loop would never be stopped): remove the field, or make the queue \
              queue_type = \"quorum\"",
+        ));
+    }
+    if o.quorum_initial_group_size.is_some() {
+        return Err(Problem::at(
+            "quorum_initial_group_size",
+            "field 'quorum_initial_group_size': a classic queue lives on one node and has no \
+             replicas: remove the field, or make the queue queue_type = \"quorum\"",
         ));
     }
     Ok(())

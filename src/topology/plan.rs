@@ -294,7 +294,18 @@ impl Topology {
         if let Some(e) = q.expires {
             a.insert("x-expires", Arg::Int(millis(e)));
         }
+        if q.queue_type == QueueType::Quorum {
+            group_size(q, &mut a);
+        }
         a
+    }
+}
+
+/// `x-quorum-initial-group-size` when the file sets one: a new quorum queue's members on that
+/// many nodes. A work queue's retry tiers get the same, as they hold its messages too.
+fn group_size(q: &QueueSpec, a: &mut BTreeMap<&'static str, Arg>) {
+    if let Some(n) = q.quorum_initial_group_size {
+        a.insert("x-quorum-initial-group-size", Arg::Int(n.into()));
     }
 }
 
@@ -313,6 +324,7 @@ fn retry_tier_args(q: &QueueSpec, delay: std::time::Duration) -> BTreeMap<&'stat
     if let Some(e) = q.expires {
         a.insert("x-expires", Arg::Int(millis(e)));
     }
+    group_size(q, &mut a);
     a
 }
 

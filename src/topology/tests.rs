@@ -480,3 +480,67 @@ fn an_event_gets_its_lane_header_only_from_laned_queues_that_bind_it() {
         "not bound"
     );
 }
+
+#[test]
+fn quorum_initial_group_size_places_quorum_queues_and_their_tiers() {
+    let args = |text: &str, name: &str| {
+        let plan = parse(text).unwrap().plan();
+        plan.queues
+            .iter()
+            .find(|q| q.name == name)
+            .unwrap()
+            .arguments
+            .get("x-quorum-initial-group-size")
+            .cloned()
+    };
+    assert_eq!(args(MINIMAL, "work"), None, "not set: the broker's default");
+    let text = MINIMAL.replace(
+        "[[queues]]",
+        "[defaults]\nquorum_initial_group_size = 3\n\n[[queues]]",
+    );
+    assert_eq!(args(&text, "work"), Some(plan::Arg::Int(3)));
+    assert_eq!(args(&text, "work.retry.1s"), Some(plan::Arg::Int(3)));
+    assert_eq!(args(&text, "work.dlq"), None, "a DLQ is a classic queue");
+    let own = format!("{text}quorum_initial_group_size = 1\n");
+    assert_eq!(args(&own, "work"), Some(plan::Arg::Int(1)));
+    // A quorum default does not reach a queue that chooses classic.
+    let classic = format!("{text}queue_type = \"classic\"\n");
+    assert_eq!(args(&classic, "work"), None);
+    let laned = format!("{text}lanes = 2\n");
+    assert_eq!(args(&laned, "work.lane.1"), Some(plan::Arg::Int(3)));
+}
+
+#[test]
+fn a_bad_quorum_initial_group_size_names_file_line_and_field() {
+    let e = err(&format!("{MINIMAL}quorum_initial_group_size = 0\n"));
+    assert!(
+        e.starts_with(
+            "topology/test.toml:9:29: queues[0].quorum_initial_group_size: queue 'work': \
+             field 'quorum_initial_group_size': must be at least 1"
+        ),
+        "{e}"
+    );
+    let e = err(&format!("{MINIMAL}quorum_initial_group_size = -2\n"));
+    assert!(e.starts_with("topology/test.toml:9:"), "{e}");
+    assert!(
+        e.contains("queue 'work'") && e.contains("quorum_initial_group_size"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}queue_type = \"classic\"\nquorum_initial_group_size = 3\n"
+    ));
+    assert!(e.starts_with("topology/test.toml:10:"), "{e}");
+    assert!(
+        e.contains("field 'quorum_initial_group_size': a classic queue"),
+        "{e}"
+    );
+    let text = MINIMAL.replace(
+        "[[queues]]",
+        "[defaults]\nquorum_initial_group_size = 0\n\n[[queues]]",
+    );
+    let e = err(&text);
+    assert!(
+        e.contains(": defaults.quorum_initial_group_size: [defaults]: field"),
+        "{e}"
+    );
+}

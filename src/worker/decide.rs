@@ -121,6 +121,7 @@ mod tests {
             max_length: None,
             single_active_consumer: false,
             expires: None,
+            quorum_initial_group_size: None,
             lanes: None,
             lane_of: None,
         }
