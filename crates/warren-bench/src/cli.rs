@@ -44,8 +44,14 @@ pub enum ScenarioName {
     /// The event archive replayed into a queue (`warren archive replay`'s code) against a raw
     /// lapin consumer + republisher with the same confirm window (--window, 100). Runs alone.
     ArchiveReplay,
-    /// All of the above but lanes (which runs `warren worker` processes), postgres and the
-    /// archive.
+    /// The saturation scenario on quorum queues, on a three-node cluster and on a single node
+    /// in the same run, rounds alternating (--messages, --rounds); the bench starts both as
+    /// throwaway nodes (scripts/rabbit-cluster.sh, scripts/rabbit-node.sh; run it from the
+    /// repository root, as root or the rabbitmq user) and stops them after. Ignores --amqp-url.
+    /// Runs alone.
+    Cluster,
+    /// All of the above but lanes (which runs `warren worker` processes), postgres, the
+    /// archive and cluster.
     All,
 }
 
@@ -278,6 +284,31 @@ async fn archive_scenario(
     Ok(0)
 }
 
+/// `--scenario cluster`: its own brokers, rounds and table.
+async fn cluster_scenario(args: &BenchArgs) -> Result<u8> {
+    if args.scenarios.len() > 1 {
+        return Err(Error::Usage(
+            "--scenario cluster runs alone: give no other --scenario".into(),
+        ));
+    }
+    let settings = crate::cluster::ClusterSettings {
+        events: args.messages.unwrap_or(20_000),
+        size: args.size,
+        rounds: args.rounds as usize,
+        exe: std::env::current_exe()
+            .map_err(|e| Error::Other(format!("bench: cannot find its own binary: {e}")))?,
+        stop: on_ctrl_c(),
+    };
+    let report = crate::cluster::run(&settings).await?;
+    let mut out = Output::stdout();
+    match OutputFormat::from(args.output) {
+        OutputFormat::Table => out.text(&crate::cluster::render(&report))?,
+        _ => out.json(&report)?,
+    }
+    out.finish()?;
+    Ok(0)
+}
+
 fn expand(
     names: &[ScenarioName],
     prefetches: &[u16],
@@ -361,6 +392,9 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     }
     if args.scenarios.contains(&ScenarioName::Postgres) {
         return postgres_scenario(&args, url).await;
+    }
+    if args.scenarios.contains(&ScenarioName::Cluster) {
+        return cluster_scenario(&args).await;
     }
     for (name, scenario) in [
         (

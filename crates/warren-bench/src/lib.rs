@@ -14,11 +14,14 @@
 //! - [`bridge`]: sim → bridge process → broker against a raw publisher, and the bridge's RSS.
 //! - [`lanes`]: a laned queue drained by 1, 2, 4, 8… `warren worker` processes, run by the
 //!   parent itself.
+//! - [`cluster`]: the same workload on a three-node cluster and on a single node, both
+//!   throwaway nodes the bench starts and stops.
 //! - [`cli`]: the `warren-bench` command line.
 
 pub mod archive;
 pub mod bridge;
 pub mod cli;
+pub mod cluster;
 pub mod lanes;
 mod parent;
 pub mod postgres;
