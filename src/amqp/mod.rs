@@ -243,11 +243,21 @@ pub async fn consume(
 /// Acks a delivery. `Ok(false)` means lapin did not send it (channel gone, already settled):
 /// the broker will redeliver, and the caller logs it.
 pub async fn ack(delivery: &Delivery) -> Result<bool, AmqpError> {
+    ack_with(delivery, false).await
+}
+
+/// Acks `delivery` and every earlier one on its channel (`multiple`): one frame for many, where
+/// acks only return credit (a stream consumer's).
+pub async fn ack_multiple(delivery: &Delivery) -> Result<bool, AmqpError> {
+    ack_with(delivery, true).await
+}
+
+async fn ack_with(delivery: &Delivery, multiple: bool) -> Result<bool, AmqpError> {
     timed(
         || "ack",
         delivery
             .acker
-            .ack(lapin::options::BasicAckOptions::default()),
+            .ack(lapin::options::BasicAckOptions { multiple }),
     )
     .await
 }

@@ -132,7 +132,11 @@ pub struct WalkStats {
 pub struct Walk {
     reader: StreamReader,
     window: Window,
-    end: u64,
+    /// Offsets below this are before the stream's end for sure (the last chunk's first).
+    below_end: u64,
+    /// The stream's last offset when the walk opened, once the background probe knows it.
+    end: Option<u64>,
+    last: probe::LastProbe,
     seen: HashSet<String>,
     done: bool,
     /// What the walk saw so far.
@@ -143,7 +147,7 @@ impl Walk {
     /// Opens `window` of the archive, or resumes it after offset `resume_after` (a replay's
     /// progress record). The stream's end is taken now: events written after this call are
     /// not part of the walk. An empty stream, or a window past its end, is a usage error
-    /// naming the flag.
+    /// naming the flag. The reader subscribes while the end is still being probed.
     pub async fn open(
         url: &AmqpUrl,
         topology: &Topology,
@@ -153,38 +157,11 @@ impl Walk {
     ) -> Result<Self, Error> {
         let a = spec(topology)?;
         let conn = amqp::connect(url, "archive", "probe").await?;
-        let ends = async {
-            check_declared(&conn, topology).await?;
-            probe::ends(&conn, &a.name).await
+        if let Err(e) = check_declared(&conn, topology).await {
+            amqp::close(&conn).await;
+            return Err(e);
         }
-        .await;
-        amqp::close(&conn).await;
-        let Some((first, last)) = ends? else {
-            return Err(Error::Usage(format!(
-                "--from/--to: archive '{}' holds no events yet",
-                a.name
-            )));
-        };
-        if let Bound::Time(ms) = window.from
-            && resume_after.is_none()
-            && last
-                .ts
-                .is_some_and(|ts| ms > ts.saturating_add(window::SKEW.as_millis() as u64))
-        {
-            return Err(Error::Usage(format!(
-                "{}: after the archive's last event",
-                window.describe()
-            )));
-        }
-        if let Bound::Offset(n) = window.from
-            && resume_after.is_none()
-            && n > last.offset
-        {
-            return Err(Error::Usage(format!(
-                "--from {n}: past the archive's last offset {} (first {})",
-                last.offset, first.offset
-            )));
-        }
+        let mut last = probe::LastProbe::spawn(conn, a.name.clone());
         let start = match resume_after
             .map(|n| Bound::Offset(n + 1))
             .unwrap_or(window.from)
@@ -195,15 +172,67 @@ impl Walk {
             }
             Bound::First => StreamOffset::First,
         };
-        let reader = StreamReader::open(url, &a.name, start, prefetch)
-            .await?
-            .with_idle_start(IDLE_START);
+        let (reader, lower) = tokio::join!(
+            StreamReader::open(url, &a.name, start, prefetch),
+            last.lower()
+        );
+        let reader = reader?.with_idle_start(IDLE_START);
+        let checked = async {
+            let Some(lower) = lower? else {
+                return Err(Error::Usage(format!(
+                    "--from/--to: archive '{}' holds no events yet",
+                    a.name
+                )));
+            };
+            // The checks below pass on the lower bound in the usual case; only a window at
+            // the last chunk waits for the exact end.
+            let past = |last: End| match window.from {
+                _ if resume_after.is_some() => false,
+                Bound::Time(ms) => last
+                    .ts
+                    .is_some_and(|ts| ms > ts.saturating_add(window::SKEW.as_millis() as u64)),
+                Bound::Offset(n) => n > last.offset,
+                Bound::First => false,
+            };
+            let at_end = |last: End| resume_after.is_some_and(|r| r >= last.offset);
+            let mut end = None;
+            if past(lower) || at_end(lower) {
+                let exact = last.exact().await?.unwrap_or(lower);
+                end = Some(exact.offset);
+                if past(exact) {
+                    return Err(match window.from {
+                        Bound::Offset(n) => Error::Usage(format!(
+                            "--from {n}: past the archive's last offset {}",
+                            exact.offset
+                        )),
+                        _ => Error::Usage(format!(
+                            "{}: after the archive's last event",
+                            window.describe()
+                        )),
+                    });
+                }
+            }
+            Ok((lower.offset, end))
+        }
+        .await;
+        let (below_end, end) = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                reader.close().await;
+                return Err(e);
+            }
+        };
         Ok(Self {
             reader,
             window,
-            end: last.offset,
+            below_end,
+            end,
+            last,
             seen: HashSet::new(),
-            done: resume_after.is_some_and(|r| r >= last.offset),
+            done: match (resume_after, end) {
+                (Some(r), Some(end)) => r >= end,
+                _ => false,
+            },
             stats: WalkStats::default(),
         })
     }
@@ -219,10 +248,19 @@ impl Walk {
                 return Ok(None);
             };
             self.stats.resubscribed = self.reader.resubscribed();
-            if record.offset >= self.end {
+            if self.end.is_none() && record.offset >= self.below_end {
+                let exact = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    exact = self.last.exact() => exact?,
+                };
+                self.end = Some(exact.map_or(self.below_end, |e| e.offset));
+            }
+            // Below `below_end` the end is not needed: it is further on.
+            let end = self.end.unwrap_or(u64::MAX);
+            if record.offset >= end {
                 self.done = true;
             }
-            if record.offset > self.end {
+            if record.offset > end {
                 break;
             }
             self.stats.scanned += 1;

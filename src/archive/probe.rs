@@ -1,11 +1,13 @@
 //! The archive's two ends, found over AMQP 0-9-1 alone (no management API): a consumer at
 //! `first` takes one message; a consumer at `last` takes the last chunk and keeps the highest
-//! offset until the stream has been quiet for a moment.
+//! offset until the stream has been quiet for a moment. A walk runs the second in the
+//! background ([`LastProbe`]) and waits for it only at the last chunk.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use super::spec;
 use crate::amqp::{self, AmqpUrl, Connection, StreamOffset, stream_offset};
@@ -182,8 +184,82 @@ pub(crate) async fn ends(conn: &Connection, stream: &str) -> Result<Option<(End,
     Ok(Some((first, last)))
 }
 
+/// What the background probe of the last chunk knows so far.
+#[derive(Debug, Clone, Default)]
+struct LastState {
+    /// The first message of the last chunk, once it came: the end is at or after it.
+    lower: Option<End>,
+    /// The end, once the chunk stayed quiet (`Ok(None)`: the stream is empty).
+    exact: Option<Result<Option<End>, String>>,
+}
+
+/// The stream's last offset, found in a task of its own while a walk starts reading: a walk
+/// needs the exact end only when it reaches the last chunk, so the [`QUIET`] wait overlaps
+/// the read instead of preceding it.
+pub(super) struct LastProbe {
+    rx: watch::Receiver<LastState>,
+}
+
+impl LastProbe {
+    /// Probes `stream` on `conn`, which the task closes when done.
+    pub(super) fn spawn(conn: Connection, stream: String) -> Self {
+        let (tx, rx) = watch::channel(LastState::default());
+        tokio::spawn(async move {
+            let result = probe_with(&conn, &stream, StreamOffset::Last, |end| {
+                tx.send_modify(|s| {
+                    s.lower.get_or_insert(end);
+                });
+            })
+            .await;
+            tx.send_modify(|s| s.exact = Some(result.map_err(|e| e.to_string())));
+            amqp::close(&conn).await;
+        });
+        Self { rx }
+    }
+
+    /// A lower bound of the end as soon as the last chunk's first message comes (or the exact
+    /// end if it is known first); `Ok(None)`: the stream is empty.
+    pub(super) async fn lower(&mut self) -> Result<Option<End>, Error> {
+        let s = self
+            .rx
+            .wait_for(|s| s.lower.is_some() || s.exact.is_some())
+            .await
+            .map_err(|_| stopped())?
+            .clone();
+        match s.exact {
+            Some(r) => r.map_err(Error::Other),
+            None => Ok(s.lower),
+        }
+    }
+
+    /// The end.
+    pub(super) async fn exact(&mut self) -> Result<Option<End>, Error> {
+        let s = self
+            .rx
+            .wait_for(|s| s.exact.is_some())
+            .await
+            .map_err(|_| stopped())?
+            .clone();
+        s.exact.unwrap_or(Ok(None)).map_err(Error::Other)
+    }
+}
+
+fn stopped() -> Error {
+    Error::Other("the probe of the archive's end stopped".into())
+}
+
 /// At `First`: the first message. At `Last`: the highest offset seen before [`QUIET`].
 async fn probe(conn: &Connection, stream: &str, at: StreamOffset) -> Result<Option<End>, Error> {
+    probe_with(conn, stream, at, |_| {}).await
+}
+
+/// [`probe`], calling `first_seen` with the first message it takes.
+async fn probe_with(
+    conn: &Connection,
+    stream: &str,
+    at: StreamOffset,
+    mut first_seen: impl FnMut(End),
+) -> Result<Option<End>, Error> {
     let channel = amqp::channel(conn).await?;
     let result = async {
         let mut consumer = amqp::consume_stream(&channel, stream, at, 1000, "warren-probe").await?;
@@ -208,10 +284,14 @@ async fn probe(conn: &Connection, stream: &str, at: StreamOffset) -> Result<Opti
             if let Some(offset) = stream_offset(&delivery.properties)
                 && found.is_none_or(|f| offset > f.offset)
             {
-                found = Some(End {
+                let end = End {
                     offset,
                     ts: Envelope::parse(&delivery.data).ok().map(|e| e.ts),
-                });
+                };
+                if found.is_none() {
+                    first_seen(end);
+                }
+                found = Some(end);
             }
             if at == StreamOffset::First || started.elapsed() > PROBE_LIMIT {
                 break;

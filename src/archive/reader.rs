@@ -32,6 +32,8 @@ struct Session {
     conn: Connection,
     channel: Channel,
     consumer: Consumer,
+    /// Deliveries taken since the last ack.
+    unacked: u16,
 }
 
 /// Reads one stream in offset order, each offset at most once, across connection losses.
@@ -114,6 +116,7 @@ impl StreamReader {
                 conn,
                 channel,
                 consumer,
+                unacked: 0,
             }),
             Err(e) => {
                 amqp::close(&conn).await;
@@ -172,9 +175,15 @@ impl StreamReader {
                     continue;
                 }
             };
-            // The credit comes back with the ack; a failed ack means the channel is gone, and
-            // the next read notices. The message itself is good either way.
-            let _ = amqp::ack(&delivery).await;
+            // The credit comes back with the ack, a quarter of it at a time (one ack with
+            // `multiple` for every delivery up to this one): a stream's ack removes nothing.
+            // A failed ack means the channel is gone, and the next read notices. The message
+            // itself is good either way.
+            session.unacked += 1;
+            if session.unacked >= (self.prefetch / 4).max(1) {
+                session.unacked = 0;
+                let _ = amqp::ack_multiple(&delivery).await;
+            }
             let Some(offset) = stream_offset(&delivery.properties) else {
                 return Err(Error::Other(format!(
                     "'{}' delivered a message without an x-stream-offset header: it is not a stream",

@@ -1,9 +1,10 @@
 //! `--scenario archive-read` and `archive-replay`: the event archive (a stream) read whole by
 //! `warren::archive::read` against a raw lapin stream consumer, and replayed into a queue by
 //! `warren::archive::replay` against a raw lapin consumer + republisher with the same confirm
-//! window. Both sides parse every body as an envelope and ack every delivery with the same
-//! credit (prefetch 500). warren's figures include what the command does first: it probes the
-//! stream's two ends (about 0.3 s of waiting for the end to stay quiet).
+//! window. Both sides parse every body as an envelope with the same credit (prefetch 500); the
+//! raw loop acks each delivery, warren's reader a quarter of the credit at a time. warren's
+//! figures include what the command does first: it checks the stream and probes its end (in
+//! the background, while it reads).
 //!
 //! One stream holds the backlog for every round; sides alternate which goes first; the ratio
 //! is the median of per-round ratios.
