@@ -11,15 +11,18 @@
 //! # Coalesced acks
 //! Acks asked for together (a batch committed at once, say) go out as one `basic.ack` with
 //! `multiple = true` when that cannot settle anything else: only over a run of tags from the
-//! channel's first delivery where every tag is settled already or being acked now. An ack that
-//! is not part of such a run goes out alone, at once, as before; so does every requeue, before
-//! any ack of the same round. The multiple ack's tag is always one not yet settled (the broker
-//! closes the channel on an unknown tag, multiple or not).
+//! channel's first delivery where every tag is settled already or being acked now. An ack above
+//! such a run waits up to a millisecond for the acks below it (a batch's tasks ask in any order,
+//! often the lowest tag last), then goes out alone; acks that go out alone go out together.
+//! Every requeue goes out on its own, at once, before any ack of the same round. The multiple
+//! ack's tag is always one not yet settled (the broker closes the channel on an unknown tag,
+//! multiple or not).
 
 use std::collections::BTreeSet;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::{BasicProperties, Channel, message::Delivery};
@@ -30,6 +33,10 @@ use super::{AmqpError, OP_TIMEOUT, timed};
 /// Settled tags tracked above the run at most; past it (a tag that never settles), acks of
 /// this channel simply go out one by one.
 const TRACKED: usize = 65_536;
+
+/// How long an ack above the run waits for the tags below it to be acked too, before it goes
+/// out on its own.
+const HOLD: Duration = Duration::from_millis(1);
 
 /// A delivery and the channel it arrived on. Derefs to the delivery.
 pub struct Inbound {
@@ -129,16 +136,34 @@ impl Settler {
 
 async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<Request>) {
     let mut tags = Tags::default();
+    // Acks above the run, not sent yet: a batch's acks are asked for in whatever order its
+    // tasks run, often with the lowest tag last, and a moment later one multiple ack covers
+    // them all. Held for `HOLD` at most, then sent one by one.
+    let mut held: Vec<(Request, Instant)> = Vec::new();
     let mut round = Vec::new();
-    while let Some(first) = rx.recv().await {
-        round.push(first);
-        // Let the deliveries settled at the same moment (one batch's commit) ask too.
-        tokio::task::yield_now().await;
-        while let Ok(r) = rx.try_recv() {
-            round.push(r);
-        }
+    loop {
+        let first = match held.iter().map(|(_, at)| *at).min() {
+            None => rx.recv().await,
+            Some(oldest) => tokio::select! {
+                r = rx.recv() => r,
+                () = tokio::time::sleep_until((oldest + HOLD).into()) => None,
+            },
+        };
+        let closed = match first {
+            Some(r) => {
+                round.push(r);
+                // Let the deliveries settled at the same moment (one batch's commit) ask too.
+                tokio::task::yield_now().await;
+                while let Ok(r) = rx.try_recv() {
+                    round.push(r);
+                }
+                false
+            }
+            // Held too long, or no one can ask any more (then nothing waits for the run).
+            None => rx.is_closed(),
+        };
         // Requeues first, each on its own: no multiple ack below may cover one before it.
-        let (requeues, acks): (Vec<Request>, Vec<Request>) =
+        let (requeues, mut acks): (Vec<Request>, Vec<Request>) =
             round.drain(..).partition(|r| r.how == Settle::Requeue);
         for r in requeues {
             let options = BasicNackOptions {
@@ -149,10 +174,16 @@ async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<Request>) {
             tags.settled(r.tag);
             let _ = r.done.send(sent);
         }
-        if acks.is_empty() {
+        let now = Instant::now();
+        let mut asked: Vec<(Request, Instant)> = held.drain(..).collect();
+        asked.extend(acks.drain(..).map(|r| (r, now)));
+        if asked.is_empty() {
+            if closed {
+                return;
+            }
             continue;
         }
-        let plan = tags.plan(acks.iter().map(|r| r.tag).collect());
+        let plan = tags.plan(asked.iter().map(|(r, _)| r.tag).collect());
         let multiple = match plan.multiple {
             Some(top) => Some((
                 top,
@@ -164,18 +195,34 @@ async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<Request>) {
             )),
             None => None,
         };
-        for r in acks {
-            let sent = match &multiple {
-                Some((top, sent)) if r.tag <= *top => again(sent),
-                _ => {
-                    timed(
-                        || "ack",
-                        channel.basic_ack(r.tag, BasicAckOptions::default()),
-                    )
-                    .await
+        let mut alone = Vec::new();
+        for (r, at) in asked {
+            match &multiple {
+                Some((top, sent)) if r.tag <= *top => {
+                    let _ = r.done.send(again(sent));
                 }
-            };
+                _ if plan.coalescing && !closed && now.duration_since(at) < HOLD => {
+                    held.push((r, at));
+                }
+                _ => {
+                    tags.settled(r.tag);
+                    alone.push(r);
+                }
+            }
+        }
+        // Acks sent alone go out together: one wait for the connection, not one each.
+        let sent = futures_util::future::join_all(alone.iter().map(|r| {
+            timed(
+                || "ack",
+                channel.basic_ack(r.tag, BasicAckOptions::default()),
+            )
+        }))
+        .await;
+        for (r, sent) in alone.into_iter().zip(sent) {
             let _ = r.done.send(sent);
+        }
+        if closed && held.is_empty() {
+            return;
         }
     }
 }
@@ -213,6 +260,8 @@ struct Tags {
 struct Plan {
     /// One `multiple` ack at this tag covers every ack of the round up to it.
     multiple: Option<u64>,
+    /// Whether acks above the run may wait for it (false once coalescing was given up).
+    coalescing: bool,
 }
 
 impl Tags {
@@ -233,11 +282,15 @@ impl Tags {
         }
     }
 
-    /// Plans a round's acks and records them as settled. The multiple ack's tag is the highest
-    /// acked tag the run reaches through this round's acks; the others go out alone.
+    /// Plans a round's acks and records those the run reaches as settled. The multiple ack's
+    /// tag is the highest acked tag the run reaches through this round's acks; the others are
+    /// not settled yet: the caller holds them or sends them alone ([`Tags::settled`]).
     fn plan(&mut self, mut acks: Vec<u64>) -> Plan {
         if self.given_up {
-            return Plan { multiple: None };
+            return Plan {
+                multiple: None,
+                coalescing: false,
+            };
         }
         acks.sort_unstable();
         let mut multiple = None;
@@ -247,12 +300,13 @@ impl Tags {
                 multiple = Some(tag);
                 // Tags sent alone earlier may now join the run.
                 self.extend();
-            } else {
-                self.settled(tag);
             }
         }
         // A run of one tag needs no `multiple`, but one frame either way.
-        Plan { multiple }
+        Plan {
+            multiple,
+            coalescing: true,
+        }
     }
 
     fn extend(&mut self) {
@@ -285,9 +339,11 @@ mod tests {
     #[test]
     fn an_ack_past_a_gap_goes_out_alone_and_joins_the_run_later() {
         let mut t = Tags::default();
-        // Tag 1 is still being handled: 2 and 3 go out alone.
+        // Tag 1 is still being handled: 2 and 3 go out alone (once held long enough).
         assert_eq!(t.plan(vec![2, 3]).multiple, None);
         assert_eq!(t.run, 0);
+        t.settled(2);
+        t.settled(3);
         // Tag 1's ack reaches the run over 2 and 3, but the multiple ack's tag is 1 itself:
         // 2 and 3 are no longer outstanding, and an unknown tag would close the channel.
         assert_eq!(t.plan(vec![1]).multiple, Some(1));
@@ -296,12 +352,24 @@ mod tests {
     }
 
     #[test]
+    fn acks_held_above_the_run_join_it_when_the_lowest_tag_comes() {
+        let mut t = Tags::default();
+        // A batch's tasks asked in the order 2..=100, then 1: the first round settles nothing,
+        // and the held acks with tag 1 make one multiple ack at 100.
+        assert_eq!(t.plan((2..=100).collect()).multiple, None);
+        assert_eq!(t.plan((1..=100).collect()).multiple, Some(100));
+        assert!(t.above.is_empty());
+    }
+
+    #[test]
     fn a_requeue_is_settled_and_never_the_multiple_acks_tag() {
         let mut t = Tags::default();
         t.settled(1);
         assert_eq!(t.plan(vec![2, 4]).multiple, Some(2));
+        // 4 is held; 3 is requeued, and the held 4 then joins the run.
         t.settled(3);
-        assert_eq!(t.run, 4);
+        assert_eq!(t.run, 3);
+        assert_eq!(t.plan(vec![4]).multiple, Some(4));
         t.settled(6);
         assert_eq!(t.plan(vec![5, 7]).multiple, Some(7));
     }
@@ -311,8 +379,15 @@ mod tests {
         let mut t = Tags::default();
         for tag in 2..(TRACKED as u64 + 3) {
             assert_eq!(t.plan(vec![tag]).multiple, None);
+            t.settled(tag);
         }
         assert!(t.given_up && t.above.is_empty());
-        assert_eq!(t.plan(vec![1]).multiple, None);
+        assert_eq!(
+            t.plan(vec![1]),
+            Plan {
+                multiple: None,
+                coalescing: false
+            }
+        );
     }
 }

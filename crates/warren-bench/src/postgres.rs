@@ -3,10 +3,12 @@
 //! and tokio-postgres that runs the same statement on batches of the same size.
 //!
 //! Each round gives each side a fresh quorum queue holding the same backlog of catalog events
-//! and a fresh schema, then times the drain until every event is committed. The sides run one
-//! after the other, alternating which goes first; the ratio is the median of per-round ratios.
+//! and a fresh schema, then times the drain from the first delivery until every event is
+//! committed (so neither side's setup counts: connections, the worker's topology check). The
+//! sides run one after the other, alternating which goes first; the ratio is the median of
+//! per-round ratios.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -19,11 +21,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::stats::median_of;
 use warren::amqp::{self, AmqpUrl, ConfirmWindow, Message, Publisher};
+use warren::envelope::Envelope;
 use warren::error::{Error, Result};
 use warren::handlers::postgres::{BatchSettings, PostgresHandler};
 use warren::postgres::{DbSettings, Sink, quote_ident, schema, sink::batch_sql};
 use warren::topology::Topology;
-use warren::worker::{self, WorkerMetrics, WorkerSettings};
+use warren::worker::{
+    self, Context, EffectStatus, Handler, HandlerResult, WorkerMetrics, WorkerSettings,
+};
 
 /// The scenario's settings.
 #[derive(Debug, Clone)]
@@ -235,14 +240,18 @@ async fn warren_side(
         handler_timeout: Duration::from_secs(60),
     };
     let shutdown = CancellationToken::new();
-    let started = Instant::now();
+    let first = Arc::new(OnceLock::new());
+    let handler = FirstCall {
+        inner: handler,
+        at: first.clone(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
     let worker = tokio::spawn(worker::run(
         settings,
         handler,
         Arc::new(WorkerMetrics::default()),
         shutdown.clone(),
     ));
-    let deadline = started + Duration::from_secs(300);
     while (inserted.inserted.get() as usize) < n {
         if Instant::now() > deadline || worker.is_finished() {
             shutdown.cancel();
@@ -253,10 +262,32 @@ async fn warren_side(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let started = *first.get().expect("an event was handled");
     let rate = n as f64 / started.elapsed().as_secs_f64();
     shutdown.cancel();
     let _ = worker.await;
     Ok(rate)
+}
+
+/// warren's handler, noting when the first event reached it.
+struct FirstCall<H> {
+    inner: H,
+    at: Arc<OnceLock<Instant>>,
+}
+
+impl<H: Handler> Handler for FirstCall<H> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn handle(&self, event: &Envelope, ctx: &Context) -> HandlerResult {
+        self.at.get_or_init(Instant::now);
+        self.inner.handle(event, ctx).await
+    }
+
+    async fn effect_status(&self, event: &Envelope) -> EffectStatus {
+        self.inner.effect_status(event).await
+    }
 }
 
 /// What the raw loop reads of each body: the same fields the sink stores.
@@ -289,7 +320,6 @@ async fn raw_side(s: &PgBenchSettings, db: &DbSettings, queue: &str, n: usize) -
         .basic_qos(in_flight, BasicQosOptions::default())
         .await
         .map_err(other)?;
-    let started = Instant::now();
     let mut consumer = channel
         .basic_consume(
             queue.into(),
@@ -300,10 +330,12 @@ async fn raw_side(s: &PgBenchSettings, db: &DbSettings, queue: &str, n: usize) -
         .await
         .map_err(other)?;
     let mut done = 0usize;
+    let mut started = None;
     while done < n {
         let Some(first) = consumer.next().await else {
             return Err(other("the raw consumer ended"));
         };
+        started.get_or_insert_with(Instant::now);
         let mut batch = vec![first.map_err(other)?];
         let linger = tokio::time::Instant::now() + Duration::from_millis(2);
         while batch.len() < s.batch_size {
@@ -335,7 +367,8 @@ async fn raw_side(s: &PgBenchSettings, db: &DbSettings, queue: &str, n: usize) -
         }
         done += batch.len();
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let elapsed = started.map_or(Duration::ZERO, |at| at.elapsed());
+    let rate = n as f64 / elapsed.as_secs_f64();
     let _ = conn.close(200, "bench done".into()).await;
     Ok(rate)
 }
