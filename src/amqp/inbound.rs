@@ -175,7 +175,7 @@ async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<Request>) {
             let _ = r.done.send(sent);
         }
         let now = Instant::now();
-        let mut asked: Vec<(Request, Instant)> = held.drain(..).collect();
+        let mut asked = std::mem::take(&mut held);
         asked.extend(acks.drain(..).map(|r| (r, now)));
         if asked.is_empty() {
             if closed {
